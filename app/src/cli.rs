@@ -1,0 +1,163 @@
+//! Subcommands of the headless command line.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use tessera_engine::loader::card::{Conditioning, Network};
+use tessera_engine::loader::import::{ImportOptions, import as import_release};
+use tessera_engine::loader::{LoadOptions, ModelSource};
+use tessera_engine::reference::{self, Measure};
+
+/// `tessera check-reference <dir>`: the release as published, then its imported copy.
+pub fn check_reference(dir: &Path) -> Result<ExitCode> {
+    let expected = dir.join("expected.safetensors");
+    if !expected.is_file() {
+        bail!("{} has no expected.safetensors", dir.display());
+    }
+    let opts = LoadOptions::default();
+    let source = ModelSource::open(dir)?;
+    for w in source.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let model = source.load(&opts)?;
+    println!("official layout: {}", source.path().display());
+    let official = reference::check(&model, &expected)?;
+    print_report(&official);
+    drop(model);
+
+    let tmp = std::env::temp_dir().join(format!("tessera-check-{}", std::process::id()));
+    let imported_dir = tmp.join("imported");
+    let result = (|| -> Result<reference::Report> {
+        import_release(
+            &source.path(),
+            &imported_dir,
+            &ImportOptions::default(),
+            &mut |_| {},
+        )?;
+        let imported = ModelSource::open(&imported_dir)?.load(&opts)?;
+        Ok(reference::check(&imported, &expected)?)
+    })();
+    std::fs::remove_dir_all(&tmp).ok();
+    let imported = result.context("checking the imported copy")?;
+    println!("imported (Tessera format):");
+    print_report(&imported);
+
+    if official.passed() && imported.passed() {
+        println!("PASS: every output within {:e}", reference::TOLERANCE);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAIL");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn print_report(report: &reference::Report) {
+    for row in &report.rows {
+        let verdict = if row.passed() { "ok  " } else { "FAIL" };
+        match &row.measure {
+            Measure::MaxAbs(e) => println!("  {verdict} {:<52} max |Δ| = {e:.3e}", row.name),
+            Measure::Mismatches { differ, of } => {
+                println!("  {verdict} {:<52} {differ} of {of} differ", row.name)
+            }
+            Measure::Incomparable(why) => println!("  {verdict} {:<52} {why}", row.name),
+        }
+    }
+}
+
+/// `tessera import`.
+pub fn import(manifest: &Path, out: &Path, dtype: DType, force: bool) -> Result<()> {
+    let opts = ImportOptions {
+        dtype,
+        overwrite: force,
+    };
+    let card = import_release(manifest, out, &opts, &mut |step| eprintln!("importing {step}…"))?;
+    println!(
+        "wrote {} ({} levels, {:.1} M transformer parameters, {})",
+        out.display(),
+        card.levels(),
+        card.transformer_parameters() as f64 / 1e6,
+        card.dtype
+    );
+    Ok(())
+}
+
+/// `tessera info`.
+pub fn info(model: &Path) -> Result<()> {
+    let source = ModelSource::open(model)?;
+    for w in source.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let card = source.card();
+    println!("{} — {}", card.name, card.description);
+    println!("source:       {}", source.path().display());
+    println!(
+        "image:        {0}×{0} px, {1}×{1} tokens, {2} codes used of {3}",
+        card.resolution(),
+        card.grid_side(),
+        card.n_tokens,
+        card.vqgan.n_embed
+    );
+    println!("levels (T):   {}", card.levels());
+    for stage in &card.stages {
+        let arch = match &stage.network {
+            Network::XTransformer {
+                config: c,
+                residual_scaled,
+            } => format!(
+                "{}XTransformer dim {} enc {}×{} heads, dec {}×{} heads",
+                if *residual_scaled { "ResidualScaled" } else { "" },
+                c.dim,
+                c.enc_depth,
+                c.enc_heads,
+                c.dec_depth,
+                c.dec_heads
+            ),
+            Network::Gpt { config: c } => format!(
+                "minGPT {} layers × {}, {} heads",
+                c.n_layer, c.n_embd, c.n_head
+            ),
+        };
+        println!(
+            "  stage {}:    {arch}; {:.2} M parameters; β = {:.4}",
+            stage.level,
+            stage.parameters as f64 / 1e6,
+            card.schedule.beta(stage.level)
+        );
+    }
+    println!("schedule ᾱ:   {:?}", card.schedule.alphacum);
+    let cond = match &card.conditioning {
+        Conditioning::None => "unconditional".to_string(),
+        Conditioning::Class { n_classes, class_names } => format!(
+            "class ({n_classes} classes{})",
+            if class_names.is_empty() { "" } else { ", named" }
+        ),
+        Conditioning::Text { context_len, .. } => format!("text ({context_len} tokens)"),
+    };
+    println!("conditioning: {cond}");
+    let bytes = match card.dtype.as_str() {
+        "f16" | "bf16" => 2,
+        _ => 4,
+    };
+    let largest = card.stages.iter().map(|s| s.parameters).max().unwrap_or(0);
+    println!(
+        "memory:       weights {:.2} GB for all stages ({}), {:.2} GB for the largest stage alone",
+        card.transformer_parameters() as f64 * bytes as f64 / 1e9,
+        card.dtype,
+        largest as f64 * bytes as f64 / 1e9
+    );
+    println!("license:      {}", card.license);
+    println!("provenance:   {}", card.provenance);
+    Ok(())
+}
+
+/// `tessera bench`.
+pub fn bench(quick: bool, only: &[String]) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark with `cargo run --release`");
+    }
+    let parts = tessera_engine::bench::Parts::from_names(only)?;
+    tessera_engine::bench::run(&parts, quick, &mut |line| println!("{line}"))?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The `tessera` binary. Until the editor lands it hosts the command line; every subcommand
+//! drives the engine crate and prints what it did.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Tessera: inpainting with ImageBART.
+#[derive(Parser)]
+#[command(name = "tessera", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compare the engine with outputs of the official implementation in a reference folder
+    /// (official release layout plus expected.safetensors); also checks the imported copy.
+    CheckReference {
+        /// Folder with sampling.yaml, configs/, models/ and expected.safetensors.
+        dir: PathBuf,
+    },
+    /// Convert an official release (sampling manifest) into a Tessera model folder.
+    Import {
+        /// The official sampling manifest (e.g. configs/sampling/ffhq/ffhq_2_scales_custom.yaml).
+        manifest: PathBuf,
+        /// Output folder (must not exist unless --force).
+        out: PathBuf,
+        /// Storage type of the transformer weights: f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Replace an existing output folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Describe a model: architecture, parameters, schedule, conditioning, expected memory.
+    Info {
+        /// Model folder or official manifest.
+        model: PathBuf,
+    },
+    /// Benchmarks of released-size networks with random weights (use a release build).
+    Bench {
+        /// Fewer repetitions.
+        #[arg(long)]
+        quick: bool,
+        /// Only these parts: encdec, gpt, vqgan (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        None => {
+            println!(
+                "Tessera {} — the editor is not built yet; see `tessera --help` for the \
+                 command line.",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::CheckReference { dir }) => cli::check_reference(&dir),
+        Some(Command::Import {
+            manifest,
+            out,
+            dtype,
+            force,
+        }) => {
+            let dtype = tessera_engine::loader::parse_dtype(&dtype)?;
+            cli::import(&manifest, &out, dtype, force).context("import failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Info { model }) => {
+            cli::info(&model)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { quick, only }) => {
+            cli::bench(quick, &only)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

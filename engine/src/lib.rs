@@ -1,0 +1,22 @@
+//! The Tessera engine: a candle port of ImageBART (Esser, Rombach, Blattmann, Ommer, NeurIPS 2021).
+//!
+//! The engine knows nothing of any UI. Its parts follow the paper and the official code:
+//! - [`vqgan`]: the first stage, image ↔ remapped codebook tokens;
+//! - [`xtransformer`]: the encoder–decoder stages t < T (and the residual-scaled variant);
+//! - [`gpt`]: the last stage T, a minGPT over the conditioning prefix;
+//! - [`schedule`]: the multinomial-diffusion schedule (α_t, ᾱ_t);
+//! - [`loader`]: official releases (manifest + YAML + Lightning `.ckpt`) and Tessera's own format;
+//! - [`reference`]: comparison against outputs computed by the official implementation.
+
+pub mod bench;
+pub mod error;
+pub mod gpt;
+pub mod imagenet;
+pub mod loader;
+pub mod nn;
+pub mod reference;
+pub mod schedule;
+pub mod vqgan;
+pub mod xtransformer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,249 @@
+//! Tessera's model card: the small JSON file that describes a model folder — architecture of
+//! every stage, schedule, conditioning, token ids, provenance and license. Official releases
+//! are described by the same structure, built from their YAML configs, so everything after
+//! loading treats both alike.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gpt::GptConfig;
+use crate::schedule::Schedule;
+use crate::vqgan::VqganConfig;
+use crate::xtransformer::XTransformerConfig;
+
+/// The `format` string written into every card.
+pub const CARD_FORMAT: &str = "tessera-imagebart/1";
+/// File name of the card inside a model folder.
+pub const CARD_FILE: &str = "model.json";
+/// File name of the VQGAN weights inside a model folder.
+pub const VQGAN_FILE: &str = "vqgan.safetensors";
+
+/// Describes one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Always [`CARD_FORMAT`].
+    pub format: String,
+    /// Short human-readable name.
+    pub name: String,
+    /// Longer description.
+    #[serde(default)]
+    pub description: String,
+    /// The first stage; `n_embed` entries of which `n_tokens` are used.
+    pub vqgan: VqganConfig,
+    /// K: size of the remapped vocabulary the stages read and write.
+    pub n_tokens: usize,
+    /// The stages, level 1 first (`stages[t-1]` undoes level t).
+    pub stages: Vec<StageCard>,
+    /// The diffusion schedule, T + 1 entries.
+    pub schedule: Schedule,
+    /// What the prefix after the scale token holds.
+    pub conditioning: Conditioning,
+    /// Storage type of the transformer weights (`f32`, `f16`, `bf16`).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Where the weights come from.
+    #[serde(default)]
+    pub provenance: String,
+    /// License of the weights.
+    #[serde(default)]
+    pub license: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+/// One stage of the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageCard {
+    /// The level t this stage undoes (1-based; also its scale token).
+    pub level: usize,
+    /// Its network.
+    pub network: Network,
+    /// Weights file inside the model folder (empty for official releases).
+    #[serde(default)]
+    pub weights: String,
+    /// Number of parameters, for `tessera info`.
+    #[serde(default)]
+    pub parameters: usize,
+}
+
+/// The network of a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Network {
+    /// Encoder–decoder stage (t < T); `residual_scaled` selects `ResidualScaledXTransformer`.
+    XTransformer {
+        /// The official `transformer_config.params`.
+        config: XTransformerConfig,
+        /// Whether the stage adds the residual logit term and learned logit scales.
+        residual_scaled: bool,
+    },
+    /// Decoder-only last stage (t = T).
+    Gpt {
+        /// The official `transformer_config.params`.
+        config: GptConfig,
+    },
+}
+
+/// What follows the scale token in every stage's conditioning prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Conditioning {
+    /// Nothing: the prefix is `[t]`.
+    None,
+    /// One class id, embedded with the token table: the prefix is `[t, class]`.
+    Class {
+        /// Valid class ids are `0..n_classes`.
+        n_classes: usize,
+        /// Optional display names, `class_names[i]` for id i.
+        #[serde(default)]
+        class_names: Vec<String>,
+    },
+    /// Text tokens from a tokenizer shipped with the model: the prefix is `[t, tokens…]`.
+    Text {
+        /// `tokenizer.json` inside the model folder.
+        tokenizer: String,
+        /// Number of text tokens (padded / truncated).
+        context_len: usize,
+        /// Added to tokenizer ids to place them in the token table.
+        token_offset: usize,
+        /// Id (before the offset) used for padding and for the empty condition.
+        pad_id: usize,
+    },
+}
+
+impl Conditioning {
+    /// Number of prefix tokens after the scale token.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Class { .. } => 1,
+            Self::Text { context_len, .. } => *context_len,
+        }
+    }
+
+    /// Whether the prefix carries no condition.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ModelCard {
+    /// Number of levels T.
+    pub fn levels(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// Length of the conditioning prefix (scale token included).
+    pub fn prefix_len(&self) -> usize {
+        1 + self.conditioning.len()
+    }
+
+    /// Side of the token grid (16 for the releases).
+    pub fn grid_side(&self) -> usize {
+        self.vqgan.latent_size()
+    }
+
+    /// Number of image tokens per grid.
+    pub fn n_positions(&self) -> usize {
+        self.grid_side() * self.grid_side()
+    }
+
+    /// Image resolution the model works at.
+    pub fn resolution(&self) -> usize {
+        self.vqgan.ddconfig.resolution
+    }
+
+    /// Total parameter count of the transformer stages.
+    pub fn transformer_parameters(&self) -> usize {
+        self.stages.iter().map(|s| s.parameters).sum()
+    }
+
+    /// Checks that the stages fit together; the message says what does not.
+    pub fn validate(&self) -> Result<(), String> {
+        let t_max = self.levels();
+        if t_max == 0 {
+            return Err("the model has no stages".into());
+        }
+        if self.schedule.levels() != t_max {
+            return Err(format!(
+                "schedule has {} levels but there are {t_max} stages",
+                self.schedule.levels()
+            ));
+        }
+        self.schedule.validate()?;
+        let prefix = self.prefix_len();
+        let positions = self.n_positions();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let t = i + 1;
+            if stage.level != t {
+                return Err(format!("stage {t} is labelled level {}", stage.level));
+            }
+            match (&stage.network, t == t_max) {
+                (Network::XTransformer { config, .. }, false) => {
+                    let input_vocab = config.enc_num_tokens;
+                    if config.dec_num_tokens != self.n_tokens {
+                        return Err(format!(
+                            "stage {t}: dec_num_tokens = {} but the VQGAN uses {} codes",
+                            config.dec_num_tokens, self.n_tokens
+                        ));
+                    }
+                    if config.enc_max_seq_len < prefix + positions {
+                        return Err(format!(
+                            "stage {t}: enc_max_seq_len = {} is shorter than prefix {prefix} + {positions} tokens",
+                            config.enc_max_seq_len
+                        ));
+                    }
+                    if config.dec_max_seq_len < positions {
+                        return Err(format!(
+                            "stage {t}: dec_max_seq_len = {} is shorter than {positions} tokens",
+                            config.dec_max_seq_len
+                        ));
+                    }
+                    self.check_input_vocab(t, input_vocab)?;
+                }
+                (Network::Gpt { config }, true) => {
+                    if config.vocab_size != self.n_tokens {
+                        return Err(format!(
+                            "stage {t}: vocab_size = {} but the VQGAN uses {} codes",
+                            config.vocab_size, self.n_tokens
+                        ));
+                    }
+                    if config.block_size < prefix + positions - 1 {
+                        return Err(format!(
+                            "stage {t}: block_size = {} is shorter than prefix {prefix} + {} tokens",
+                            config.block_size,
+                            positions - 1
+                        ));
+                    }
+                    self.check_input_vocab(t, config.input_vocab_size.unwrap_or(config.vocab_size))?;
+                }
+                (Network::Gpt { .. }, false) => {
+                    return Err(format!(
+                        "stage {t} is a GPT, but only the last stage (T = {t_max}) may be"
+                    ));
+                }
+                (Network::XTransformer { .. }, true) => {
+                    return Err(format!(
+                        "the last stage (T = {t_max}) must be a GPT, found an XTransformer"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_input_vocab(&self, t: usize, input_vocab: usize) -> Result<(), String> {
+        let need = match &self.conditioning {
+            Conditioning::None => self.n_tokens.max(self.levels() + 1),
+            Conditioning::Class { n_classes, .. } => (*n_classes).max(self.n_tokens),
+            Conditioning::Text { .. } => self.n_tokens,
+        };
+        if input_vocab < need {
+            return Err(format!(
+                "stage {t}: input vocabulary of {input_vocab} cannot hold {need} token ids"
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! `tessera import`: converts an official release into a Tessera model folder, stage by stage.
+//! Each stage's network is built once from its checkpoint with a recording backend, so exactly
+//! the tensors the network uses (EMA weights, no optimizer state, no raw weights, no unused
+//! heads) are written; only one stage's checkpoint is open at a time. The folder is written
+//! under a temporary name and renamed when complete, so an interrupted import leaves nothing
+//! that looks like a model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::card::{CARD_FILE, ModelCard, VQGAN_FILE};
+use super::{LoadOptions, ModelSource};
+use crate::{Error, Result};
+
+/// Options of an import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Storage type of the transformer weights (`F32`, `F16`, `BF16`); the VQGAN stays f32.
+    pub dtype: DType,
+    /// Replace an existing output folder.
+    pub overwrite: bool,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            overwrite: false,
+        }
+    }
+}
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+fn save(tensors: Vec<(String, Tensor)>, path: &Path) -> Result<usize> {
+    let mut map = HashMap::with_capacity(tensors.len());
+    let mut count = 0;
+    for (name, tensor) in tensors {
+        if !map.contains_key(&name) {
+            count += tensor.elem_count();
+            map.insert(name, tensor);
+        }
+    }
+    candle_core::safetensors::save(&map, path)
+        .map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))?;
+    Ok(count)
+}
+
+/// Imports the release at `manifest` into the folder `out`. `progress` receives one line per
+/// step. Returns the written card.
+pub fn import(
+    manifest: &Path,
+    out: &Path,
+    opts: &ImportOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ModelCard> {
+    let source = ModelSource::open(manifest)?;
+    if !matches!(source, ModelSource::Official(_)) {
+        return Err(Error::Input(format!(
+            "{} is already a Tessera model folder",
+            manifest.display()
+        )));
+    }
+    if out.exists() && !opts.overwrite {
+        return Err(Error::Input(format!(
+            "{} already exists; choose another folder or allow overwriting",
+            out.display()
+        )));
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp: PathBuf = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = write_folder(&source, &tmp, opts, progress);
+    let card = match result {
+        Ok(card) => card,
+        Err(e) => {
+            std::fs::remove_dir_all(&tmp).ok();
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+        std::fs::remove_dir_all(&old).ok();
+    } else {
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    }
+    Ok(card)
+}
+
+fn write_folder(
+    source: &ModelSource,
+    dir: &Path,
+    opts: &ImportOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ModelCard> {
+    let mut card = source.card().clone();
+    let cpu = LoadOptions {
+        device: Device::Cpu,
+        dtype: opts.dtype,
+    };
+    progress("VQGAN");
+    let rec = Arc::new(Mutex::new(Vec::new()));
+    drop(source.build_vqgan(&cpu, Some(rec.clone()))?);
+    save(take(&rec), &dir.join(VQGAN_FILE))?;
+    for t in 1..=card.levels() {
+        progress(&format!("stage {t} of {}", card.levels()));
+        let rec = Arc::new(Mutex::new(Vec::new()));
+        drop(source.build_stage(t, &cpu, Some(rec.clone()))?);
+        let file = format!("stage{t}.safetensors");
+        let count = save(take(&rec), &dir.join(&file))?;
+        let stage = &mut card.stages[t - 1];
+        stage.weights = file;
+        stage.parameters = count;
+    }
+    card.dtype = dtype_name(opts.dtype).into();
+    card.provenance = format!(
+        "imported by tessera import from {} ({})",
+        source.path().display(),
+        card.provenance
+    );
+    let json = serde_json::to_string_pretty(&card).map_err(|e| Error::Input(e.to_string()))?;
+    let card_path = dir.join(CARD_FILE);
+    std::fs::write(&card_path, json).map_err(|e| Error::io(&card_path, e))?;
+    Ok(card)
+}
+
+fn take(rec: &Arc<Mutex<Vec<(String, Tensor)>>>) -> Vec<(String, Tensor)> {
+    rec.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+}

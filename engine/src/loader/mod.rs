@@ -1,0 +1,231 @@
+//! One entry point for every model Tessera can run: [`ModelSource::open`] takes an official
+//! release manifest (or a folder holding `sampling.yaml`) or a Tessera model folder (holding
+//! `model.json`), and [`ModelSource::load`] / [`ModelSource::load_stage`] build the networks.
+
+pub mod backend;
+pub mod card;
+pub mod import;
+pub mod official;
+pub mod pth;
+pub mod tessera;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::gpt::Gpt;
+use crate::vqgan::Vqgan;
+use crate::xtransformer::XTransformer;
+use crate::{Error, Result};
+use backend::{Checked, Recorder, Source};
+use card::{ModelCard, Network};
+
+/// Device and storage type for a load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where the networks run.
+    pub device: Device,
+    /// Type of the transformer weights and activations (the VQGAN always runs in f32).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// The network of one level.
+pub enum Stage {
+    /// Encoder–decoder stage, t < T.
+    EncDec(XTransformer),
+    /// Decoder-only last stage, t = T.
+    Gpt(Gpt),
+}
+
+/// A fully loaded model.
+pub struct Model {
+    /// Its description.
+    pub card: ModelCard,
+    /// First stage.
+    pub vqgan: Vqgan,
+    /// `stages[t-1]` undoes level t.
+    pub stages: Vec<Stage>,
+    /// Device the networks live on.
+    pub device: Device,
+}
+
+/// A model on disk, opened but not loaded.
+#[derive(Debug)]
+pub enum ModelSource {
+    /// An official release.
+    Official(official::Release),
+    /// A Tessera model folder.
+    Tessera(tessera::Folder),
+}
+
+impl ModelSource {
+    /// Opens a Tessera model folder, an official manifest, or a folder with `sampling.yaml`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            ));
+        }
+        if path.is_dir() {
+            if path.join(card::CARD_FILE).is_file() {
+                return Ok(Self::Tessera(tessera::Folder::open(path)?));
+            }
+            let manifest = path.join("sampling.yaml");
+            if manifest.is_file() {
+                return Ok(Self::Official(official::Release::open(manifest)?));
+            }
+            return Err(Error::config(
+                path,
+                format!(
+                    "neither a Tessera model folder ({}) nor an official release folder \
+                     (sampling.yaml)",
+                    card::CARD_FILE
+                ),
+            ));
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Ok(Self::Official(official::Release::open(path)?)),
+            Some("json") if path.file_name().is_some_and(|n| n == card::CARD_FILE) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                Ok(Self::Tessera(tessera::Folder::open(dir)?))
+            }
+            _ => Err(Error::config(
+                path,
+                "expected a model folder, a model.json, or an official sampling manifest (.yaml)",
+            )),
+        }
+    }
+
+    /// The model's card.
+    pub fn card(&self) -> &ModelCard {
+        match self {
+            Self::Official(r) => &r.card,
+            Self::Tessera(f) => &f.card,
+        }
+    }
+
+    /// Where the model was opened from.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Self::Official(r) => r.manifest.clone(),
+            Self::Tessera(f) => f.dir.clone(),
+        }
+    }
+
+    /// Non-fatal findings made while opening.
+    pub fn warnings(&self) -> &[String] {
+        match self {
+            Self::Official(r) => &r.warnings,
+            Self::Tessera(_) => &[],
+        }
+    }
+
+    fn backend(&self, part: Part, record: Option<Recorder>) -> Result<Checked> {
+        let source = match (self, part) {
+            (Self::Official(r), Part::Vqgan) => Source::Pth {
+                ckpt: r.checkpoint(1)?,
+                map: backend::first_stage_key,
+            },
+            (Self::Official(r), Part::Stage(t)) => Source::Pth {
+                ckpt: r.checkpoint(t)?,
+                map: backend::ema_key,
+            },
+            (Self::Tessera(f), part) => f.source(part)?,
+        };
+        Ok(Checked::new(source, record))
+    }
+
+    /// Builds the VQGAN (f32).
+    pub fn load_vqgan(&self, opts: &LoadOptions) -> Result<Vqgan> {
+        self.build_vqgan(opts, None)
+    }
+
+    pub(crate) fn build_vqgan(&self, opts: &LoadOptions, record: Option<Recorder>) -> Result<Vqgan> {
+        let backend = self.backend(Part::Vqgan, record)?;
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, opts.device.clone());
+        let card = self.card();
+        Vqgan::new(vb, &card.vqgan, card.n_tokens).map_err(backend::unwrap)
+    }
+
+    /// Builds the network of level `t` (1-based).
+    pub fn load_stage(&self, t: usize, opts: &LoadOptions) -> Result<Stage> {
+        self.build_stage(t, opts, None)
+    }
+
+    pub(crate) fn build_stage(
+        &self,
+        t: usize,
+        opts: &LoadOptions,
+        record: Option<Recorder>,
+    ) -> Result<Stage> {
+        let card = self.card();
+        let stage = card
+            .stages
+            .get(t.wrapping_sub(1))
+            .ok_or_else(|| Error::Input(format!("the model has no stage {t}")))?;
+        let backend = self.backend(Part::Stage(t), record)?;
+        let vb = VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone());
+        let built = match &stage.network {
+            Network::XTransformer {
+                config,
+                residual_scaled,
+            } => {
+                let alphas = residual_scaled.then(|| card.schedule.alphats.clone());
+                XTransformer::new(vb, config, alphas).map(Stage::EncDec)
+            }
+            Network::Gpt { config } => Gpt::new(vb, config).map(Stage::Gpt),
+        };
+        built.map_err(backend::unwrap)
+    }
+
+    /// Loads the VQGAN and every stage.
+    pub fn load(&self, opts: &LoadOptions) -> Result<Model> {
+        let vqgan = self.load_vqgan(opts)?;
+        let stages = (1..=self.card().levels())
+            .map(|t| self.load_stage(t, opts))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            card: self.card().clone(),
+            vqgan,
+            stages,
+            device: opts.device.clone(),
+        })
+    }
+}
+
+/// Which weights of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The first stage.
+    Vqgan,
+    /// Level t's network.
+    Stage(usize),
+}
+
+/// Parses `f32`, `f16` or `bf16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::Input(format!(
+            "unknown weight type `{other}` (use f32, f16 or bf16)"
+        ))),
+    }
+}
+
+/// Shared handle to an opened source, for callers that load stages lazily.
+pub type SharedSource = Arc<ModelSource>;

@@ -1,0 +1,370 @@
+//! Official ImageBART releases: a sampling manifest (`checkpoints`, `configs`, stage 1 first),
+//! one YAML config per stage, and one Lightning checkpoint per stage. Opening a release reads
+//! only the YAMLs and the first checkpoint's tensor table; stage weights are read when a stage is
+//! loaded, one checkpoint at a time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::card::{Conditioning, ModelCard, Network, StageCard, CARD_FORMAT};
+use super::pth::Checkpoint;
+use crate::schedule::Schedule;
+use crate::vqgan::VqganConfig;
+use crate::{Error, Result};
+
+#[derive(Deserialize)]
+struct Manifest {
+    checkpoints: Vec<String>,
+    configs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct StageYaml {
+    model: ModelYaml,
+}
+
+#[derive(Deserialize)]
+struct ModelYaml {
+    target: String,
+    params: ParamsYaml,
+}
+
+#[derive(Deserialize)]
+struct ParamsYaml {
+    n_scales: usize,
+    single_scale: usize,
+    #[serde(default)]
+    redraw_prob: Option<serde_yaml::Value>,
+    transformer_config: Targeted<serde_yaml::Value>,
+    first_stage_config: Targeted<VqganConfig>,
+    #[serde(default)]
+    conditioner_config: Option<Targeted<serde_yaml::Value>>,
+}
+
+#[derive(Deserialize)]
+struct Targeted<P> {
+    target: String,
+    params: P,
+}
+
+/// An opened official release.
+#[derive(Debug)]
+pub struct Release {
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// The card built from the configs and checkpoint buffers.
+    pub card: ModelCard,
+    /// Stage checkpoints, level 1 first.
+    pub checkpoints: Vec<PathBuf>,
+    /// Things that look off but do not stop loading (e.g. a config schedule that disagrees
+    /// with the checkpoint buffers).
+    pub warnings: Vec<String>,
+}
+
+/// Resolves a manifest entry: absolute as is; relative against the manifest's folder, then
+/// each ancestor (a real release's manifest sits three folders below the repository root).
+fn resolve(manifest: &Path, entry: &str) -> Result<PathBuf> {
+    let p = Path::new(entry);
+    if p.is_absolute() {
+        return if p.exists() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::config(manifest, format!("`{entry}` does not exist")))
+        };
+    }
+    let mut dir = manifest.parent();
+    while let Some(d) = dir {
+        let candidate = d.join(p);
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(Error::config(
+        manifest,
+        format!("`{entry}` was found neither beside the manifest nor in any folder above it"),
+    ))
+}
+
+fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_yaml::from_str(&text).map_err(|e| Error::config(path, e))
+}
+
+/// Number of parameters implied by a stage's config.
+fn count_params(network: &Network) -> usize {
+    match network {
+        Network::XTransformer {
+            config: c,
+            residual_scaled,
+        } => {
+            let d = c.dim;
+            let ln = 2 * d;
+            let attn = |heads: usize| 4 * d * heads * c.dim_head + d;
+            let ff = 8 * d * d + 5 * d;
+            // Embeddings, blocks, final norm and `to_logits` (the encoder's is stored though unused).
+            let enc = (c.enc_num_tokens + c.enc_max_seq_len) * d
+                + c.enc_depth * (2 * ln + attn(c.enc_heads) + ff)
+                + ln
+                + c.enc_num_tokens * (d + 1);
+            let dec = (c.dec_num_tokens + c.dec_max_seq_len) * d
+                + c.dec_depth * (3 * ln + 2 * attn(c.dec_heads) + ff)
+                + ln
+                + c.dec_num_tokens * (d + 1);
+            enc + dec + if *residual_scaled { c.n_scales.unwrap_or(0) } else { 0 }
+        }
+        Network::Gpt { config: c } => {
+            let n = c.n_embd;
+            let vin = c.input_vocab_size.unwrap_or(c.vocab_size);
+            vin * n
+                + c.block_size * n
+                + c.n_layer * (4 * (n * n + n) + 2 * (4 * n * n) + 5 * n + 4 * n)
+                + 2 * n
+                + c.vocab_size * n
+        }
+    }
+}
+
+impl Release {
+    /// Opens the release described by a sampling manifest.
+    pub fn open(manifest: impl AsRef<Path>) -> Result<Self> {
+        let manifest = manifest.as_ref().to_path_buf();
+        let m: Manifest = read_yaml(&manifest)?;
+        if m.checkpoints.is_empty() || m.checkpoints.len() != m.configs.len() {
+            return Err(Error::config(
+                &manifest,
+                format!(
+                    "needs as many checkpoints as configs (≥ 1); found {} and {}",
+                    m.checkpoints.len(),
+                    m.configs.len()
+                ),
+            ));
+        }
+        let checkpoints = m
+            .checkpoints
+            .iter()
+            .map(|c| resolve(&manifest, c))
+            .collect::<Result<Vec<_>>>()?;
+        let config_paths = m
+            .configs
+            .iter()
+            .map(|c| resolve(&manifest, c))
+            .collect::<Result<Vec<_>>>()?;
+        let levels = checkpoints.len();
+        let mut warnings = Vec::new();
+        let mut stages = Vec::with_capacity(levels);
+        let mut vqgan: Option<VqganConfig> = None;
+        let mut conditioning = Conditioning::None;
+        let mut redraw_prob = None;
+        for (i, path) in config_paths.iter().enumerate() {
+            let t = i + 1;
+            let y: StageYaml = read_yaml(path)?;
+            let p = y.model.params;
+            if p.single_scale != t || p.n_scales != levels {
+                return Err(Error::config(
+                    path,
+                    format!(
+                        "is stage {} of {} (single_scale / n_scales), but the manifest lists it \
+                         as stage {t} of {levels}",
+                        p.single_scale, p.n_scales
+                    ),
+                ));
+            }
+            let target = p.transformer_config.target.rsplit('.').next().unwrap_or("");
+            let network = match target {
+                "XTransformer" | "ResidualScaledXTransformer" => Network::XTransformer {
+                    config: serde_yaml::from_value(p.transformer_config.params)
+                        .map_err(|e| Error::config(path, format!("transformer_config: {e}")))?,
+                    residual_scaled: target == "ResidualScaledXTransformer",
+                },
+                "GPT" => Network::Gpt {
+                    config: serde_yaml::from_value(p.transformer_config.params)
+                        .map_err(|e| Error::config(path, format!("transformer_config: {e}")))?,
+                },
+                other => {
+                    return Err(Error::config(
+                        path,
+                        format!("unknown transformer target `{other}`"),
+                    ));
+                }
+            };
+            let model_kind = y.model.target.rsplit('.').next().unwrap_or("");
+            let expected_kind = if t == levels {
+                "DecoderOnlyDenoiser"
+            } else {
+                "DenoisingXTransformer"
+            };
+            if model_kind != expected_kind {
+                return Err(Error::config(
+                    path,
+                    format!("stage {t} of {levels} must be a {expected_kind}, found `{model_kind}`"),
+                ));
+            }
+            let parameters = count_params(&network);
+            if let Network::XTransformer {
+                config,
+                residual_scaled: true,
+            } = &network
+            {
+                if config.n_scales.is_some_and(|n| n < levels) {
+                    return Err(Error::config(path, "log_scalors has fewer entries than levels"));
+                }
+            }
+            stages.push(StageCard {
+                level: t,
+                network,
+                weights: String::new(),
+                parameters,
+            });
+            match &vqgan {
+                None => vqgan = Some(p.first_stage_config.params),
+                Some(v) if *v != p.first_stage_config.params => warnings.push(format!(
+                    "{}: first_stage_config differs from stage 1's; stage 1's VQGAN is used",
+                    path.display()
+                )),
+                Some(_) => {}
+            }
+            if let Some(c) = p.conditioner_config {
+                let kind = c.target.rsplit('.').next().unwrap_or("");
+                if kind != "ClassProvider" {
+                    return Err(Error::config(
+                        path,
+                        format!(
+                            "conditioner `{kind}` is not supported (class-conditional \
+                             releases use ClassProvider; no text-conditional release exists)"
+                        ),
+                    ));
+                }
+                conditioning = Conditioning::Class {
+                    n_classes: 0,
+                    class_names: Vec::new(),
+                };
+            }
+            if redraw_prob.is_none() {
+                redraw_prob = p.redraw_prob.and_then(|v| match v {
+                    serde_yaml::Value::String(s) => Some(s),
+                    serde_yaml::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+            }
+        }
+        let vqgan = vqgan.ok_or_else(|| Error::config(&manifest, "no stages"))?;
+
+        // The first checkpoint gives K (the remap table) and the schedule buffers.
+        let first = Checkpoint::open(&checkpoints[0])?;
+        let n_tokens = match first.info("first_stage_model.quantize.used") {
+            Some((shape, _)) if shape.len() == 1 => shape[0],
+            Some((shape, _)) => {
+                return Err(Error::ShapeMismatch {
+                    path: checkpoints[0].clone(),
+                    key: "first_stage_model.quantize.used".into(),
+                    expected: vec![0],
+                    found: shape.to_vec(),
+                });
+            }
+            None => {
+                return Err(Error::MissingKey {
+                    path: checkpoints[0].clone(),
+                    key: "first_stage_model.quantize.used".into(),
+                });
+            }
+        };
+        let buffers = read_schedule(&first)?;
+        let from_config = redraw_prob
+            .as_deref()
+            .map(|r| Schedule::from_redraw_prob(r, levels));
+        let schedule = match (buffers, from_config) {
+            (Some(b), Some(Ok(c))) => {
+                if b.max_abs_diff(&c).is_none_or(|d| d > 1e-6) {
+                    warnings.push(format!(
+                        "the checkpoint's schedule {:?} differs from redraw_prob's {:?}; the \
+                         checkpoint's is used",
+                        b.alphacum, c.alphacum
+                    ));
+                }
+                b
+            }
+            (Some(b), _) => b,
+            (None, Some(Ok(c))) => c,
+            (None, Some(Err(e))) => return Err(Error::config(&config_paths[0], e)),
+            (None, None) => {
+                return Err(Error::config(
+                    &config_paths[0],
+                    "no schedule: neither `alphats`/`alphacum` buffers nor redraw_prob",
+                ));
+            }
+        };
+        drop(first);
+
+        if let Conditioning::Class { n_classes, class_names } = &mut conditioning {
+            // Class ids share the token table with codes and scale tokens, so the smallest
+            // input table bounds them.
+            *n_classes = stages
+                .iter()
+                .map(|s| match &s.network {
+                    Network::XTransformer { config, .. } => config.enc_num_tokens,
+                    Network::Gpt { config } => config.input_vocab_size.unwrap_or(config.vocab_size),
+                })
+                .min()
+                .unwrap_or(0);
+            if *n_classes == crate::imagenet::N_CLASSES {
+                *class_names = crate::imagenet::class_names();
+            }
+        }
+        let name = manifest
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let card = ModelCard {
+            format: CARD_FORMAT.into(),
+            name,
+            description: "Official ImageBART release (CompVis/imagebart)".into(),
+            vqgan,
+            n_tokens,
+            stages,
+            schedule,
+            conditioning,
+            dtype: "f32".into(),
+            provenance: format!("official release, manifest {}", manifest.display()),
+            license: "see the official release".into(),
+        };
+        card.validate().map_err(|e| Error::config(&manifest, e))?;
+        Ok(Self {
+            manifest,
+            card,
+            checkpoints,
+            warnings,
+        })
+    }
+
+    /// Opens the checkpoint of level `t` (1-based).
+    pub fn checkpoint(&self, t: usize) -> Result<Arc<Checkpoint>> {
+        let path = self
+            .checkpoints
+            .get(t.wrapping_sub(1))
+            .ok_or_else(|| Error::Input(format!("no stage {t}")))?;
+        Ok(Arc::new(Checkpoint::open(path)?))
+    }
+}
+
+/// Reads the `alphats` / `alphacum` buffers, if the checkpoint has them.
+fn read_schedule(ckpt: &Checkpoint) -> Result<Option<Schedule>> {
+    if !(ckpt.contains("alphats") && ckpt.contains("alphacum")) {
+        return Ok(None);
+    }
+    let read = |k: &str| -> Result<Vec<f32>> {
+        Ok(ckpt
+            .get(k)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let s = Schedule {
+        alphats: read("alphats")?,
+        alphacum: read("alphacum")?,
+    };
+    s.validate().map_err(|e| Error::bad_file(ckpt.path(), e))?;
+    Ok(Some(s))
+}

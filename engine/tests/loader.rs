@@ -1,0 +1,205 @@
+//! Loading official releases and Tessera folders, and the errors bad files get.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::{copy_tree, golden, golden_cases};
+use tessera_engine::Error;
+use tessera_engine::loader::card::Conditioning;
+use tessera_engine::loader::import::{ImportOptions, import};
+use tessera_engine::loader::pth::Checkpoint;
+use tessera_engine::loader::{LoadOptions, ModelSource};
+use tessera_engine::reference;
+
+#[test]
+fn golden_cases_reproduce_official_outputs() {
+    for case in golden_cases() {
+        let source = ModelSource::open(&case).unwrap();
+        assert!(source.warnings().is_empty(), "{:?}", source.warnings());
+        let model = source.load(&LoadOptions::default()).unwrap();
+        let report = reference::check(&model, &case.join("expected.safetensors")).unwrap();
+        for row in &report.rows {
+            assert!(row.passed(), "{}: {} {:?}", case.display(), row.name, row.measure);
+        }
+        // Full forward and cached path for every stage, the VQGAN and the schedule.
+        assert!(report.rows.len() >= 8 + 2 * model.stages.len());
+    }
+}
+
+#[test]
+fn imported_copy_matches_and_f16_is_close() {
+    let case = golden().join("uncond_geometric");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let card = import(&case.join("sampling.yaml"), &out, &ImportOptions::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!(card.levels(), 3);
+    let model = ModelSource::open(&out).unwrap().load(&LoadOptions::default()).unwrap();
+    let report = reference::check(&model, &case.join("expected.safetensors")).unwrap();
+    assert!(report.passed(), "{report:?}");
+
+    // A second import into the same folder is refused unless asked for.
+    let again = import(&case.join("sampling.yaml"), &out, &ImportOptions::default(), &mut |_| {});
+    assert!(matches!(again, Err(Error::Input(_))));
+
+    let half = dir.path().join("half");
+    let opts = ImportOptions {
+        dtype: DType::F16,
+        overwrite: false,
+    };
+    let card = import(&case.join("sampling.yaml"), &half, &opts, &mut |_| {}).unwrap();
+    assert_eq!(card.dtype, "f16");
+    let f32_size = std::fs::metadata(out.join("stage1.safetensors")).unwrap().len();
+    let f16_size = std::fs::metadata(half.join("stage1.safetensors")).unwrap().len();
+    assert!(f16_size * 10 < f32_size * 6, "{f16_size} vs {f32_size}");
+    let model = ModelSource::open(&half).unwrap().load(&LoadOptions::default()).unwrap();
+    let report = reference::check(&model, &case.join("expected.safetensors")).unwrap();
+    // f16 weights cannot match to 1e-4, but the logits must stay close.
+    for row in report.rows.iter().filter(|r| r.name.contains("logits")) {
+        match row.measure {
+            reference::Measure::MaxAbs(e) => assert!(e < 0.05, "{}: {e}", row.name),
+            ref m => panic!("{}: {m:?}", row.name),
+        }
+    }
+}
+
+#[test]
+fn official_card_describes_release() {
+    let source = ModelSource::open(golden().join("class_custom/sampling.yaml")).unwrap();
+    let card = source.card();
+    assert_eq!(card.levels(), 2);
+    assert_eq!(card.n_tokens, 40);
+    assert_eq!(card.prefix_len(), 2);
+    assert!(matches!(card.conditioning, Conditioning::Class { n_classes: 100, .. }));
+    assert_eq!(card.schedule.alphacum, vec![1.0, 0.7, 0.0]);
+}
+
+#[test]
+fn checkpoint_reads_lazily_and_skips_non_tensors() {
+    let ckpt = Checkpoint::open(golden().join("uncond_geometric/models/scale1.ckpt")).unwrap();
+    assert!(ckpt.contains("transformer_ema.encodernormweight"));
+    assert!(ckpt.contains("first_stage_model.quantize.used"));
+    let (shape, dtype) = ckpt.info("first_stage_model.quantize.used").unwrap();
+    assert_eq!((shape, dtype), (&[40usize][..], DType::I64));
+    let used = ckpt.get("first_stage_model.quantize.used").unwrap();
+    let used = used.to_vec1::<i64>().unwrap();
+    assert!(used.windows(2).all(|w| w[0] < w[1]), "remap table is sorted");
+    assert!(matches!(ckpt.get("nope"), Err(Error::MissingKey { .. })));
+}
+
+#[test]
+fn truncated_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&golden().join("uncond_geometric"), dir.path());
+    let ckpt = dir.path().join("models/scale1.ckpt");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    let err = ModelSource::open(dir.path()).unwrap_err();
+    assert!(matches!(&err, Error::BadFile { path, .. } if path.ends_with("scale1.ckpt")), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
+fn truncated_stage_data_is_a_clear_error() {
+    // Stage 2 is only opened when loaded: the tensor table is fine, the data is cut.
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&golden().join("uncond_geometric"), dir.path());
+    let ckpt = dir.path().join("models/scale3.ckpt");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    // Zero a stretch in the middle: the archive still opens, the data is corrupt.
+    let mut cut = bytes.clone();
+    let n = cut.len();
+    cut[n / 3..n / 3 + 4096].fill(0);
+    std::fs::write(&ckpt, &cut).unwrap();
+    let source = ModelSource::open(dir.path()).unwrap();
+    let result = source.load_stage(3, &LoadOptions::default());
+    // Either the zip detects it or the values are read; it must never panic. When zip
+    // reports it, the message names the file.
+    if let Err(e) = result {
+        assert!(e.to_string().contains("scale3.ckpt"), "{e}");
+    }
+}
+
+#[test]
+fn not_a_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&golden().join("uncond_geometric"), dir.path());
+    std::fs::write(dir.path().join("models/scale1.ckpt"), b"this is not a checkpoint").unwrap();
+    let err = ModelSource::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::BadFile { .. }), "{err}");
+    assert!(err.to_string().contains("not a PyTorch zip checkpoint"), "{err}");
+}
+
+#[test]
+fn manifest_naming_missing_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&golden().join("class_custom"), dir.path());
+    std::fs::remove_file(dir.path().join("models/scale2.ckpt")).unwrap();
+    let err = ModelSource::open(dir.path().join("sampling.yaml")).unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    assert!(err.to_string().contains("models/scale2.ckpt"), "{err}");
+}
+
+#[test]
+fn wrong_config_names_key_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&golden().join("uncond_geometric"), dir.path());
+    let cfg = dir.path().join("configs/uncond_geometric-scale2.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("dim: 48", "dim: 32");
+    std::fs::write(&cfg, text).unwrap();
+    let source = ModelSource::open(dir.path()).unwrap();
+    let err = match source.load_stage(2, &LoadOptions::default()) {
+        Ok(_) => panic!("a wrong width must not load"),
+        Err(e) => e,
+    };
+    match &err {
+        Error::ShapeMismatch {
+            path,
+            key,
+            expected,
+            found,
+        } => {
+            assert!(path.ends_with("scale2.ckpt"));
+            assert!(key.starts_with("transformer_ema."), "{key}");
+            assert!(expected.contains(&32) && found.contains(&48), "{expected:?} {found:?}");
+        }
+        other => panic!("expected a shape mismatch, got {other}"),
+    }
+}
+
+#[test]
+fn missing_tensor_in_tessera_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    import(
+        &golden().join("class_custom/sampling.yaml"),
+        &out,
+        &ImportOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let file = out.join("stage2.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    tensors.remove("ln_f.weight").unwrap();
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let source = ModelSource::open(&out).unwrap();
+    assert!(source.load_stage(1, &LoadOptions::default()).is_ok());
+    let err = match source.load_stage(2, &LoadOptions::default()) {
+        Ok(_) => panic!("a missing tensor must not load"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, Error::MissingKey { key, .. } if key == "ln_f.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_card_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.json"), "{ not json").unwrap();
+    let err = ModelSource::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    let err = ModelSource::open(dir.path().join("nowhere")).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+}
