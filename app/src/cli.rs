@@ -72,7 +72,9 @@ pub fn import(manifest: &Path, out: &Path, dtype: DType, force: bool) -> Result<
         dtype,
         overwrite: force,
     };
-    let card = import_release(manifest, out, &opts, &mut |step| eprintln!("importing {step}…"))?;
+    let card = import_release(manifest, out, &opts, &mut |step| {
+        eprintln!("importing {step}…")
+    })?;
     println!(
         "wrote {} ({} levels, {:.1} M transformer parameters, {})",
         out.display(),
@@ -107,7 +109,11 @@ pub fn info(model: &Path) -> Result<()> {
                 residual_scaled,
             } => format!(
                 "{}XTransformer dim {} enc {}×{} heads, dec {}×{} heads",
-                if *residual_scaled { "ResidualScaled" } else { "" },
+                if *residual_scaled {
+                    "ResidualScaled"
+                } else {
+                    ""
+                },
                 c.dim,
                 c.enc_depth,
                 c.enc_heads,
@@ -129,9 +135,16 @@ pub fn info(model: &Path) -> Result<()> {
     println!("schedule ᾱ:   {:?}", card.schedule.alphacum);
     let cond = match &card.conditioning {
         Conditioning::None => "unconditional".to_string(),
-        Conditioning::Class { n_classes, class_names } => format!(
+        Conditioning::Class {
+            n_classes,
+            class_names,
+        } => format!(
             "class ({n_classes} classes{})",
-            if class_names.is_empty() { "" } else { ", named" }
+            if class_names.is_empty() {
+                ""
+            } else {
+                ", named"
+            }
         ),
         Conditioning::Text { context_len, .. } => format!("text ({context_len} tokens)"),
     };
@@ -142,10 +155,10 @@ pub fn info(model: &Path) -> Result<()> {
     };
     let largest = card.stages.iter().map(|s| s.parameters).max().unwrap_or(0);
     println!(
-        "memory:       weights {:.2} GB for all stages ({}), {:.2} GB for the largest stage alone",
-        card.transformer_parameters() as f64 * bytes as f64 / 1e9,
+        "memory:       weights {} for all stages ({}), {} for the largest stage alone",
+        human_bytes(card.transformer_parameters() * bytes),
         card.dtype,
-        largest as f64 * bytes as f64 / 1e9
+        human_bytes(largest * bytes)
     );
     println!("license:      {}", card.license);
     println!("provenance:   {}", card.provenance);
@@ -160,4 +173,15 @@ pub fn bench(quick: bool, only: &[String]) -> Result<()> {
     let parts = tessera_engine::bench::Parts::from_names(only)?;
     tessera_engine::bench::run(&parts, quick, &mut |line| println!("{line}"))?;
     Ok(())
+}
+
+fn human_bytes(n: usize) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1} MB", n / 1e6)
+    } else {
+        format!("{:.0} kB", n / 1e3)
+    }
 }

@@ -124,7 +124,10 @@ pub fn run(parts: &Parts, quick: bool, out: &mut dyn FnMut(String)) -> Result<()
         for b in [1usize, 4] {
             let src = tokens(b, 258, 973, &dev)?;
             let enc = time(reps, || net.start(&src).map(drop))?;
-            out(format!("  batch {b}: encoder pass + cross K/V over 258 tokens: {:.3} s", enc));
+            out(format!(
+                "  batch {b}: encoder pass + cross K/V over 258 tokens: {:.3} s",
+                enc
+            ));
             for p in [1usize, 128, 248] {
                 let mut per = Vec::new();
                 for _ in 0..reps {
@@ -153,7 +156,9 @@ pub fn run(parts: &Parts, quick: bool, out: &mut dyn FnMut(String)) -> Result<()
                 }
                 Ok(())
             })?;
-            out(format!("  batch {b}: whole level (encoder + 256 cached steps): {whole:.2} s"));
+            out(format!(
+                "  batch {b}: whole level (encoder + 256 cached steps): {whole:.2} s"
+            ));
         }
     }
     if parts.gpt {
@@ -192,7 +197,9 @@ pub fn run(parts: &Parts, quick: bool, out: &mut dyn FnMut(String)) -> Result<()
                 }
                 Ok(())
             })?;
-            out(format!("  batch {b}: whole level (prefix + 255 cached steps): {whole:.2} s"));
+            out(format!(
+                "  batch {b}: whole level (prefix + 255 cached steps): {whole:.2} s"
+            ));
         }
     }
     if parts.vqgan {

@@ -91,7 +91,11 @@ impl Block {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let parts = split_heads(&self.attn.qkv.forward(&self.ln1.forward(x)?)?, 3, self.attn.heads)?;
+        let parts = split_heads(
+            &self.attn.qkv.forward(&self.ln1.forward(x)?)?,
+            3,
+            self.attn.heads,
+        )?;
         let Ok([q, k, v]) = <[Tensor; 3]>::try_from(parts) else {
             candle_core::bail!("gpt attention: split failed")
         };
@@ -199,18 +203,19 @@ impl Gpt {
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(vb.pp("blocks").pp(i), cfg))
             .collect::<Result<_>>()?;
+        let tok_emb = vb
+            .pp("tok_emb")
+            .get((cfg.input_vocab(), cfg.n_embd), "weight")?;
         Ok(Self {
             cfg: cfg.clone(),
-            tok_emb: vb
-                .pp("tok_emb")
-                .get((cfg.input_vocab(), cfg.n_embd), "weight")?,
+            dtype: tok_emb.dtype(),
+            tok_emb,
             pos_emb: vb
                 .get((1, cfg.block_size, cfg.n_embd), "pos_emb")?
                 .squeeze(0)?,
             blocks,
             ln_f: LayerNorm::new(vb.pp("ln_f"), cfg.n_embd)?,
             head: Linear::new(vb.pp("head"), cfg.n_embd, cfg.vocab_size, false)?,
-            dtype: vb.dtype(),
             device: vb.device().clone(),
         })
     }
@@ -302,7 +307,7 @@ impl Gpt {
         };
         let logits = self.run(ids, 0, &mut fresh)?;
         if self.cfg.n_unmasked > 0 {
-            fresh.unmasked_ids = Some(ids.narrow(1, 0, n.min(self.cfg.n_unmasked))?);
+            fresh.unmasked_ids = Some(ids.narrow(1, 0, n.min(self.cfg.n_unmasked))?.contiguous()?);
         }
         *cache = fresh;
         Ok(logits)

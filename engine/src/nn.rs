@@ -228,7 +228,7 @@ pub fn check_token_ids(ids: &Tensor, vocab: usize, what: &str) -> Result<Tensor>
         )
     }
     if ids.elem_count() == 0 {
-        return ids.to_dtype(DType::U32);
+        return ids.to_dtype(DType::U32)?.contiguous();
     }
     let as_i64 = ids.to_dtype(DType::I64)?;
     let min = as_i64.min_all()?.to_scalar::<i64>()?;
@@ -239,7 +239,7 @@ pub fn check_token_ids(ids: &Tensor, vocab: usize, what: &str) -> Result<Tensor>
              entries (valid ids 0..{vocab})"
         )
     }
-    ids.to_dtype(DType::U32)
+    ids.to_dtype(DType::U32)?.contiguous()
 }
 
 /// Looks rows of an embedding table `[vocab, dim]` up: `ids` `(B, n)` u32 → `(B, n, dim)`.

@@ -65,12 +65,20 @@ impl Report {
 
     fn float(&mut self, name: impl Into<String>, ours: &Tensor, theirs: &Tensor) -> Result<()> {
         let measure = if ours.dims() != theirs.dims() {
-            Measure::Incomparable(format!("shape {:?}, expected {:?}", ours.dims(), theirs.dims()))
+            Measure::Incomparable(format!(
+                "shape {:?}, expected {:?}",
+                ours.dims(),
+                theirs.dims()
+            ))
         } else {
             let d = (ours.to_dtype(DType::F32)? - theirs.to_dtype(DType::F32)?)?.abs()?;
             let max = d.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             // A NaN anywhere must fail, and `max` ignores NaN on some backends.
-            let nan = d.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| v.is_nan());
+            let nan = d
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .any(|v| v.is_nan());
             Measure::MaxAbs(if nan { f32::NAN } else { max })
         };
         self.rows.push(Row {
@@ -109,7 +117,11 @@ impl Expected {
         })
     }
     fn ints(&self, key: &str) -> Result<Vec<i64>> {
-        Ok(self.get(key)?.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?)
+        Ok(self
+            .get(key)?
+            .to_dtype(DType::I64)?
+            .flatten_all()?
+            .to_vec1::<i64>()?)
     }
 }
 
@@ -134,9 +146,17 @@ pub fn check(model: &Model, expected: &Path) -> Result<Report> {
     let h = vq.encode_prequant(&image)?;
     report.float("vqgan.h", &h, exp.get("vqgan.h")?)?;
     let full = vq.nearest_codes(&h)?;
-    report.index("vqgan.indices_full", &ints(&full)?, &exp.ints("vqgan.indices_full")?);
+    report.index(
+        "vqgan.indices_full",
+        &ints(&full)?,
+        &exp.ints("vqgan.indices_full")?,
+    );
     let (remapped, in_used) = vq.remap(&h, &full)?;
-    report.index("vqgan.in_used", &ints(&in_used)?, &exp.ints("vqgan.in_used")?);
+    report.index(
+        "vqgan.in_used",
+        &ints(&in_used)?,
+        &exp.ints("vqgan.in_used")?,
+    );
     // Where the official code drew a random replacement (−1 here) there is nothing to compare.
     let theirs = exp.ints("vqgan.indices_remapped")?;
     let ours = ints(&remapped)?;
@@ -190,7 +210,11 @@ pub fn check(model: &Model, expected: &Path) -> Result<Report> {
                     rows.push(net.step(&tgt.i((.., j..j + 1))?, &mut cache)?);
                 }
                 let cached = Tensor::cat(&rows, 1)?;
-                report.float(format!("stage{t}.logits (cached)"), &cached, expected_logits)?;
+                report.float(
+                    format!("stage{t}.logits (cached)"),
+                    &cached,
+                    expected_logits,
+                )?;
             }
             Stage::Gpt(net) => {
                 let idx = exp.get(&format!("stage{t}.idx"))?.to_device(dev)?;
@@ -214,7 +238,11 @@ pub fn check(model: &Model, expected: &Path) -> Result<Report> {
                     rows.push(net.step(&idx.i((.., j..j + 1))?, &mut cache)?);
                 }
                 let cached = Tensor::cat(&rows, 1)?;
-                report.float(format!("stage{t}.logits (cached)"), &cached, expected_logits)?;
+                report.float(
+                    format!("stage{t}.logits (cached)"),
+                    &cached,
+                    expected_logits,
+                )?;
             }
         }
     }

@@ -21,7 +21,14 @@ const CUSTOM: &[(&str, &[f32])] = &[
     ("bernoulli_PSIM", &[0.0, 0.151_728_76, 0.230_635_73, 1.0]),
     (
         "bernoulli_PSIM",
-        &[0.0, 0.090_111_13, 0.104_179_74, 0.139_202_49, 0.266_021_55, 1.0],
+        &[
+            0.0,
+            0.090_111_13,
+            0.104_179_74,
+            0.139_202_49,
+            0.266_021_55,
+            1.0,
+        ],
     ),
 ];
 
@@ -137,10 +144,16 @@ impl Schedule {
 
     /// Largest absolute difference to another schedule of the same length (`None` if lengths differ).
     pub fn max_abs_diff(&self, other: &Schedule) -> Option<f32> {
-        if self.alphats.len() != other.alphats.len() || self.alphacum.len() != other.alphacum.len() {
+        if self.alphats.len() != other.alphats.len() || self.alphacum.len() != other.alphacum.len()
+        {
             return None;
         }
-        let d = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let d = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
         Some(d(&self.alphats, &other.alphats).max(d(&self.alphacum, &other.alphacum)))
     }
 }
@@ -176,7 +189,11 @@ mod tests {
     #[test]
     fn custom_release_schedules() {
         let s = Schedule::from_redraw_prob("bernoulli_PSIM", 5).unwrap();
-        assert!((s.alphacum[4] - 0.514_983_8).abs() < 1e-6, "{:?}", s.alphacum);
+        assert!(
+            (s.alphacum[4] - 0.514_983_8).abs() < 1e-6,
+            "{:?}",
+            s.alphacum
+        );
         assert!(Schedule::from_redraw_prob("bernoulli_PSIM", 7).is_err());
         assert!(Schedule::from_redraw_prob("nonsense", 3).is_err());
     }

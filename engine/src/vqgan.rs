@@ -75,7 +75,10 @@ impl VqganConfig {
     fn validate(&self) -> Result<()> {
         let dd = &self.ddconfig;
         if dd.ch_mult.is_empty() || dd.ch_mult.len() > 16 {
-            candle_core::bail!("vqgan: ch_mult must have 1 to 16 entries, got {:?}", dd.ch_mult);
+            candle_core::bail!(
+                "vqgan: ch_mult must have 1 to 16 entries, got {:?}",
+                dd.ch_mult
+            );
         }
         if self.embed_dim == 0 || self.n_embed == 0 || dd.z_channels == 0 || dd.ch == 0 {
             candle_core::bail!("vqgan: embed_dim, n_embed, z_channels and ch must be positive");
@@ -200,7 +203,10 @@ impl Vqgan {
     fn distances(&self, h: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
         let (b, e, hh, ww) = h.dims4()?;
         if e != self.cfg.embed_dim {
-            candle_core::bail!("vqgan: latent has {e} channels, expected {}", self.cfg.embed_dim);
+            candle_core::bail!(
+                "vqgan: latent has {e} channels, expected {}",
+                self.cfg.embed_dim
+            );
         }
         let z = h
             .to_dtype(DType::F32)?
@@ -208,9 +214,7 @@ impl Vqgan {
             .reshape((b * hh * ww, e))?;
         let zz = z.sqr()?.sum_keepdim(1)?;
         let ze = z.matmul(&self.embedding_f32.t()?)?;
-        let d = zz
-            .broadcast_add(&self.embedding_sq)?
-            .sub(&(ze * 2.0)?)?;
+        let d = zz.broadcast_add(&self.embedding_sq)?.sub(&(ze * 2.0)?)?;
         Ok((d.flatten_all()?.to_vec1::<f32>()?, b, hh * ww))
     }
 
@@ -329,7 +333,10 @@ impl Vqgan {
         if r * r != l || l == 0 {
             candle_core::bail!("vqgan: {l} tokens per image do not form a square grid");
         }
-        let toks = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        let toks = tokens
+            .to_dtype(DType::I64)?
+            .flatten_all()?
+            .to_vec1::<i64>()?;
         let full = toks
             .iter()
             .map(|&t| {

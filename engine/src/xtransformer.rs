@@ -350,7 +350,11 @@ impl DecoderCache {
                 .iter()
                 .map(KvCache::try_clone)
                 .collect::<Result<_>>()?,
-            residual: self.residual.as_ref().map(|r| r.map(|t| Ok(t.clone()))).transpose()?,
+            residual: self
+                .residual
+                .as_ref()
+                .map(|r| r.map(|t| Ok(t.clone())))
+                .transpose()?,
             len: self.len,
             batch: self.batch,
         })
@@ -433,16 +437,22 @@ impl XTransformer {
                 })
             }
         };
+        let enc_tok = enc
+            .pp("token_emb")
+            .get((c.enc_num_tokens, c.dim), "weight")?;
         Ok(Self {
             cfg: cfg.clone(),
-            enc_tok: enc.pp("token_emb").get((c.enc_num_tokens, c.dim), "weight")?,
+            dtype: enc_tok.dtype(),
+            enc_tok,
             enc_pos: enc
                 .pp("pos_emb")
                 .pp("emb")
                 .get((c.enc_max_seq_len, c.dim), "weight")?,
             enc_blocks,
             enc_norm: LayerNorm::new(enc.pp("norm"), c.dim)?,
-            dec_tok: dec.pp("token_emb").get((c.dec_num_tokens, c.dim), "weight")?,
+            dec_tok: dec
+                .pp("token_emb")
+                .get((c.dec_num_tokens, c.dim), "weight")?,
             dec_pos: dec
                 .pp("pos_emb")
                 .pp("emb")
@@ -451,7 +461,6 @@ impl XTransformer {
             dec_norm: LayerNorm::new(dec.pp("norm"), c.dim)?,
             to_logits: Linear::new(dec.pp("to_logits"), c.dim, c.dec_num_tokens, true)?,
             residual,
-            dtype: vb.dtype(),
             device: vb.device().clone(),
         })
     }
@@ -578,7 +587,10 @@ impl XTransformer {
         }
         let col = |v: Vec<f32>| Tensor::from_vec(v, (batch, 1, 1), &self.device);
         Ok(ResidualState {
-            xt: src.narrow(1, r.xt_start, r.xt_size)?.to_dtype(DType::U32)?,
+            xt: src
+                .narrow(1, r.xt_start, r.xt_size)?
+                .to_dtype(DType::U32)?
+                .contiguous()?,
             scale: col(scale)?,
             hit_minus_miss: col(diff)?,
             miss: col(miss)?,
@@ -602,7 +614,8 @@ impl XTransformer {
             candle_core::bail!("decoder input is empty: feed at least one token")
         }
         let pos = cache.len;
-        if cache.self_kv.len() != self.dec_blocks.len() || cache.cross.len() != self.dec_blocks.len()
+        if cache.self_kv.len() != self.dec_blocks.len()
+            || cache.cross.len() != self.dec_blocks.len()
         {
             candle_core::bail!("decoder cache was made by a network of another depth")
         }
@@ -626,8 +639,7 @@ impl XTransformer {
                 r.xt_size
             )
         }
-        let mut g =
-            embed(&self.dec_tok, &ids)?.broadcast_add(&self.dec_pos.narrow(0, pos, n)?)?;
+        let mut g = embed(&self.dec_tok, &ids)?.broadcast_add(&self.dec_pos.narrow(0, pos, n)?)?;
         let mask = causal_mask(n, pos, 0, &self.device)?;
         for ((block, kv), cross) in self
             .dec_blocks
@@ -646,12 +658,11 @@ impl XTransformer {
             Some(r) => {
                 let classes = Tensor::arange(0u32, self.cfg.dec_num_tokens as u32, &self.device)?
                     .reshape((1, 1, self.cfg.dec_num_tokens))?;
-                let onehot = r
-                    .xt
-                    .narrow(1, pos, n)?
-                    .unsqueeze(2)?
-                    .broadcast_eq(&classes)?
-                    .to_dtype(DType::F32)?;
+                let onehot =
+                    r.xt.narrow(1, pos, n)?
+                        .unsqueeze(2)?
+                        .broadcast_eq(&classes)?
+                        .to_dtype(DType::F32)?;
                 logits
                     .broadcast_mul(&r.scale)?
                     .add(&onehot.broadcast_mul(&r.hit_minus_miss)?)?

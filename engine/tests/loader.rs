@@ -19,7 +19,13 @@ fn golden_cases_reproduce_official_outputs() {
         let model = source.load(&LoadOptions::default()).unwrap();
         let report = reference::check(&model, &case.join("expected.safetensors")).unwrap();
         for row in &report.rows {
-            assert!(row.passed(), "{}: {} {:?}", case.display(), row.name, row.measure);
+            assert!(
+                row.passed(),
+                "{}: {} {:?}",
+                case.display(),
+                row.name,
+                row.measure
+            );
         }
         // Full forward and cached path for every stage, the VQGAN and the schedule.
         assert!(report.rows.len() >= 8 + 2 * model.stages.len());
@@ -31,15 +37,28 @@ fn imported_copy_matches_and_f16_is_close() {
     let case = golden().join("uncond_geometric");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
-    let card = import(&case.join("sampling.yaml"), &out, &ImportOptions::default(), &mut |_| {})
-        .unwrap();
+    let card = import(
+        &case.join("sampling.yaml"),
+        &out,
+        &ImportOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(card.levels(), 3);
-    let model = ModelSource::open(&out).unwrap().load(&LoadOptions::default()).unwrap();
+    let model = ModelSource::open(&out)
+        .unwrap()
+        .load(&LoadOptions::default())
+        .unwrap();
     let report = reference::check(&model, &case.join("expected.safetensors")).unwrap();
     assert!(report.passed(), "{report:?}");
 
     // A second import into the same folder is refused unless asked for.
-    let again = import(&case.join("sampling.yaml"), &out, &ImportOptions::default(), &mut |_| {});
+    let again = import(
+        &case.join("sampling.yaml"),
+        &out,
+        &ImportOptions::default(),
+        &mut |_| {},
+    );
     assert!(matches!(again, Err(Error::Input(_))));
 
     let half = dir.path().join("half");
@@ -49,10 +68,17 @@ fn imported_copy_matches_and_f16_is_close() {
     };
     let card = import(&case.join("sampling.yaml"), &half, &opts, &mut |_| {}).unwrap();
     assert_eq!(card.dtype, "f16");
-    let f32_size = std::fs::metadata(out.join("stage1.safetensors")).unwrap().len();
-    let f16_size = std::fs::metadata(half.join("stage1.safetensors")).unwrap().len();
+    let f32_size = std::fs::metadata(out.join("stage1.safetensors"))
+        .unwrap()
+        .len();
+    let f16_size = std::fs::metadata(half.join("stage1.safetensors"))
+        .unwrap()
+        .len();
     assert!(f16_size * 10 < f32_size * 6, "{f16_size} vs {f32_size}");
-    let model = ModelSource::open(&half).unwrap().load(&LoadOptions::default()).unwrap();
+    let model = ModelSource::open(&half)
+        .unwrap()
+        .load(&LoadOptions::default())
+        .unwrap();
     let report = reference::check(&model, &case.join("expected.safetensors")).unwrap();
     // f16 weights cannot match to 1e-4, but the logits must stay close.
     for row in report.rows.iter().filter(|r| r.name.contains("logits")) {
@@ -70,7 +96,10 @@ fn official_card_describes_release() {
     assert_eq!(card.levels(), 2);
     assert_eq!(card.n_tokens, 40);
     assert_eq!(card.prefix_len(), 2);
-    assert!(matches!(card.conditioning, Conditioning::Class { n_classes: 100, .. }));
+    assert!(matches!(
+        card.conditioning,
+        Conditioning::Class { n_classes: 100, .. }
+    ));
     assert_eq!(card.schedule.alphacum, vec![1.0, 0.7, 0.0]);
 }
 
@@ -83,7 +112,10 @@ fn checkpoint_reads_lazily_and_skips_non_tensors() {
     assert_eq!((shape, dtype), (&[40usize][..], DType::I64));
     let used = ckpt.get("first_stage_model.quantize.used").unwrap();
     let used = used.to_vec1::<i64>().unwrap();
-    assert!(used.windows(2).all(|w| w[0] < w[1]), "remap table is sorted");
+    assert!(
+        used.windows(2).all(|w| w[0] < w[1]),
+        "remap table is sorted"
+    );
     assert!(matches!(ckpt.get("nope"), Err(Error::MissingKey { .. })));
 }
 
@@ -95,7 +127,10 @@ fn truncated_checkpoint_is_a_clear_error() {
     let bytes = std::fs::read(&ckpt).unwrap();
     std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
     let err = ModelSource::open(dir.path()).unwrap_err();
-    assert!(matches!(&err, Error::BadFile { path, .. } if path.ends_with("scale1.ckpt")), "{err}");
+    assert!(
+        matches!(&err, Error::BadFile { path, .. } if path.ends_with("scale1.ckpt")),
+        "{err}"
+    );
     assert!(err.to_string().contains("truncated"), "{err}");
 }
 
@@ -124,10 +159,17 @@ fn truncated_stage_data_is_a_clear_error() {
 fn not_a_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&golden().join("uncond_geometric"), dir.path());
-    std::fs::write(dir.path().join("models/scale1.ckpt"), b"this is not a checkpoint").unwrap();
+    std::fs::write(
+        dir.path().join("models/scale1.ckpt"),
+        b"this is not a checkpoint",
+    )
+    .unwrap();
     let err = ModelSource::open(dir.path()).unwrap_err();
     assert!(matches!(err, Error::BadFile { .. }), "{err}");
-    assert!(err.to_string().contains("not a PyTorch zip checkpoint"), "{err}");
+    assert!(
+        err.to_string().contains("not a PyTorch zip checkpoint"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -145,7 +187,9 @@ fn wrong_config_names_key_and_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&golden().join("uncond_geometric"), dir.path());
     let cfg = dir.path().join("configs/uncond_geometric-scale2.yaml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("dim: 48", "dim: 32");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("dim: 48", "dim: 32");
     std::fs::write(&cfg, text).unwrap();
     let source = ModelSource::open(dir.path()).unwrap();
     let err = match source.load_stage(2, &LoadOptions::default()) {
@@ -161,7 +205,10 @@ fn wrong_config_names_key_and_both_shapes() {
         } => {
             assert!(path.ends_with("scale2.ckpt"));
             assert!(key.starts_with("transformer_ema."), "{key}");
-            assert!(expected.contains(&32) && found.contains(&48), "{expected:?} {found:?}");
+            assert!(
+                expected.contains(&32) && found.contains(&48),
+                "{expected:?} {found:?}"
+            );
         }
         other => panic!("expected a shape mismatch, got {other}"),
     }

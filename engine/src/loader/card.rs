@@ -216,7 +216,10 @@ impl ModelCard {
                             positions - 1
                         ));
                     }
-                    self.check_input_vocab(t, config.input_vocab_size.unwrap_or(config.vocab_size))?;
+                    self.check_input_vocab(
+                        t,
+                        config.input_vocab_size.unwrap_or(config.vocab_size),
+                    )?;
                 }
                 (Network::Gpt { .. }, false) => {
                     return Err(format!(

@@ -80,7 +80,10 @@ pub fn import(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp: PathBuf = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if tmp.exists() {
@@ -144,5 +147,7 @@ fn write_folder(
 }
 
 fn take(rec: &Arc<Mutex<Vec<(String, Tensor)>>>) -> Vec<(String, Tensor)> {
-    rec.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    rec.lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
 }

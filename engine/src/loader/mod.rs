@@ -153,7 +153,11 @@ impl ModelSource {
         self.build_vqgan(opts, None)
     }
 
-    pub(crate) fn build_vqgan(&self, opts: &LoadOptions, record: Option<Recorder>) -> Result<Vqgan> {
+    pub(crate) fn build_vqgan(
+        &self,
+        opts: &LoadOptions,
+        record: Option<Recorder>,
+    ) -> Result<Vqgan> {
         let backend = self.backend(Part::Vqgan, record)?;
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, opts.device.clone());
         let card = self.card();
@@ -178,17 +182,7 @@ impl ModelSource {
             .ok_or_else(|| Error::Input(format!("the model has no stage {t}")))?;
         let backend = self.backend(Part::Stage(t), record)?;
         let vb = VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone());
-        let built = match &stage.network {
-            Network::XTransformer {
-                config,
-                residual_scaled,
-            } => {
-                let alphas = residual_scaled.then(|| card.schedule.alphats.clone());
-                XTransformer::new(vb, config, alphas).map(Stage::EncDec)
-            }
-            Network::Gpt { config } => Gpt::new(vb, config).map(Stage::Gpt),
-        };
-        built.map_err(backend::unwrap)
+        build_network(&stage.network, vb, &card.schedule.alphats).map_err(backend::unwrap)
     }
 
     /// Loads the VQGAN and every stage.
@@ -203,6 +197,25 @@ impl ModelSource {
             stages,
             device: opts.device.clone(),
         })
+    }
+}
+
+/// Builds a stage network from its description; `alphats` (α_t for t = 0..=T) feeds the
+/// residual term of residual-scaled stages.
+pub fn build_network(
+    network: &Network,
+    vb: VarBuilder,
+    alphats: &[f32],
+) -> candle_core::Result<Stage> {
+    match network {
+        Network::XTransformer {
+            config,
+            residual_scaled,
+        } => {
+            let alphas = residual_scaled.then(|| alphats.to_vec());
+            XTransformer::new(vb, config, alphas).map(Stage::EncDec)
+        }
+        Network::Gpt { config } => Gpt::new(vb, config).map(Stage::Gpt),
     }
 }
 

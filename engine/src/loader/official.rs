@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::card::{Conditioning, ModelCard, Network, StageCard, CARD_FORMAT};
+use super::card::{CARD_FORMAT, Conditioning, ModelCard, Network, StageCard};
 use super::pth::Checkpoint;
 use crate::schedule::Schedule;
 use crate::vqgan::VqganConfig;
@@ -93,8 +93,109 @@ fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_yaml::from_str(&text).map_err(|e| Error::config(path, e))
 }
 
+/// What one official stage config says.
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    /// `single_scale`: the level t this stage undoes.
+    pub level: usize,
+    /// `n_scales`: T.
+    pub levels: usize,
+    /// The network and its parameters.
+    pub network: Network,
+    /// `first_stage_config.params`.
+    pub vqgan: VqganConfig,
+    /// Whether a `ClassProvider` conditioner is configured.
+    pub class_conditional: bool,
+    /// `redraw_prob` as text, if given.
+    pub redraw_prob: Option<String>,
+}
+
+/// Reads and checks one official stage config (`configs/<dataset>/…-scale<t>.yaml`).
+pub fn read_stage_config(path: &Path) -> Result<StageConfig> {
+    let y: StageYaml = read_yaml(path)?;
+    let p = y.model.params;
+    let (t, levels) = (p.single_scale, p.n_scales);
+    if t == 0 || t > levels {
+        return Err(Error::config(
+            path,
+            format!("single_scale = {t} is not a level of n_scales = {levels}"),
+        ));
+    }
+    let target = p.transformer_config.target.rsplit('.').next().unwrap_or("");
+    let network = match target {
+        "XTransformer" | "ResidualScaledXTransformer" => Network::XTransformer {
+            config: serde_yaml::from_value(p.transformer_config.params)
+                .map_err(|e| Error::config(path, format!("transformer_config: {e}")))?,
+            residual_scaled: target == "ResidualScaledXTransformer",
+        },
+        "GPT" => Network::Gpt {
+            config: serde_yaml::from_value(p.transformer_config.params)
+                .map_err(|e| Error::config(path, format!("transformer_config: {e}")))?,
+        },
+        other => {
+            return Err(Error::config(
+                path,
+                format!("unknown transformer target `{other}`"),
+            ));
+        }
+    };
+    let model_kind = y.model.target.rsplit('.').next().unwrap_or("");
+    let expected_kind = if t == levels {
+        "DecoderOnlyDenoiser"
+    } else {
+        "DenoisingXTransformer"
+    };
+    if model_kind != expected_kind {
+        return Err(Error::config(
+            path,
+            format!("stage {t} of {levels} must be a {expected_kind}, found `{model_kind}`"),
+        ));
+    }
+    if let Network::XTransformer {
+        config,
+        residual_scaled: true,
+    } = &network
+    {
+        if config.n_scales.is_some_and(|n| n < levels) {
+            return Err(Error::config(
+                path,
+                "log_scalors has fewer entries than levels",
+            ));
+        }
+    }
+    let class_conditional = match p.conditioner_config {
+        None => false,
+        Some(c) => {
+            let kind = c.target.rsplit('.').next().unwrap_or("");
+            if kind != "ClassProvider" {
+                return Err(Error::config(
+                    path,
+                    format!(
+                        "conditioner `{kind}` is not supported (class-conditional releases use \
+                         ClassProvider; no text-conditional release exists)"
+                    ),
+                ));
+            }
+            true
+        }
+    };
+    let redraw_prob = p.redraw_prob.and_then(|v| match v {
+        serde_yaml::Value::String(s) => Some(s),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    Ok(StageConfig {
+        level: t,
+        levels,
+        network,
+        vqgan: p.first_stage_config.params,
+        class_conditional,
+        redraw_prob,
+    })
+}
+
 /// Number of parameters implied by a stage's config.
-fn count_params(network: &Network) -> usize {
+pub fn count_params(network: &Network) -> usize {
     match network {
         Network::XTransformer {
             config: c,
@@ -113,7 +214,12 @@ fn count_params(network: &Network) -> usize {
                 + c.dec_depth * (3 * ln + 2 * attn(c.dec_heads) + ff)
                 + ln
                 + c.dec_num_tokens * (d + 1);
-            enc + dec + if *residual_scaled { c.n_scales.unwrap_or(0) } else { 0 }
+            enc + dec
+                + if *residual_scaled {
+                    c.n_scales.unwrap_or(0)
+                } else {
+                    0
+                }
         }
         Network::Gpt { config: c } => {
             let n = c.n_embd;
@@ -160,94 +266,40 @@ impl Release {
         let mut redraw_prob = None;
         for (i, path) in config_paths.iter().enumerate() {
             let t = i + 1;
-            let y: StageYaml = read_yaml(path)?;
-            let p = y.model.params;
-            if p.single_scale != t || p.n_scales != levels {
+            let c = read_stage_config(path)?;
+            if c.level != t || c.levels != levels {
                 return Err(Error::config(
                     path,
                     format!(
                         "is stage {} of {} (single_scale / n_scales), but the manifest lists it \
                          as stage {t} of {levels}",
-                        p.single_scale, p.n_scales
+                        c.level, c.levels
                     ),
                 ));
             }
-            let target = p.transformer_config.target.rsplit('.').next().unwrap_or("");
-            let network = match target {
-                "XTransformer" | "ResidualScaledXTransformer" => Network::XTransformer {
-                    config: serde_yaml::from_value(p.transformer_config.params)
-                        .map_err(|e| Error::config(path, format!("transformer_config: {e}")))?,
-                    residual_scaled: target == "ResidualScaledXTransformer",
-                },
-                "GPT" => Network::Gpt {
-                    config: serde_yaml::from_value(p.transformer_config.params)
-                        .map_err(|e| Error::config(path, format!("transformer_config: {e}")))?,
-                },
-                other => {
-                    return Err(Error::config(
-                        path,
-                        format!("unknown transformer target `{other}`"),
-                    ));
-                }
-            };
-            let model_kind = y.model.target.rsplit('.').next().unwrap_or("");
-            let expected_kind = if t == levels {
-                "DecoderOnlyDenoiser"
-            } else {
-                "DenoisingXTransformer"
-            };
-            if model_kind != expected_kind {
-                return Err(Error::config(
-                    path,
-                    format!("stage {t} of {levels} must be a {expected_kind}, found `{model_kind}`"),
-                ));
-            }
-            let parameters = count_params(&network);
-            if let Network::XTransformer {
-                config,
-                residual_scaled: true,
-            } = &network
-            {
-                if config.n_scales.is_some_and(|n| n < levels) {
-                    return Err(Error::config(path, "log_scalors has fewer entries than levels"));
-                }
-            }
+            let parameters = count_params(&c.network);
             stages.push(StageCard {
                 level: t,
-                network,
+                network: c.network,
                 weights: String::new(),
                 parameters,
             });
             match &vqgan {
-                None => vqgan = Some(p.first_stage_config.params),
-                Some(v) if *v != p.first_stage_config.params => warnings.push(format!(
+                None => vqgan = Some(c.vqgan),
+                Some(v) if *v != c.vqgan => warnings.push(format!(
                     "{}: first_stage_config differs from stage 1's; stage 1's VQGAN is used",
                     path.display()
                 )),
                 Some(_) => {}
             }
-            if let Some(c) = p.conditioner_config {
-                let kind = c.target.rsplit('.').next().unwrap_or("");
-                if kind != "ClassProvider" {
-                    return Err(Error::config(
-                        path,
-                        format!(
-                            "conditioner `{kind}` is not supported (class-conditional \
-                             releases use ClassProvider; no text-conditional release exists)"
-                        ),
-                    ));
-                }
+            if c.class_conditional {
                 conditioning = Conditioning::Class {
                     n_classes: 0,
                     class_names: Vec::new(),
                 };
             }
             if redraw_prob.is_none() {
-                redraw_prob = p.redraw_prob.and_then(|v| match v {
-                    serde_yaml::Value::String(s) => Some(s),
-                    serde_yaml::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                });
+                redraw_prob = c.redraw_prob;
             }
         }
         let vqgan = vqgan.ok_or_else(|| Error::config(&manifest, "no stages"))?;
@@ -298,7 +350,11 @@ impl Release {
         };
         drop(first);
 
-        if let Conditioning::Class { n_classes, class_names } = &mut conditioning {
+        if let Conditioning::Class {
+            n_classes,
+            class_names,
+        } = &mut conditioning
+        {
             // Class ids share the token table with codes and scale tokens, so the smallest
             // input table bounds them.
             *n_classes = stages
@@ -313,10 +369,18 @@ impl Release {
                 *class_names = crate::imagenet::class_names();
             }
         }
-        let name = manifest
+        // `sampling.yaml` says nothing; its folder does (golden cases, unpacked releases).
+        let stem = manifest
             .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .map(|s| s.to_string_lossy().into_owned());
+        let name = match stem.as_deref() {
+            Some("sampling") | None => manifest
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "release".into()),
+            Some(s) => s.to_owned(),
+        };
         let card = ModelCard {
             format: CARD_FORMAT.into(),
             name,

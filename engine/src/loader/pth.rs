@@ -51,7 +51,12 @@ impl Checkpoint {
             .file_names()
             .filter_map(|n| n.ok().map(|n| n.into_owned()))
             .find(|n| n.ends_with("/data.pkl") || n == "data.pkl")
-            .ok_or_else(|| Error::bad_file(&path, "zip archive without data.pkl: not a PyTorch checkpoint"))?;
+            .ok_or_else(|| {
+                Error::bad_file(
+                    &path,
+                    "zip archive without data.pkl: not a PyTorch checkpoint",
+                )
+            })?;
         let dir = pkl_name.strip_suffix(".pkl").unwrap_or("data").to_owned();
         let object = {
             let entry = archive
@@ -72,7 +77,9 @@ impl Checkpoint {
         let mut tensors = HashMap::new();
         let mut skipped = Vec::new();
         for (name, value) in state_dict {
-            let Object::Unicode(key) = &name else { continue };
+            let Object::Unicode(key) = &name else {
+                continue;
+            };
             let key = key.clone();
             match value.into_tensor_info(name, Path::new(&dir)) {
                 Ok(Some(info)) => {
@@ -116,9 +123,7 @@ impl Checkpoint {
 
     /// Shape and dtype of a tensor without reading it.
     pub fn info(&self, key: &str) -> Option<(&[usize], DType)> {
-        self.tensors
-            .get(key)
-            .map(|i| (i.layout.dims(), i.dtype))
+        self.tensors.get(key).map(|i| (i.layout.dims(), i.dtype))
     }
 
     /// Reads one tensor onto the CPU.

@@ -40,7 +40,10 @@ impl Folder {
             if stage.weights.is_empty() || stage.weights.contains(['/', '\\']) {
                 return Err(Error::config(
                     &card_path,
-                    format!("stage {}: weights must be a file name in the folder", stage.level),
+                    format!(
+                        "stage {}: weights must be a file name in the folder",
+                        stage.level
+                    ),
                 ));
             }
         }

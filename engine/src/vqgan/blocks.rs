@@ -108,7 +108,9 @@ impl Norm {
         let mean = xs.mean_keepdim(2)?;
         let xs = xs.broadcast_sub(&mean)?;
         let var = xs.sqr()?.mean_keepdim(2)?;
-        let xs = xs.broadcast_div(&(var + EPS)?.sqrt()?)?.reshape((b, c, h, w))?;
+        let xs = xs
+            .broadcast_div(&(var + EPS)?.sqrt()?)?
+            .reshape((b, c, h, w))?;
         let y = xs
             .broadcast_mul(&self.weight.to_dtype(xs.dtype())?.reshape((1, c, 1, 1))?)?
             .broadcast_add(&self.bias.to_dtype(xs.dtype())?.reshape((1, c, 1, 1))?)?;
@@ -330,7 +332,12 @@ impl Decoder {
             }
             let resample = if l != 0 {
                 curr_res *= 2;
-                Some(Conv::new(vb.pp("upsample").pp("conv"), block_in, block_in, 3)?)
+                Some(Conv::new(
+                    vb.pp("upsample").pp("conv"),
+                    block_in,
+                    block_in,
+                    3,
+                )?)
             } else {
                 None
             };

@@ -26,7 +26,12 @@ const F2: Transform<2, 4> = Transform {
         [0., -1., 1., 0.],
         [0., 1., 0., -1.],
     ],
-    g: [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]],
+    g: [
+        [1., 0., 0.],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0., 0., 1.],
+    ],
     at: [[1., 1., 1., 0.], [0., 1., -1., -1.]],
 };
 
@@ -39,7 +44,9 @@ fn par_chunks(data: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sy
     let n_chunks = data.len().div_ceil(chunk);
     let threads = candle_core::utils::get_num_threads().clamp(1, n_chunks);
     if threads == 1 {
-        data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        data.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
         return;
     }
     let per = n_chunks.div_ceil(threads);
@@ -257,8 +264,7 @@ fn exp_approx(x: f32) -> f32 {
     // n = round(x / ln 2) via the 1.5·2²³ trick; r = x − n ln 2 in two parts.
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 0.166_666_65)
         * r
         + 0.5;
@@ -298,7 +304,10 @@ pub(crate) fn group_norm(
     }
     let (b, c, h, w) = x.dims4()?;
     if c != weight.elem_count() || c % groups != 0 {
-        candle_core::bail!("vqgan: GroupNorm over {} channels got {c}", weight.elem_count());
+        candle_core::bail!(
+            "vqgan: GroupNorm over {} channels got {c}",
+            weight.elem_count()
+        );
     }
     let (wv, bv) = (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?);
     let hw = h * w;
@@ -312,7 +321,11 @@ pub(crate) fn group_norm(
             let mean = (block_sum(src, |v| v) / chunk as f64) as f32;
             let var = block_sum(src, |v| (v - mean) * (v - mean)) / chunk as f64;
             let rstd = (1.0 / (var + eps).sqrt()) as f32;
-            for (ci, (o, s)) in dst.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).enumerate() {
+            for (ci, (o, s)) in dst
+                .chunks_exact_mut(hw)
+                .zip(src.chunks_exact(hw))
+                .enumerate()
+            {
                 let scale = wv[g * cg + ci] * rstd;
                 let shift = bv[g * cg + ci] - mean * scale;
                 if swish {

@@ -1,0 +1,405 @@
+//! VQGAN first stage: structural tests with random weights, and agreement with the official
+//! implementation on the golden checkpoint.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use tessera_engine::vqgan::{DdConfig, Vqgan, VqganConfig};
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden");
+
+/// The golden models' first stage: ch 32, ch_mult [1,2,2], one res block, attention at 8, 32 px.
+fn golden_config() -> VqganConfig {
+    VqganConfig {
+        embed_dim: 16,
+        n_embed: 64,
+        ddconfig: DdConfig {
+            double_z: false,
+            z_channels: 16,
+            resolution: 32,
+            in_channels: 3,
+            out_ch: 3,
+            ch: 32,
+            ch_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![8],
+            dropout: 0.0,
+        },
+    }
+}
+
+/// Deterministic uniform numbers in [-1, 1).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn tensor(&mut self, shape: &[usize], scale: f32, offset: f32) -> Tensor {
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n).map(|_| self.next() * scale + offset).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+}
+
+/// Random weights (fan-in scaled), with `quantize.used` = every `stride`-th code.
+fn random_weights(cfg: &VqganConfig, stride: usize) -> (VarMap, usize) {
+    let n_used = cfg.n_embed.div_ceil(stride);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    Vqgan::new(vb, cfg, n_used).unwrap();
+    let mut rng = Lcg(7);
+    let mut data = varmap.data().lock().unwrap();
+    let mut names: Vec<String> = data.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let var = &data[&name];
+        let dims = var.dims().to_vec();
+        let value = if name == "quantize.used" {
+            let used: Vec<i64> = (0..cfg.n_embed as i64).step_by(stride).collect();
+            Tensor::new(used, &Device::Cpu).unwrap()
+        } else if name.contains("norm") && name.ends_with("weight") {
+            rng.tensor(&dims, 0.2, 1.0)
+        } else if dims.len() == 4 {
+            let fan_in = dims[1] * dims[2] * dims[3];
+            rng.tensor(&dims, (3.0 / fan_in as f32).sqrt(), 0.0)
+        } else {
+            rng.tensor(&dims, 0.1, 0.0)
+        };
+        data.insert(name, candle_core::Var::from_tensor(&value).unwrap());
+    }
+    drop(data);
+    (varmap, n_used)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Brute-force squared distances of latent vector (b, i) of h (B, E, r, r) to every code.
+fn brute_distances(h: &Tensor, codebook: &[Vec<f32>], b: usize, i: usize) -> Vec<f32> {
+    let (_, e, r, _) = h.dims4().unwrap();
+    let z: Vec<f32> = h
+        .i(b)
+        .unwrap()
+        .reshape((e, r * r))
+        .unwrap()
+        .i((.., i))
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    codebook
+        .iter()
+        .map(|c| z.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum())
+        .collect()
+}
+
+#[test]
+fn config_parses_official_yaml() {
+    let yaml = std::fs::read_to_string(format!(
+        "{GOLDEN}/uncond_geometric/configs/uncond_geometric-scale1.yaml"
+    ))
+    .unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let params = &doc["model"]["params"]["first_stage_config"]["params"];
+    let cfg: VqganConfig = serde_yaml::from_value(params.clone()).unwrap();
+    assert_eq!(cfg, golden_config());
+    assert_eq!(cfg.downsample_factor(), 4);
+    assert_eq!(cfg.latent_size(), 8);
+    // tanh_out and other unknown keys are ignored, defaults fill double_z and dropout.
+    let mut released: serde_yaml::Value = serde_yaml::from_str(
+        "embed_dim: 256\nn_embed: 1024\nremap: x.npy\nddconfig: {z_channels: 256, resolution: 256, \
+         in_channels: 3, out_ch: 3, ch: 128, ch_mult: [1,1,2,2,4], num_res_blocks: 2, \
+         attn_resolutions: [16], tanh_out: true}",
+    )
+    .unwrap();
+    released["sane_index_shape"] = serde_yaml::Value::Bool(true);
+    let cfg: VqganConfig = serde_yaml::from_value(released).unwrap();
+    assert_eq!((cfg.downsample_factor(), cfg.latent_size()), (16, 16));
+    assert!(!cfg.ddconfig.double_z);
+}
+
+#[test]
+fn random_weights_structure() {
+    let cfg = golden_config();
+    let (varmap, n_used) = random_weights(&cfg, 2);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = Vqgan::new(vb, &cfg, n_used).unwrap();
+    assert_eq!(model.n_used(), 32);
+    assert_eq!(model.config(), &cfg);
+
+    let x = Lcg(3).tensor(&[2, 3, 32, 32], 1.0, 0.0);
+    let h = model.encode_prequant(&x).unwrap();
+    assert_eq!(h.dims(), &[2, 16, 8, 8]);
+
+    // Nearest full code: the true argmin of the squared distance.
+    let emb = varmap.data().lock().unwrap()["quantize.embedding.weight"]
+        .as_tensor()
+        .clone();
+    let codebook: Vec<Vec<f32>> = emb.to_vec2().unwrap();
+    let full = model.nearest_codes(&h).unwrap();
+    assert_eq!((full.dims(), full.dtype()), (&[2, 64][..], DType::U32));
+    let full_v: Vec<Vec<u32>> = full.to_vec2().unwrap();
+    for b in 0..2 {
+        for i in 0..64 {
+            let d = brute_distances(&h, &codebook, b, i);
+            let min = d.iter().cloned().fold(f32::INFINITY, f32::min);
+            assert!(d[full_v[b][i] as usize] <= min + 1e-4, "({b},{i})");
+        }
+    }
+
+    // Remap of every code: even codes are in the table at code / 2; odd ones go to the used
+    // entry nearest to the latent vector.
+    let all: Vec<u32> = (0..64).chain(0..64).collect();
+    let all = Tensor::from_vec(all, (2, 64), &Device::Cpu).unwrap();
+    let (remapped, in_used) = model.remap(&h, &all).unwrap();
+    assert_eq!(in_used.dtype(), DType::U8);
+    let remapped: Vec<Vec<u32>> = remapped.to_vec2().unwrap();
+    let in_used: Vec<Vec<u8>> = in_used.to_vec2().unwrap();
+    for b in 0..2 {
+        for i in 0..64 {
+            if i % 2 == 0 {
+                assert_eq!((remapped[b][i], in_used[b][i]), (i as u32 / 2, 1));
+            } else {
+                assert_eq!(in_used[b][i], 0);
+                let d = brute_distances(&h, &codebook, b, i);
+                let used_d: Vec<f32> = d.iter().step_by(2).cloned().collect();
+                let min = used_d.iter().cloned().fold(f32::INFINITY, f32::min);
+                assert!(used_d[remapped[b][i] as usize] <= min + 1e-4, "({b},{i})");
+            }
+        }
+    }
+    // i64 codes work too; out-of-range codes are an error, not a panic.
+    let (r64, _) = model.remap(&h, &all.to_dtype(DType::I64).unwrap()).unwrap();
+    assert_eq!(r64.to_vec2::<u32>().unwrap(), remapped);
+    let bad = Tensor::new(&[[64u32; 64], [0; 64]], &Device::Cpu).unwrap();
+    assert!(model.remap(&h, &bad).is_err());
+
+    // encode_tokens = remap(nearest_codes).
+    let tokens = model.encode_tokens(&x).unwrap();
+    let (expect, _) = model.remap(&h, &full).unwrap();
+    assert_eq!(
+        tokens.to_vec2::<u32>().unwrap(),
+        expect.to_vec2::<u32>().unwrap()
+    );
+
+    // embed_tokens looks up used[token]; decode_tokens returns images.
+    let z = model.embed_tokens(&tokens).unwrap();
+    assert_eq!(z.dims(), &[2, 16, 8, 8]);
+    let t: Vec<Vec<u32>> = tokens.to_vec2().unwrap();
+    let zv = z.i((1, .., 2, 3)).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(zv, codebook[2 * t[1][2 * 8 + 3] as usize]);
+    let y = model
+        .decode_tokens(&tokens.to_dtype(DType::I64).unwrap())
+        .unwrap();
+    assert_eq!(y.dims(), &[2, 3, 32, 32]);
+    assert!(
+        model
+            .embed_tokens(&Tensor::new(&[[32u32; 64]], &Device::Cpu).unwrap())
+            .is_err()
+    );
+    assert!(
+        model
+            .embed_tokens(&Tensor::new(&[[0u32; 63]], &Device::Cpu).unwrap())
+            .is_err()
+    );
+}
+
+/// The float32 CPU kernels (Winograd convolutions, fused GroupNorm) against candle's generic
+/// ops in float64, on a non-square image with odd-sized feature maps.
+#[test]
+fn fast_kernels_match_candle_ops() {
+    let cfg = golden_config();
+    let (varmap, n_used) = random_weights(&cfg, 3);
+    let fast = Vqgan::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        &cfg,
+        n_used,
+    )
+    .unwrap();
+    let tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let mut tensors64 = tensors.clone();
+    for (k, v) in tensors64.iter_mut() {
+        if k != "quantize.used" {
+            *v = v.to_dtype(DType::F64).unwrap();
+        }
+    }
+    let slow = Vqgan::new(
+        VarBuilder::from_tensors(tensors64, DType::F64, &Device::Cpu),
+        &cfg,
+        n_used,
+    )
+    .unwrap();
+    let x = Lcg(11).tensor(&[1, 3, 24, 28], 1.0, 0.0);
+    let h_fast = fast.encode_prequant(&x).unwrap();
+    let h_slow = slow.encode_prequant(&x).unwrap();
+    assert_eq!(h_fast.dims(), &[1, 16, 6, 7]);
+    let err = max_abs_diff(&h_fast, &h_slow);
+    eprintln!("encoder: max abs err {err:e}");
+    assert!(err < 1e-4, "encoder: {err}");
+
+    let tokens: Vec<u32> = (0..128).map(|i| (i * 7) % n_used as u32).collect();
+    let tokens = Tensor::from_vec(tokens, (2, 64), &Device::Cpu).unwrap();
+    let y_fast = fast.decode_tokens(&tokens).unwrap();
+    let y_slow = slow.decode_tokens(&tokens).unwrap();
+    let err = max_abs_diff(&y_fast, &y_slow);
+    eprintln!("decoder: max abs err {err:e}");
+    assert!(err < 1e-4, "decoder: {err}");
+    let scale = y_slow
+        .abs()
+        .unwrap()
+        .max_keepdim(D::Minus1)
+        .unwrap()
+        .max(0)
+        .unwrap();
+    assert!(
+        scale
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            > 0.1
+    );
+}
+
+#[test]
+fn golden_uncond_geometric() {
+    let dir = format!("{GOLDEN}/uncond_geometric");
+    let expected =
+        candle_core::safetensors::load(format!("{dir}/expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let ckpt =
+        tessera_engine::loader::pth::Checkpoint::open(format!("{dir}/models/scale1.ckpt")).unwrap();
+    let prefix = "first_stage_model.";
+    let tensors: HashMap<String, Tensor> = ckpt
+        .keys()
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(prefix).map(|s| (s.to_owned(), k)))
+        .map(|(name, key)| (name, ckpt.get(key).unwrap()))
+        .collect();
+    let n_used = tensors["quantize.used"].dims1().unwrap();
+    assert_eq!(n_used, 40);
+    let model = Vqgan::new(
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+        &golden_config(),
+        n_used,
+    )
+    .unwrap();
+
+    let image = &expected["vqgan.image"];
+    let h = model.encode_prequant(image).unwrap();
+    let err = max_abs_diff(&h, &expected["vqgan.h"]);
+    eprintln!("h: max abs err {err:e}");
+    assert!(err < 1e-4, "h: {err}");
+
+    // Quantize the reference latent so that rounding in h cannot flip a near tie.
+    let h_ref = &expected["vqgan.h"];
+    let full = model.nearest_codes(h_ref).unwrap();
+    let full_ref = expected["vqgan.indices_full"].to_dtype(DType::U32).unwrap();
+    assert_eq!(
+        full.to_vec2::<u32>().unwrap(),
+        full_ref.to_vec2::<u32>().unwrap()
+    );
+    assert_eq!(
+        model.nearest_codes(&h).unwrap().to_vec2::<u32>().unwrap(),
+        full_ref.to_vec2::<u32>().unwrap()
+    );
+
+    let (remapped, in_used) = model.remap(h_ref, &full).unwrap();
+    let in_used: Vec<Vec<u8>> = in_used.to_vec2().unwrap();
+    assert_eq!(in_used, expected["vqgan.in_used"].to_vec2::<u8>().unwrap());
+    let remapped: Vec<Vec<u32>> = remapped.to_vec2().unwrap();
+    let remapped_ref: Vec<Vec<i64>> = expected["vqgan.indices_remapped"].to_vec2().unwrap();
+    let mut n_missing = 0;
+    for b in 0..2 {
+        for i in 0..64 {
+            if in_used[b][i] == 1 {
+                assert_eq!(remapped[b][i] as i64, remapped_ref[b][i]);
+            } else {
+                assert_eq!(remapped_ref[b][i], -1);
+                n_missing += 1;
+            }
+        }
+    }
+    assert!(
+        n_missing > 0,
+        "the golden case should exercise codes outside the table"
+    );
+
+    let decoded = model
+        .decode_tokens(&expected["vqgan.decode_tokens"])
+        .unwrap();
+    let err = max_abs_diff(&decoded, &expected["vqgan.decoded"]);
+    eprintln!("decoded: max abs err {err:e}");
+    assert!(err < 1e-4, "decoded: {err}");
+
+    let zeroed = expected["vqgan.indices_remapped"]
+        .clamp(0i64, i64::MAX)
+        .unwrap();
+    let rec = model.decode_tokens(&zeroed).unwrap();
+    let err = max_abs_diff(&rec, &expected["vqgan.reconstruction_of_image"]);
+    eprintln!("reconstruction: max abs err {err:e}");
+    assert!(err < 1e-4, "reconstruction: {err}");
+}
+
+/// Released-size timing: `cargo test --release -p tessera-engine --test vqgan -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "timing of the released 256² VQGAN; run in release"]
+fn bench_released_size() {
+    let mut cfg = golden_config();
+    cfg.embed_dim = 256;
+    cfg.n_embed = 1024;
+    cfg.ddconfig = DdConfig {
+        z_channels: 256,
+        resolution: 256,
+        ch: 128,
+        ch_mult: vec![1, 1, 2, 2, 4],
+        num_res_blocks: 2,
+        attn_resolutions: vec![16],
+        ..cfg.ddconfig
+    };
+    let (varmap, n_used) = random_weights(&cfg, 2);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = Vqgan::new(vb, &cfg, n_used).unwrap();
+    let tokens: Vec<u32> = (0..256).map(|i| (i * 37) % n_used as u32).collect();
+    let tokens = Tensor::from_vec(tokens, (1, 256), &Device::Cpu).unwrap();
+    let x = Lcg(5).tensor(&[1, 3, 256, 256], 1.0, 0.0);
+    for run in 0..3 {
+        let t = std::time::Instant::now();
+        let y = model.decode_tokens(&tokens).unwrap();
+        let dec = t.elapsed();
+        let t = std::time::Instant::now();
+        let toks = model.encode_tokens(&x).unwrap();
+        let enc = t.elapsed();
+        assert_eq!(
+            (y.dims(), toks.dims()),
+            (&[1, 3, 256, 256][..], &[1, 256][..])
+        );
+        eprintln!("run {run}: decode {dec:.2?}, encode {enc:.2?}");
+    }
+}
