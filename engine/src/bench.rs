@@ -100,6 +100,13 @@ fn time(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f
     Ok(median(v))
 }
 
+/// One timed run, no warm-up: for whole levels, which warm themselves up.
+fn once(mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
 fn tokens(b: usize, n: usize, vocab: u32, dev: &Device) -> candle_core::Result<Tensor> {
     let v: Vec<u32> = (0..b * n).map(|i| (i as u32 * 7919 + 13) % vocab).collect();
     Tensor::from_vec(v, (b, n), dev)
@@ -148,7 +155,7 @@ pub fn run(parts: &Parts, quick: bool, out: &mut dyn FnMut(String)) -> Result<()
                     median(per) * 1e3
                 ));
             }
-            let whole = time(usize::from(!quick), || {
+            let whole = once(|| {
                 let mut cache = net.start(&src)?;
                 let one = tokens(b, 1, 973, &dev)?;
                 for _ in 0..256 {
@@ -188,7 +195,7 @@ pub fn run(parts: &Parts, quick: bool, out: &mut dyn FnMut(String)) -> Result<()
                     median(per) * 1e3
                 ));
             }
-            let whole = time(usize::from(!quick), || {
+            let whole = once(|| {
                 let mut cache = net.new_cache();
                 net.step(&tokens(b, 2, 973, &dev)?, &mut cache)?;
                 let one = tokens(b, 1, 973, &dev)?;

@@ -14,8 +14,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{
-    FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_token_ids, embed,
-    merge_heads, split_heads,
+    FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_compute_dtype,
+    check_token_ids, embed, merge_heads, split_heads,
 };
 
 /// `model.params.transformer_config.params` of a minGPT stage. The dropout keys
@@ -193,19 +193,20 @@ impl Gpt {
     /// `blocks.{i}.attn.key.weight`, …, `head.weight`). The `attn.mask` buffers are not read;
     /// the mask is recomputed from `n_unmasked`.
     pub fn new(vb: VarBuilder, cfg: &GptConfig) -> Result<Self> {
-        if cfg.n_head == 0 || cfg.n_embd == 0 || cfg.n_embd % cfg.n_head != 0 {
+        if cfg.n_head == 0 || cfg.n_embd == 0 || !cfg.n_embd.is_multiple_of(cfg.n_head) {
             candle_core::bail!(
                 "gpt config: n_embd {} must be a positive multiple of n_head {}",
                 cfg.n_embd,
                 cfg.n_head
             )
         }
-        let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(vb.pp("blocks").pp(i), cfg))
-            .collect::<Result<_>>()?;
         let tok_emb = vb
             .pp("tok_emb")
             .get((cfg.input_vocab(), cfg.n_embd), "weight")?;
+        check_compute_dtype(tok_emb.dtype(), vb.device())?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(vb.pp("blocks").pp(i), cfg))
+            .collect::<Result<_>>()?;
         Ok(Self {
             cfg: cfg.clone(),
             dtype: tok_emb.dtype(),

@@ -173,8 +173,11 @@ mod tests {
     #[test]
     fn geometric_three_levels_matches_golden_buffers() {
         let s = Schedule::geometric(3);
-        assert_eq!(s.alphats, vec![1.0, 0.666_666_63, 0.5, 0.0]);
-        assert_eq!(s.alphacum, vec![1.0, 0.666_666_63, 0.333_333_31, 0.0]);
+        // Bit patterns of the float32 buffers in the golden checkpoints.
+        let two_thirds = f32::from_bits(0x3f2a_aaaa);
+        let one_third = f32::from_bits(0x3eaa_aaaa);
+        assert_eq!(s.alphats, vec![1.0, two_thirds, 0.5, 0.0]);
+        assert_eq!(s.alphacum, vec![1.0, two_thirds, one_third, 0.0]);
     }
 
     #[test]

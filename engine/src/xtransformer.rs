@@ -22,8 +22,8 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{
-    FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_token_ids, embed,
-    merge_heads, split_heads,
+    FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_compute_dtype,
+    check_token_ids, embed, merge_heads, split_heads,
 };
 
 /// x-transformers' `DEFAULT_DIM_HEAD`: the per-head width of every attention layer.
@@ -271,8 +271,8 @@ struct ResidualState {
     xt: Tensor,
     /// `exp(log_scalors[t−1])`, `(B, 1, 1)` f32.
     scale: Tensor,
-    /// `log(α_t + (1−α_t)/K) − log((1−α_t)/K)`, `(B, 1, 1)` f32.
-    hit_minus_miss: Tensor,
+    /// `log(α_t + (1−α_t)/K)`, the term where `x_t[i]` is the class, `(B, 1, 1)` f32.
+    hit: Tensor,
     /// `log((1−α_t)/K)`, `(B, 1, 1)` f32.
     miss: Tensor,
 }
@@ -282,7 +282,7 @@ impl ResidualState {
         Ok(Self {
             xt: f(&self.xt)?,
             scale: f(&self.scale)?,
-            hit_minus_miss: f(&self.hit_minus_miss)?,
+            hit: f(&self.hit)?,
             miss: f(&self.miss)?,
         })
     }
@@ -405,6 +405,10 @@ impl XTransformer {
         }
         let enc = vb.pp("encoder");
         let dec = vb.pp("decoder");
+        let enc_tok = enc
+            .pp("token_emb")
+            .get((c.enc_num_tokens, c.dim), "weight")?;
+        check_compute_dtype(enc_tok.dtype(), vb.device())?;
         let enc_layers = enc.pp("attn_layers").pp("layers");
         let dec_layers = dec.pp("attn_layers").pp("layers");
         let enc_blocks = (0..c.enc_depth)
@@ -437,9 +441,6 @@ impl XTransformer {
                 })
             }
         };
-        let enc_tok = enc
-            .pp("token_emb")
-            .get((c.enc_num_tokens, c.dim), "weight")?;
         Ok(Self {
             cfg: cfg.clone(),
             dtype: enc_tok.dtype(),
@@ -558,7 +559,7 @@ impl XTransformer {
             .to_dtype(DType::I64)?
             .to_vec1::<i64>()?;
         let batch = ts.len();
-        let (mut scale, mut diff, mut miss) = (
+        let (mut scale, mut hit, mut miss) = (
             Vec::with_capacity(batch),
             Vec::with_capacity(batch),
             Vec::with_capacity(batch),
@@ -579,11 +580,9 @@ impl XTransformer {
                 )
             };
             let alpha = alpha as f64;
-            let m = ((1.0 - alpha) / k).ln();
-            let h = (alpha + (1.0 - alpha) / k).ln();
             scale.push(log_scalor.exp());
-            miss.push(m as f32);
-            diff.push((h - m) as f32);
+            hit.push((alpha + (1.0 - alpha) / k).ln() as f32);
+            miss.push(((1.0 - alpha) / k).ln() as f32);
         }
         let col = |v: Vec<f32>| Tensor::from_vec(v, (batch, 1, 1), &self.device);
         Ok(ResidualState {
@@ -592,7 +591,7 @@ impl XTransformer {
                 .to_dtype(DType::U32)?
                 .contiguous()?,
             scale: col(scale)?,
-            hit_minus_miss: col(diff)?,
+            hit: col(hit)?,
             miss: col(miss)?,
         })
     }
@@ -656,17 +655,19 @@ impl XTransformer {
         let logits = match &cache.residual {
             None => logits,
             Some(r) => {
-                let classes = Tensor::arange(0u32, self.cfg.dec_num_tokens as u32, &self.device)?
-                    .reshape((1, 1, self.cfg.dec_num_tokens))?;
-                let onehot =
+                let k = self.cfg.dec_num_tokens;
+                let classes = Tensor::arange(0u32, k as u32, &self.device)?.reshape((1, 1, k))?;
+                let is_xt =
                     r.xt.narrow(1, pos, n)?
                         .unsqueeze(2)?
-                        .broadcast_eq(&classes)?
-                        .to_dtype(DType::F32)?;
-                logits
-                    .broadcast_mul(&r.scale)?
-                    .add(&onehot.broadcast_mul(&r.hit_minus_miss)?)?
-                    .broadcast_add(&r.miss)?
+                        .broadcast_eq(&classes)?;
+                // log(α·onehot + (1−α)/K), selected rather than computed so that α = 1
+                // gives 0 / −∞ like the official code, not NaN.
+                let term = is_xt.where_cond(
+                    &r.hit.broadcast_as((b, n, k))?,
+                    &r.miss.broadcast_as((b, n, k))?,
+                )?;
+                (logits.broadcast_mul(&r.scale)? + term)?
             }
         };
         cache.len = pos + n;

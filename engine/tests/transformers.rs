@@ -7,7 +7,6 @@
 //! with logits the official PyTorch code computed from the checkpoints in `shared/golden`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -93,6 +92,71 @@ fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) -> Result<f32> {
     let d = max_abs_diff(a, b)?;
     assert!(d < tol, "{what}: max abs diff {d} ≥ {tol}");
     Ok(d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// shared layers
+
+#[test]
+fn gelu_matches_exact_erf_form() -> Result<()> {
+    // Against candle's scalar erf over [-12, 12], incl. the large-|x| tails, in f32 and f16.
+    let n = 240_001;
+    let xs: Vec<f32> = (0..n)
+        .map(|i| -12.0 + 24.0 * i as f32 / (n - 1) as f32)
+        .collect();
+    let x = Tensor::from_vec(xs, n, &Device::Cpu)?;
+    let want = x.gelu_erf()?;
+    let got = tessera_engine::nn::gelu_erf(&x)?;
+    let err = ((&got - &want)?.abs()? / (x.abs()? + 1.0)?)?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert!(
+        err < 5e-7,
+        "gelu f32: max error {err:e} (relative to 1 + |x|)"
+    );
+    let got16 = tessera_engine::nn::gelu_erf(&x.to_dtype(DType::F16)?)?;
+    assert_eq!(got16.dtype(), DType::F16);
+    let err16 = ((got16.to_dtype(DType::F32)? - &want)?.abs()? / (x.abs()? + 1.0)?)?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert!(err16 < 2e-3, "gelu f16: max error {err16:e}");
+    // Special values.
+    let sp = Tensor::new(
+        &[0f32, -0.0, 100.0, -100.0, f32::MIN_POSITIVE],
+        &Device::Cpu,
+    )?;
+    let got = tessera_engine::nn::gelu_erf(&sp)?.to_vec1::<f32>()?;
+    assert_eq!(&got[..4], &[0.0, 0.0, 100.0, 0.0]);
+    eprintln!("gelu max error f32 {err:e}, f16 {err16:e}");
+    Ok(())
+}
+
+#[test]
+fn causal_mask_rules() -> Result<()> {
+    use tessera_engine::nn::causal_mask;
+    let dev = Device::Cpu;
+    assert!(
+        causal_mask(1, 7, 0, &dev)?.is_none(),
+        "one new query sees everything"
+    );
+    assert!(
+        causal_mask(2, 0, 2, &dev)?.is_none(),
+        "the unmasked block is fully visible"
+    );
+    let m = causal_mask(3, 1, 2, &dev)?
+        .expect("mask")
+        .to_vec2::<f32>()?;
+    let inf = f32::NEG_INFINITY;
+    // Queries at 1, 2, 3 over keys 0..4; (1, 1) is inside the unmasked 2×2 block.
+    assert_eq!(
+        m,
+        vec![
+            vec![0.0, 0.0, inf, inf],
+            vec![0.0, 0.0, 0.0, inf],
+            vec![0.0; 4]
+        ]
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,6 +326,26 @@ fn xt_residual_term_matches_hand_computation() -> Result<()> {
 }
 
 #[test]
+fn xt_residual_with_alpha_one_has_no_nan() -> Result<()> {
+    // α_t = 1 (no noise): log(onehot) is 0 at x_t[i] and −∞ elsewhere, as in PyTorch.
+    let cfg = xt_config_residual();
+    let vm = xt_varmap(&cfg, true, 4)?;
+    let model = XTransformer::new(vb_from(&vm, DType::F32)?, &cfg, Some(vec![1.0; 4]))?;
+    let (src, tgt) = xt_inputs(&mut Rng(15))?;
+    let logits = model.forward(&src, &tgt)?.to_vec3::<f32>()?;
+    let src_v = src.to_vec2::<u32>()?;
+    for b in 0..2 {
+        for (i, row) in logits[b].iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                assert!(!v.is_nan());
+                assert_eq!(v.is_finite(), c == src_v[b][1 + i] as usize);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn xt_decoder_is_causal_and_encoder_sees_everything() -> Result<()> {
     let cfg = xt_config_residual();
     let vm = xt_varmap(&cfg, false, 5)?;
@@ -305,6 +389,23 @@ fn xt_half_precision_runs_and_agrees() -> Result<()> {
     let stepped = xt_steps(&f16_model, &src, &tgt, &[3, 1, 60])?;
     let d2 = assert_close(&b, &stepped, 0.02, "f16 stepped vs forward")?;
     eprintln!("xt f16 vs f32 max |Δ| = {d:e}; f16 stepped vs forward {d2:e}");
+    Ok(())
+}
+
+#[test]
+fn bf16_on_cpu_is_a_clear_error() -> Result<()> {
+    let cfg = xt_config_residual();
+    let vm = xt_varmap(&cfg, false, 8)?;
+    let msg = xt_from(&vm, &cfg, false, DType::BF16)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("bf16"), "{msg}");
+    let msg = gpt_random(&gpt_config_uncond(), 9, DType::BF16)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("bf16"), "{msg}");
     Ok(())
 }
 
@@ -687,6 +788,10 @@ fn golden_stage_config(case: &str, t: usize) -> (String, serde_yaml::Value) {
 }
 
 /// The EMA transformer weights of a golden checkpoint, under their dotted names.
+///
+/// Built here from the raw checkpoint (`transformer.<dotted>` lists the names, the weights are
+/// `transformer_ema.<dotted name without dots>`) so that these tests check the networks
+/// alone; the loader's own `VarBuilder` has its tests in the loader.
 fn golden_vb(case: &str, t: usize, dtype: DType) -> VarBuilder<'static> {
     let path = golden_dir()
         .join(case)
@@ -694,7 +799,21 @@ fn golden_vb(case: &str, t: usize, dtype: DType) -> VarBuilder<'static> {
         .join(format!("scale{t}.ckpt"));
     let ckpt = tessera_engine::loader::pth::Checkpoint::open(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Arc::new(ckpt).transformer_vb(dtype, &Device::Cpu)
+    let mut map = HashMap::new();
+    for key in ckpt.keys() {
+        let Some(name) = key.strip_prefix("transformer.") else {
+            continue;
+        };
+        if name.ends_with("attn.mask") {
+            continue;
+        }
+        let ema = format!("transformer_ema.{}", name.replace('.', ""));
+        let tensor = ckpt
+            .get(&ema)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        map.insert(name.to_owned(), tensor);
+    }
+    VarBuilder::from_tensors(map, dtype, &Device::Cpu)
 }
 
 fn golden_xt(case: &str, t: usize) -> Result<()> {
@@ -860,7 +979,7 @@ fn perf_released_sizes() -> Result<()> {
     )?;
     let mut rng = Rng(99);
     for b in [1usize, 4] {
-        let head = Tensor::from_vec(vec![2u32, 7].repeat(b), (b, 2), &Device::Cpu)?;
+        let head = Tensor::from_vec([2u32, 7].repeat(b), (b, 2), &Device::Cpu)?;
         let src = Tensor::cat(&[&head, &ids(&mut rng, b, 256, 973)?], 1)?;
         let (mut cache, t_enc) = time(|| model.start(&src))?;
         let tokens = ids(&mut rng, b, 256, 973)?;
@@ -898,7 +1017,7 @@ fn perf_released_sizes() -> Result<()> {
         for b in [1usize, 4] {
             let idx = Tensor::cat(
                 &[
-                    &Tensor::from_vec(vec![5u32, 7].repeat(b), (b, 2), &Device::Cpu)?,
+                    &Tensor::from_vec([5u32, 7].repeat(b), (b, 2), &Device::Cpu)?,
                     &ids(&mut rng, b, 256, 973)?,
                 ],
                 1,

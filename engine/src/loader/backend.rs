@@ -136,10 +136,8 @@ impl SimpleBackend for Checked {
         } else {
             tensor.to_dtype(dtype)?
         };
-        if let Some(rec) = &self.record {
-            if let Ok(mut rec) = rec.lock() {
-                rec.push((name.to_owned(), tensor.clone()));
-            }
+        if let Some(Ok(mut rec)) = self.record.as_ref().map(|r| r.lock()) {
+            rec.push((name.to_owned(), tensor.clone()));
         }
         tensor.to_device(dev)
     }
@@ -147,10 +145,8 @@ impl SimpleBackend for Checked {
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let key = self.key(name);
         let tensor = self.load(&key).map_err(wrap)?.to_dtype(dtype)?;
-        if let Some(rec) = &self.record {
-            if let Ok(mut rec) = rec.lock() {
-                rec.push((name.to_owned(), tensor.clone()));
-            }
+        if let Some(Ok(mut rec)) = self.record.as_ref().map(|r| r.lock()) {
+            rec.push((name.to_owned(), tensor.clone()));
         }
         tensor.to_device(dev)
     }

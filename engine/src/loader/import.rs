@@ -45,9 +45,9 @@ fn save(tensors: Vec<(String, Tensor)>, path: &Path) -> Result<usize> {
     let mut map = HashMap::with_capacity(tensors.len());
     let mut count = 0;
     for (name, tensor) in tensors {
-        if !map.contains_key(&name) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(name) {
             count += tensor.elem_count();
-            map.insert(name, tensor);
+            slot.insert(tensor);
         }
     }
     candle_core::safetensors::save(&map, path)

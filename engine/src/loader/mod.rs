@@ -41,6 +41,7 @@ impl Default for LoadOptions {
 }
 
 /// The network of one level.
+#[allow(clippy::large_enum_variant)] // a handful per model, never moved in bulk
 pub enum Stage {
     /// Encoder–decoder stage, t < T.
     EncDec(XTransformer),

@@ -155,13 +155,12 @@ pub fn read_stage_config(path: &Path) -> Result<StageConfig> {
         config,
         residual_scaled: true,
     } = &network
+        && config.n_scales.is_some_and(|n| n < levels)
     {
-        if config.n_scales.is_some_and(|n| n < levels) {
-            return Err(Error::config(
-                path,
-                "log_scalors has fewer entries than levels",
-            ));
-        }
+        return Err(Error::config(
+            path,
+            "log_scalors has fewer entries than levels",
+        ));
     }
     let class_conditional = match p.conditioner_config {
         None => false,

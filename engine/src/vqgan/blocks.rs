@@ -18,7 +18,11 @@ pub(crate) enum Conv {
         fast: Option<cpu::Winograd>,
     },
     /// taming's `Downsample`: zero-pad right and bottom by 1, then 3×3 stride 2 padding 0.
-    Down { weight: Tensor, bias: Tensor },
+    Down {
+        weight: Tensor,
+        bias: Tensor,
+        fast: Option<cpu::Strided>,
+    },
 }
 
 impl Conv {
@@ -39,7 +43,51 @@ impl Conv {
     fn down(vb: VarBuilder, c: usize) -> Result<Self> {
         let weight = vb.get((c, c, 3, 3), "weight")?;
         let bias = vb.get(c, "bias")?;
-        Ok(Self::Down { weight, bias })
+        let fast = cpu::Strided::new(&weight, &bias)?;
+        Ok(Self::Down { weight, bias, fast })
+    }
+
+    /// `conv(upsample?(norm?(x))) + residual?`: on the fast path the optional steps happen
+    /// inside the convolution's transforms instead of as separate tensors.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        norm: Option<&Norm>,
+        upsample: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if let Self::Same {
+            fast: Some(fast), ..
+        } = self
+        {
+            let prologue = match norm {
+                Some(n) => n.prologue(x)?,
+                None => None,
+            };
+            if prologue.is_some() || norm.is_none() {
+                let fused = cpu::Fused {
+                    prologue: prologue.as_ref(),
+                    upsample,
+                    residual,
+                };
+                if let Some(y) = fast.forward(x, fused)? {
+                    return Ok(y);
+                }
+            }
+        }
+        let mut h = match norm {
+            Some(n) => n.forward(x, true)?,
+            None => x.clone(),
+        };
+        if upsample {
+            let (_, _, hh, ww) = h.dims4()?;
+            h = h.upsample_nearest2d(2 * hh, 2 * ww)?;
+        }
+        let y = self.forward(&h)?;
+        match residual {
+            Some(r) => r + y,
+            None => Ok(y),
+        }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -50,15 +98,26 @@ impl Conv {
                 y.broadcast_add(bias)?.reshape((b, (), h, w))
             }
             Self::Same { weight, bias, fast } => {
+                let plain = cpu::Fused {
+                    prologue: None,
+                    upsample: false,
+                    residual: None,
+                };
                 if let Some(fast) = fast
-                    && let Some(y) = fast.forward(x)?
+                    && let Some(y) = fast.forward(x, plain)?
                 {
                     return Ok(y);
                 }
                 x.conv2d(weight, 1, 1, 1, 1)?
                     .broadcast_add(&bias.reshape((1, (), 1, 1))?)
             }
-            Self::Down { weight, bias } => x
+            Self::Down { fast, .. }
+                if let Some(fast) = fast
+                    && let Some(y) = fast.forward(x)? =>
+            {
+                Ok(y)
+            }
+            Self::Down { weight, bias, .. } => x
                 .pad_with_zeros(2, 0, 1)?
                 .pad_with_zeros(3, 0, 1)?
                 .conv2d(weight, 0, 2, 1, 1)?
@@ -93,6 +152,11 @@ impl Norm {
             weight: vb.get(c, "weight")?,
             bias: vb.get(c, "bias")?,
         })
+    }
+
+    /// The GroupNorm + swish as per-channel coefficients for a fused convolution (f32 CPU).
+    fn prologue(&self, x: &Tensor) -> Result<Option<cpu::Prologue>> {
+        cpu::group_norm_prologue(x, &self.weight, &self.bias, GROUPS, EPS, true)
     }
 
     fn forward(&self, x: &Tensor, swish: bool) -> Result<Tensor> {
@@ -145,13 +209,16 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
+        let h = self
+            .conv1
+            .forward_fused(x, Some(&self.norm1), false, None)?;
         // Dropout is the identity at inference.
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
-        match &self.nin_shortcut {
-            Some(s) => s.forward(x)? + h,
-            None => x + h,
-        }
+        let shortcut = match &self.nin_shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        self.conv2
+            .forward_fused(&h, Some(&self.norm2), false, Some(&shortcut))
     }
 }
 
@@ -210,10 +277,7 @@ impl Level {
             }
         }
         match &self.resample {
-            Some(conv) if upsample => {
-                let (_, _, hh, ww) = h.dims4()?;
-                conv.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)
-            }
+            Some(conv) if upsample => conv.forward_fused(&h, None, true, None),
             Some(conv) => conv.forward(&h),
             None => Ok(h),
         }
@@ -297,7 +361,8 @@ impl Encoder {
             h = level.forward(h, false)?;
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&self.norm_out.forward(&h, true)?)
+        self.conv_out
+            .forward_fused(&h, Some(&self.norm_out), false, None)
     }
 }
 
@@ -362,6 +427,7 @@ impl Decoder {
         for level in self.up.iter().rev() {
             h = level.forward(h, true)?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&h, true)?)
+        self.conv_out
+            .forward_fused(&h, Some(&self.norm_out), false, None)
     }
 }
