@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device};
 use common::{copy_tree, golden, golden_cases};
 use tessera_engine::Error;
-use tessera_engine::loader::card::Conditioning;
+use tessera_engine::loader::card::{Condition, Conditioning};
 use tessera_engine::loader::import::{ImportOptions, import};
 use tessera_engine::loader::pth::Checkpoint;
 use tessera_engine::loader::{LoadOptions, ModelSource};
@@ -101,6 +101,41 @@ fn official_card_describes_release() {
         Conditioning::Class { n_classes: 100, .. }
     ));
     assert_eq!(card.schedule.alphacum, vec![1.0, 0.7, 0.0]);
+    // The prefix is [t, class] with the raw class id, for every stage.
+    assert_eq!(card.prefix(2, &Condition::Class(7)), Ok(vec![2, 7]));
+    assert_eq!(card.prefix(1, &Condition::Class(99)), Ok(vec![1, 99]));
+    assert!(card.prefix(1, &Condition::Class(100)).is_err());
+    assert!(card.prefix(3, &Condition::Class(1)).is_err());
+    assert!(card.prefix(1, &Condition::None).is_err());
+    assert!(card.prefix(1, &Condition::Text(vec![1])).is_err());
+    let uncond = ModelSource::open(golden().join("uncond_geometric")).unwrap();
+    assert_eq!(uncond.card().prefix(3, &Condition::None), Ok(vec![3]));
+    assert!(uncond.card().prefix(1, &Condition::Class(0)).is_err());
+}
+
+#[test]
+fn text_prefix_pads_truncates_and_offsets() {
+    let source = ModelSource::open(golden().join("uncond_geometric")).unwrap();
+    let mut card = source.card().clone();
+    card.conditioning = Conditioning::Text {
+        tokenizer: "tokenizer.json".into(),
+        context_len: 4,
+        token_offset: 40,
+        pad_id: 0,
+    };
+    assert_eq!(card.prefix_len(), 5);
+    assert_eq!(
+        card.prefix(2, &Condition::Text(vec![5, 6])),
+        Ok(vec![2, 45, 46, 40, 40])
+    );
+    assert_eq!(
+        card.prefix(1, &Condition::Text(vec![1, 2, 3, 4, 5, 6])),
+        Ok(vec![1, 41, 42, 43, 44])
+    );
+    assert_eq!(
+        card.prefix(1, &Condition::None),
+        Ok(vec![1, 40, 40, 40, 40])
+    );
 }
 
 #[test]

@@ -98,6 +98,10 @@ pub enum Conditioning {
         /// Optional display names, `class_names[i]` for id i.
         #[serde(default)]
         class_names: Vec<String>,
+        /// Id of the "no class" token, for models trained with the condition dropped
+        /// (unconditional sampling and classifier-free guidance); none in official releases.
+        #[serde(default)]
+        null_class: Option<usize>,
     },
     /// Text tokens from a tokenizer shipped with the model: the prefix is `[t, tokens…]`.
     Text {
@@ -128,7 +132,78 @@ impl Conditioning {
     }
 }
 
+/// What one request conditions on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// No condition (or the empty condition of a model trained with dropped conditions).
+    None,
+    /// A class id.
+    Class(usize),
+    /// Tokenizer ids of a prompt (before the card's offset).
+    Text(Vec<u32>),
+}
+
 impl ModelCard {
+    /// The conditioning prefix of stage `t`: `[t, (class | text tokens)]`, as token ids of the
+    /// stage's input table (scale token and condition share it with the image codes).
+    pub fn prefix(&self, t: usize, condition: &Condition) -> Result<Vec<u32>, String> {
+        if t == 0 || t > self.levels() {
+            return Err(format!("level {t} is not in 1..={}", self.levels()));
+        }
+        let mut prefix = vec![t as u32];
+        match (&self.conditioning, condition) {
+            (Conditioning::None, Condition::None) => {}
+            (Conditioning::None, _) => {
+                return Err("this model is unconditional; it takes no class or prompt".into());
+            }
+            (Conditioning::Class { n_classes, .. }, Condition::Class(c)) => {
+                if c >= n_classes {
+                    return Err(format!("class {c} is not in 0..{n_classes}"));
+                }
+                prefix.push(*c as u32);
+            }
+            (Conditioning::Class { null_class, .. }, Condition::None) => match null_class {
+                Some(n) => prefix.push(*n as u32),
+                None => {
+                    return Err(
+                        "this model is class-conditional and was not trained without a class; \
+                         pick a class"
+                            .into(),
+                    );
+                }
+            },
+            (Conditioning::Class { .. }, Condition::Text(_)) => {
+                return Err("this model takes a class, not a prompt".into());
+            }
+            (
+                Conditioning::Text {
+                    context_len,
+                    token_offset,
+                    pad_id,
+                    ..
+                },
+                cond,
+            ) => {
+                let ids: &[u32] = match cond {
+                    Condition::Text(ids) => ids,
+                    Condition::None => &[],
+                    Condition::Class(_) => {
+                        return Err("this model takes a prompt, not a class".into());
+                    }
+                };
+                let offset = *token_offset as u32;
+                prefix.extend(
+                    ids.iter()
+                        .copied()
+                        .chain(std::iter::repeat(*pad_id as u32))
+                        .take(*context_len)
+                        .map(|id| id + offset),
+                );
+            }
+        }
+        Ok(prefix)
+    }
+
     /// Number of levels T.
     pub fn levels(&self) -> usize {
         self.stages.len()

@@ -295,6 +295,7 @@ impl Release {
                 conditioning = Conditioning::Class {
                     n_classes: 0,
                     class_names: Vec::new(),
+                    null_class: None,
                 };
             }
             if redraw_prob.is_none() {
@@ -352,6 +353,7 @@ impl Release {
         if let Conditioning::Class {
             n_classes,
             class_names,
+            ..
         } = &mut conditioning
         {
             // Class ids share the token table with codes and scale tokens, so the smallest
