@@ -138,6 +138,7 @@ pub fn info(model: &Path) -> Result<()> {
         Conditioning::Class {
             n_classes,
             class_names,
+            ..
         } => format!(
             "class ({n_classes} classes{})",
             if class_names.is_empty() {
