@@ -390,8 +390,9 @@ fn check_golden(case: &str, expect_used: usize) -> usize {
     n_missing
 }
 
-/// Released-size timing: `cargo test --release -p tessera-engine --test vqgan -- --ignored
-/// --nocapture`.
+/// Released-size timing (random weights): `VQGAN_BENCH_RUNS=8 cargo test --release -p
+/// tessera-engine --test vqgan -- --ignored --nocapture`. Prints wall and process CPU time per
+/// run and the best run; wall time is noisy when other work shares the cores.
 #[test]
 #[ignore = "timing of the released 256² VQGAN; run in release"]
 fn bench_released_size() {
@@ -431,6 +432,7 @@ fn bench_released_size() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
+    let mut best = [f64::INFINITY; 2];
     for run in 0..runs {
         let (t, c) = (std::time::Instant::now(), cpu_s());
         let y = model.decode_tokens(&tokens).unwrap();
@@ -445,12 +447,15 @@ fn bench_released_size() {
         eprintln!(
             "run {run}: decode {dec:.2?} (cpu {dec_cpu:.2}s), encode {enc:.2?} (cpu {enc_cpu:.2}s)"
         );
+        best[0] = best[0].min(dec.as_secs_f64());
+        best[1] = best[1].min(enc.as_secs_f64());
     }
+    eprintln!("best: decode {:.3}s, encode {:.3}s", best[0], best[1]);
 }
 
-/// The released architecture (ch 128, ch_mult [1,1,2,2,4], 512-wide levels, two res blocks) at
-/// 64 px: the Winograd/fused float32 path stays close to float64 candle ops through the whole
-/// depth.
+/// The released architecture's depth (ch_mult [1,1,2,2,4], two res blocks, attention at 16) at
+/// half width and 64 px: the Winograd/fused float32 path stays close to float64 candle ops
+/// through the whole network.
 #[test]
 fn released_architecture_matches_f64() {
     let mut cfg = golden_config();
@@ -459,7 +464,7 @@ fn released_architecture_matches_f64() {
     cfg.ddconfig = DdConfig {
         z_channels: 256,
         resolution: 64,
-        ch: 128,
+        ch: 64,
         ch_mult: vec![1, 1, 2, 2, 4],
         num_res_blocks: 2,
         attn_resolutions: vec![16],

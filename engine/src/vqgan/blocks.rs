@@ -11,12 +11,11 @@ use super::cpu;
 pub(crate) enum Conv {
     /// 1×1: a matmul, weight (out, in).
     Pointwise { weight: Tensor, bias: Tensor },
-    /// 3×3, stride 1, zero padding 1. `fast` holds the Winograd form for f32 on the CPU.
-    Same {
-        weight: Tensor,
-        bias: Tensor,
-        fast: Option<cpu::Winograd>,
-    },
+    /// 3×3, stride 1, zero padding 1, through candle (other devices and dtypes).
+    Same { weight: Tensor, bias: Tensor },
+    /// 3×3, stride 1, zero padding 1, as Winograd on the CPU in f32. Only the transformed
+    /// weights are kept (4× the plain ones: the released VQGAN holds about 1 GB of them).
+    Winograd(cpu::Winograd),
     /// taming's `Downsample`: zero-pad right and bottom by 1, then 3×3 stride 2 padding 0.
     Down {
         weight: Tensor,
@@ -35,8 +34,10 @@ impl Conv {
             let bias = bias.reshape((c_out, 1))?;
             return Ok(Self::Pointwise { weight, bias });
         }
-        let fast = cpu::Winograd::new(&weight, &bias)?;
-        Ok(Self::Same { weight, bias, fast })
+        Ok(match cpu::Winograd::new(&weight, &bias)? {
+            Some(fast) => Self::Winograd(fast),
+            None => Self::Same { weight, bias },
+        })
     }
 
     /// The strided convolution of `Downsample`.
@@ -56,10 +57,7 @@ impl Conv {
         upsample: bool,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        if let Self::Same {
-            fast: Some(fast), ..
-        } = self
-        {
+        if let Self::Winograd(fast) = self {
             let prologue = match norm {
                 Some(n) => n.prologue(x)?,
                 None => None,
@@ -97,19 +95,22 @@ impl Conv {
                 let y = weight.broadcast_matmul(&x.reshape((b, c, h * w))?)?;
                 y.broadcast_add(bias)?.reshape((b, (), h, w))
             }
-            Self::Same { weight, bias, fast } => {
+            Self::Same { weight, bias } => x
+                .conv2d(weight, 1, 1, 1, 1)?
+                .broadcast_add(&bias.reshape((1, (), 1, 1))?),
+            Self::Winograd(fast) => {
                 let plain = cpu::Fused {
                     prologue: None,
                     upsample: false,
                     residual: None,
                 };
-                if let Some(fast) = fast
-                    && let Some(y) = fast.forward(x, plain)?
-                {
-                    return Ok(y);
-                }
-                x.conv2d(weight, 1, 1, 1, 1)?
-                    .broadcast_add(&bias.reshape((1, (), 1, 1))?)
+                fast.forward(x, plain)?.ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "vqgan: a float32 CPU model got a {:?} input on {:?}",
+                        x.dtype(),
+                        x.device().location()
+                    ))
+                })
             }
             Self::Down { fast, .. }
                 if let Some(fast) = fast

@@ -87,7 +87,8 @@ fn rows_mut<const O: usize>(
 }
 
 /// Runs `f(i, chunk_i)` over the `chunk`-sized pieces of `data`, spread over candle's thread
-/// count in contiguous runs.
+/// count in contiguous runs; the calling thread takes the first run. (Scoped threads rather
+/// than candle's spinning barrier pool, which would compete with gemm's rayon workers.)
 fn par_chunks(data: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if chunk == 0 || data.is_empty() {
         return;
@@ -95,21 +96,21 @@ fn par_chunks(data: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sy
     let n_chunks = data.len().div_ceil(chunk);
     let threads = candle_core::utils::get_num_threads().clamp(1, n_chunks);
     let per = n_chunks.div_ceil(threads);
-    if threads == 1 {
-        data.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
-        return;
-    }
-    std::thread::scope(|s| {
-        for (t, part) in data.chunks_mut(per * chunk).enumerate() {
-            let f = &f;
-            s.spawn(move || {
-                for (i, c) in part.chunks_mut(chunk).enumerate() {
-                    f(t * per + i, c)
-                }
-            });
+    let run = |t: usize, part: &mut [f32]| {
+        for (i, c) in part.chunks_mut(chunk).enumerate() {
+            f(t * per + i, c)
         }
+    };
+    let mut parts = data.chunks_mut(per * chunk).enumerate();
+    let Some((_, first)) = parts.next() else {
+        return;
+    };
+    std::thread::scope(|s| {
+        for (t, part) in parts {
+            let run = &run;
+            s.spawn(move || run(t, part));
+        }
+        run(0, first);
     });
 }
 
@@ -337,6 +338,9 @@ impl Winograd {
         if c != self.c_in {
             candle_core::bail!("vqgan: conv expects {} channels, got {c}", self.c_in);
         }
+        if hs == 0 || ws == 0 || c == 0 {
+            candle_core::bail!("vqgan: conv input {:?} is empty", x.dims());
+        }
         let up = if fused.upsample { 2 } else { 1 };
         let (h, w) = (hs * up, ws * up);
         if let Some(r) = fused.residual {
@@ -562,7 +566,7 @@ impl Strided {
     /// `x` is f32 on the CPU.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let (b, c, h, w) = x.dims4()?;
-        if c != self.c_in || h < 2 || w < 2 {
+        if c != self.c_in || c == 0 || h < 2 || w < 2 {
             candle_core::bail!("vqgan: downsample got {:?}", x.dims());
         }
         let (ho, wo) = ((h - 2) / 2 + 1, (w - 2) / 2 + 1);
