@@ -56,6 +56,9 @@ pub enum Error {
     /// Inputs to a network have the wrong shape or value range.
     #[error("invalid input: {0}")]
     Input(String),
+    /// The job was cancelled by its caller.
+    #[error("cancelled")]
+    Cancelled,
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
