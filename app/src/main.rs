@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod generate;
 
 /// Tessera: inpainting with ImageBART.
 #[derive(Parser)]
@@ -43,6 +44,18 @@ enum Command {
         /// Model folder or official manifest.
         model: PathBuf,
     },
+    /// Regenerate the masked part of an image.
+    Inpaint {
+        #[command(flatten)]
+        inpaint: generate::InpaintArgs,
+        #[command(flatten)]
+        sampling: generate::SamplingArgs,
+    },
+    /// Generate whole images (unconditional, class or text).
+    Sample {
+        #[command(flatten)]
+        sampling: generate::SamplingArgs,
+    },
     /// Benchmarks of released-size networks with random weights (use a release build).
     Bench {
         /// Fewer repetitions.
@@ -77,6 +90,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Info { model }) => {
             cli::info(&model)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Inpaint { inpaint, sampling }) => {
+            generate::run(&sampling, Some(&inpaint))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Sample { sampling }) => {
+            generate::run(&sampling, None)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { quick, only }) => {

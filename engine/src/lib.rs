@@ -12,11 +12,15 @@ pub mod bench;
 pub mod error;
 pub mod gpt;
 pub mod imagenet;
+pub mod inpaint;
 pub mod loader;
 pub mod nn;
+pub mod pipeline;
 pub mod reference;
+pub mod sampler;
 pub mod schedule;
 pub mod vqgan;
+pub mod worker;
 pub mod xtransformer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,476 @@
+//! `tessera inpaint` and `tessera sample`: the engine's job API driven from a terminal.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use image::{GrayImage, RgbImage};
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_engine::inpaint::WindowOptions;
+use tessera_engine::loader::LoadOptions;
+use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
+use tessera_engine::pipeline::{ChainRequest, default_chains};
+use tessera_engine::sampler::LevelParams;
+use tessera_engine::worker::{Engine, Event, Job, JobKind};
+
+/// Options shared by `inpaint` and `sample`.
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    /// Model folder or official manifest (default: the model in assets/).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Class id or (part of) a class name, for class-conditional models.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Text prompt, for models whose card declares a tokenizer.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Seed (same seed, same build and device: same output).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of candidates, sampled as one batch.
+    #[arg(long, default_value_t = 1)]
+    pub candidates: usize,
+    /// Temperature: one value, or one per level in sampling order (level T first).
+    #[arg(long, value_delimiter = ',')]
+    pub temperature: Vec<f32>,
+    /// Top-k (0 = off): one value or one per level, level T first.
+    #[arg(long, value_delimiter = ',')]
+    pub top_k: Vec<usize>,
+    /// Top-p (1 = off): one value or one per level, level T first.
+    #[arg(long, value_delimiter = ',')]
+    pub top_p: Vec<f32>,
+    /// Chain passes per level: one value or one per level, level T first (inpainting default:
+    /// the official script's counts; sampling default: 1).
+    #[arg(long, value_delimiter = ',')]
+    pub chains: Vec<usize>,
+    /// Classifier-free guidance scale (1 = off; needs a model trained with dropped conditions).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f32,
+    /// Apply the temperature only at the last (GPT) stage, as the official sampler does.
+    #[arg(long)]
+    pub official_temperature: bool,
+    /// Write one PNG per level per candidate into this folder.
+    #[arg(long)]
+    pub levels_dir: Option<PathBuf>,
+    /// Machine-readable progress: one JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
+    /// Output PNG (with several candidates: NAME-0.png, NAME-1.png, …).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// Options of `inpaint` only.
+#[derive(Args, Debug)]
+pub struct InpaintArgs {
+    /// Input image (PNG, JPEG, WebP).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Mask, same size: white (≥ 128) = regenerate.
+    #[arg(long)]
+    pub mask: PathBuf,
+    /// Context around the mask, as a fraction of its bounding box.
+    #[arg(long)]
+    pub padding: Option<f32>,
+    /// Feather width in pixels.
+    #[arg(long)]
+    pub feather: Option<u32>,
+    /// Fraction of a token's patch that must be masked for it to be regenerated (0 = any pixel).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Use the whole image as context instead of a window around the mask.
+    #[arg(long)]
+    pub whole_image: bool,
+}
+
+/// Largest image the command line accepts (pixels), to fail clearly instead of exhausting memory.
+const MAX_PIXELS: u64 = 16384 * 16384;
+
+fn default_model() -> Result<PathBuf> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let candidates = [
+        Some(PathBuf::from("assets/model")),
+        exe_dir.map(|d| d.join("../../assets/model")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("model.json").is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "no --model given, and the default model (assets/model) is not installed yet; \
+                 pass --model <model folder or official sampling manifest>"
+            )
+        })
+}
+
+fn load_image(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .with_context(|| format!("{} is not a readable image", path.display()))?;
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        bail!(
+            "{} is {w}×{h}: larger than Tessera accepts (16384×16384)",
+            path.display()
+        );
+    }
+    let img = image::ImageReader::open(path)?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("{} is not a readable image", path.display()))?;
+    Ok(img.to_rgb8())
+}
+
+fn load_mask(path: &Path) -> Result<GrayImage> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("{} is not a readable image", path.display()))?;
+    // A mask with transparency marks the painted (opaque) pixels.
+    if img.color().has_alpha() {
+        let rgba = img.to_rgba8();
+        let gray = img.to_luma8();
+        let any_transparent = rgba.pixels().any(|p| p.0[3] < 255);
+        if any_transparent {
+            return Ok(GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+                let a = rgba.get_pixel(x, y).0[3];
+                let l = gray.get_pixel(x, y).0[0];
+                image::Luma([if a >= 128 && l >= 128 { 255 } else { 0 }])
+            }));
+        }
+    }
+    Ok(img.to_luma8())
+}
+
+/// Per-level values given in sampling order (level T first) → indexed by level − 1.
+fn per_level<T: Copy>(values: &[T], levels: usize, default: T, what: &str) -> Result<Vec<T>> {
+    let v = match values.len() {
+        0 => vec![default; levels],
+        1 => vec![values[0]; levels],
+        n if n == levels => values.iter().rev().copied().collect(),
+        n => bail!("--{what} takes one value or one per level ({levels}), got {n}"),
+    };
+    Ok(v)
+}
+
+fn condition(card: &ModelCard, args: &SamplingArgs) -> Result<Condition> {
+    match (&card.conditioning, &args.class, &args.prompt) {
+        (_, Some(_), Some(_)) => bail!("give --class or --prompt, not both"),
+        (
+            Conditioning::Class {
+                n_classes,
+                class_names,
+                ..
+            },
+            Some(c),
+            None,
+        ) => {
+            if let Ok(id) = c.trim().parse::<usize>() {
+                if id >= *n_classes {
+                    bail!("class {id} is not in 0..{n_classes}");
+                }
+                return Ok(Condition::Class(id));
+            }
+            let needle = c.trim().to_lowercase();
+            let exact = class_names.iter().position(|n| {
+                n.split(',')
+                    .any(|part| part.trim().to_lowercase() == needle)
+            });
+            let partial = || {
+                class_names
+                    .iter()
+                    .position(|n| n.to_lowercase().contains(&needle))
+            };
+            exact
+                .or_else(partial)
+                .map(Condition::Class)
+                .ok_or_else(|| anyhow!("no class named `{c}` (give a class id 0..{n_classes})"))
+        }
+        (_, Some(_), None) => bail!("this model is not class-conditional; drop --class"),
+        (Conditioning::Text { .. }, None, Some(_)) => {
+            bail!("text prompts need the tokenizer support that arrives with the default model")
+        }
+        (_, None, Some(_)) => bail!("this model takes no text prompt; drop --prompt"),
+        (_, None, None) => Ok(Condition::None),
+    }
+}
+
+fn output_paths(out: &Path, n: usize, force: bool) -> Result<Vec<PathBuf>> {
+    let paths: Vec<PathBuf> = if n == 1 {
+        vec![out.to_path_buf()]
+    } else {
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ext = out
+            .extension()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or("png".into());
+        (0..n)
+            .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+            .collect()
+    };
+    if !force && let Some(p) = paths.iter().find(|p| p.exists()) {
+        bail!("{} exists; pass --force to replace it", p.display());
+    }
+    Ok(paths)
+}
+
+/// Writes a PNG atomically: a temporary file beside the target, then a rename.
+fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn chain_request(card: &ModelCard, args: &SamplingArgs, inpainting: bool) -> Result<ChainRequest> {
+    let t = card.levels();
+    let mut req = ChainRequest::new(card);
+    req.condition = condition(card, args)?;
+    req.guidance_scale = args.guidance;
+    if args.candidates == 0 || args.candidates > 64 {
+        bail!("--candidates must be between 1 and 64");
+    }
+    req.candidates = args.candidates;
+    req.seed = args.seed;
+    let temps = per_level(&args.temperature, t, 1.0, "temperature")?;
+    let ks = per_level(&args.top_k, t, 0, "top-k")?;
+    let ps = per_level(&args.top_p, t, 1.0, "top-p")?;
+    req.levels = (0..t)
+        .map(|i| LevelParams {
+            temperature: temps[i],
+            top_k: (ks[i] > 0).then_some(ks[i]),
+            top_p: (ps[i] < 1.0).then_some(ps[i]),
+        })
+        .collect();
+    req.encdec_temperature = !args.official_temperature;
+    let default = if inpainting {
+        default_chains(card)
+    } else {
+        vec![1; t]
+    };
+    req.chains = if args.chains.is_empty() {
+        default
+    } else {
+        per_level(&args.chains, t, 1, "chains")?
+    };
+    Ok(req)
+}
+
+/// Runs an inpainting (`inpaint = Some`) or sampling job and writes its outputs.
+pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => default_model()?,
+    };
+    let paths = output_paths(&args.output, args.candidates.max(1), args.force)?;
+    let inputs = match inpaint {
+        Some(a) => {
+            let image = load_image(&a.image)?;
+            let mask = load_mask(&a.mask)?;
+            if image.dimensions() != mask.dimensions() {
+                bail!(
+                    "the mask is {}×{} but the image is {}×{}",
+                    mask.width(),
+                    mask.height(),
+                    image.width(),
+                    image.height()
+                );
+            }
+            Some((Arc::new(image), Arc::new(mask)))
+        }
+        None => None,
+    };
+
+    let mut engine = Engine::spawn(|| {});
+    engine.load_model(&model_path, LoadOptions::default());
+    let card = match engine.events().recv()? {
+        Event::ModelLoaded { card, warnings } => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            card
+        }
+        Event::ModelFailed { error } => bail!("cannot load {}: {error}", model_path.display()),
+        other => bail!("unexpected event {other:?}"),
+    };
+    let chain = chain_request(&card, args, inputs.is_some())?;
+    let kind = match (&inputs, inpaint) {
+        (Some((image, mask)), Some(a)) => {
+            let mut window = WindowOptions::default();
+            if let Some(p) = a.padding {
+                window.padding = p;
+            }
+            if let Some(f) = a.feather {
+                window.feather_px = f;
+            }
+            if let Some(t) = a.threshold {
+                window.token_threshold = t;
+            }
+            window.whole_image = a.whole_image;
+            JobKind::Inpaint {
+                image: image.clone(),
+                mask: mask.clone(),
+                window,
+            }
+        }
+        _ => JobKind::Sample,
+    };
+    let _handle = engine.submit(Job {
+        kind,
+        chain,
+        partial_every: None,
+    });
+
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(1);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} tokens, ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    if let Some(dir) = &args.levels_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut written = 0;
+    loop {
+        let event = engine.events().recv()?;
+        if args.json {
+            use std::io::Write;
+            // A closed pipe (`| head`) ends the output, not the job's files.
+            writeln!(std::io::stdout().lock(), "{}", event_json(&event)).ok();
+        }
+        match event {
+            Event::Started { tokens, .. } => {
+                if let Some(b) = &bar {
+                    b.set_length(tokens as u64);
+                }
+            }
+            Event::Progress { level, done, .. } => {
+                if let Some(b) = &bar {
+                    b.set_message(format!("level {level}"));
+                    b.set_position(done as u64);
+                }
+            }
+            Event::Level {
+                level,
+                candidate,
+                preview,
+                origin,
+                ..
+            } => {
+                if let Some(dir) = &args.levels_dir {
+                    let full = match &inputs {
+                        Some((image, _)) => {
+                            let mut full = (**image).clone();
+                            image::imageops::replace(
+                                &mut full,
+                                &*preview,
+                                i64::from(origin.0),
+                                i64::from(origin.1),
+                            );
+                            full
+                        }
+                        None => (*preview).clone(),
+                    };
+                    save_png(
+                        &full,
+                        &dir.join(format!("level{level}-candidate{candidate}.png")),
+                    )?;
+                }
+            }
+            Event::Candidate { index, image, .. } => {
+                if let Some(path) = paths.get(index) {
+                    save_png(&image, path)?;
+                    written += 1;
+                }
+            }
+            Event::NoOp { reason, .. } => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                eprintln!("nothing to do: {reason}");
+                return Ok(());
+            }
+            Event::Finished { secs, .. } => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                if !args.json {
+                    for p in paths.iter().take(written) {
+                        println!("wrote {}", p.display());
+                    }
+                    eprintln!("done in {secs:.1} s");
+                }
+                return Ok(());
+            }
+            Event::Cancelled { .. } => bail!("cancelled"),
+            Event::Failed { error, .. } => bail!("{error}"),
+            Event::ModelLoaded { .. } | Event::ModelFailed { .. } => {}
+        }
+    }
+}
+
+fn event_json(e: &Event) -> serde_json::Value {
+    use serde_json::json;
+    match e {
+        Event::ModelLoaded { card, .. } => json!({"event": "model_loaded", "name": card.name}),
+        Event::ModelFailed { error } => json!({"event": "model_failed", "error": error}),
+        Event::Started {
+            job,
+            levels,
+            tokens,
+            estimate_secs,
+        } => json!({
+            "event": "started", "job": job.0, "levels": levels, "tokens": tokens,
+            "estimate_secs": estimate_secs}),
+        Event::Progress {
+            job,
+            level,
+            done,
+            total,
+            ..
+        } => json!({
+            "event": "progress", "job": job.0, "level": level, "done": done, "total": total}),
+        Event::Level {
+            job,
+            level,
+            candidate,
+            ..
+        } => json!({
+            "event": "level", "job": job.0, "level": level, "candidate": candidate}),
+        Event::Candidate { job, index, .. } => {
+            json!({"event": "candidate", "job": job.0, "index": index})
+        }
+        Event::NoOp { job, reason } => json!({"event": "noop", "job": job.0, "reason": reason}),
+        Event::Finished { job, secs } => json!({"event": "finished", "job": job.0, "secs": secs}),
+        Event::Cancelled { job } => json!({"event": "cancelled", "job": job.0}),
+        Event::Failed { job, error } => json!({"event": "failed", "job": job.0, "error": error}),
+    }
+}

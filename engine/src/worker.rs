@@ -1,0 +1,566 @@
+//! The job API the editor and the command line drive: a worker thread owns the loaded model;
+//! callers send requests and receive [`Event`]s over a channel, and never wait on the engine.
+//! Cancelling sets a flag that the sampler checks at every token step.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use image::{GrayImage, RgbImage};
+
+use crate::inpaint::{self, Window, WindowOptions};
+use crate::loader::card::ModelCard;
+use crate::loader::{LoadOptions, Model, ModelSource};
+use crate::pipeline::{self, ChainRequest, Observer, Progress};
+use crate::{Error, Result};
+
+/// Identifies a job in every event about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub enum JobKind {
+    /// Regenerate the masked part of an image (mask: ≥ 128 = regenerate).
+    Inpaint {
+        /// The image, any size.
+        image: Arc<RgbImage>,
+        /// Same size as the image.
+        mask: Arc<GrayImage>,
+        /// Context window, feather and token threshold.
+        window: WindowOptions,
+    },
+    /// Sample whole images (unconditional, class or text, as `chain.condition` says).
+    Sample,
+}
+
+/// A job: what to generate and how to sample. For inpainting, `chain.known` is filled in by
+/// the worker from the mask.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// What.
+    pub kind: JobKind,
+    /// How.
+    pub chain: ChainRequest,
+    /// Send a partial preview (tokens so far, the rest from the level before) at most this
+    /// often while a level is written; `None` sends none.
+    pub partial_every: Option<Duration>,
+}
+
+/// Something the worker reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A model finished loading.
+    ModelLoaded {
+        /// Its card.
+        card: Box<ModelCard>,
+        /// Non-fatal findings.
+        warnings: Vec<String>,
+    },
+    /// A model failed to load; the previous one (if any) stays loaded.
+    ModelFailed {
+        /// Why.
+        error: String,
+    },
+    /// A job started.
+    Started {
+        /// The job.
+        job: JobId,
+        /// Levels that will run, in order (T first, or the branching level).
+        levels: Vec<usize>,
+        /// Tokens to sample per candidate, over all levels and chain passes.
+        tokens: usize,
+        /// Estimated duration, from earlier jobs on this model (none for the first).
+        estimate_secs: Option<f64>,
+    },
+    /// Tokens are being written (throttled by the caller's `partial_every`).
+    Progress {
+        /// The job.
+        job: JobId,
+        /// Level being written.
+        level: usize,
+        /// Tokens sampled so far in this job, per candidate.
+        done: usize,
+        /// Tokens to sample in this job, per candidate.
+        total: usize,
+        /// Approximate preview of candidate 0 (per-code mean colours), in the context window.
+        partial: Option<Arc<RgbImage>>,
+    },
+    /// A level finished: its tokens and its decoded preview, per candidate.
+    Level {
+        /// The job.
+        job: JobId,
+        /// The stage that ran (its output is x_{level−1}).
+        level: usize,
+        /// Candidate index.
+        candidate: usize,
+        /// The token grid x_{level−1}.
+        tokens: Vec<u32>,
+        /// Decoded preview, composited into the context window (inpainting) or the whole
+        /// generated image (sampling).
+        preview: Arc<RgbImage>,
+        /// Top-left of the preview in image coordinates.
+        origin: (u32, u32),
+    },
+    /// A candidate's final full-size image.
+    Candidate {
+        /// The job.
+        job: JobId,
+        /// Candidate index.
+        index: usize,
+        /// The result at the input's size (inpainting) or the model's resolution (sampling).
+        image: Arc<RgbImage>,
+    },
+    /// Nothing to do (e.g. an empty mask); the image is unchanged.
+    NoOp {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// The job ended normally.
+    Finished {
+        /// The job.
+        job: JobId,
+        /// Wall time.
+        secs: f64,
+    },
+    /// The job was cancelled.
+    Cancelled {
+        /// The job.
+        job: JobId,
+    },
+    /// The job failed; the engine is ready for the next.
+    Failed {
+        /// The job.
+        job: JobId,
+        /// What happened.
+        error: String,
+    },
+}
+
+enum Request {
+    Load(PathBuf, LoadOptions),
+    Run(JobId, Box<Job>, Arc<AtomicBool>),
+}
+
+/// Handle of a submitted job.
+#[derive(Debug, Clone)]
+pub struct JobHandle {
+    /// Its id.
+    pub id: JobId,
+    cancel: Arc<AtomicBool>,
+}
+
+impl JobHandle {
+    /// Asks the job to stop; it stops within one token step and reports `Cancelled`.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine: a worker thread and its channels. Dropping it stops the worker after the job
+/// in progress is cancelled.
+pub struct Engine {
+    requests: Option<Sender<Request>>,
+    events: Receiver<Event>,
+    next_id: AtomicU64,
+    running: Vec<JobHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the worker. `waker` is called after every event (e.g. to request a UI repaint).
+    pub fn spawn(waker: impl Fn() + Send + 'static) -> Self {
+        let (req_tx, req_rx) = unbounded::<Request>();
+        let (ev_tx, ev_rx) = unbounded::<Event>();
+        let thread = std::thread::Builder::new()
+            .name("tessera-engine".into())
+            .spawn(move || {
+                let mut worker = Worker {
+                    model: None,
+                    events: ev_tx,
+                    waker: Box::new(waker),
+                    secs_per_token: None,
+                };
+                for req in req_rx {
+                    worker.handle(req);
+                }
+            })
+            .ok();
+        Self {
+            requests: Some(req_tx),
+            events: ev_rx,
+            next_id: AtomicU64::new(1),
+            running: Vec::new(),
+            thread,
+        }
+    }
+
+    fn send(&self, req: Request) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|tx| tx.send(req).is_ok())
+    }
+
+    /// Loads a model (folder or official manifest) in the background.
+    pub fn load_model(&self, path: impl Into<PathBuf>, opts: LoadOptions) -> bool {
+        self.send(Request::Load(path.into(), opts))
+    }
+
+    /// Queues a job; events about it carry the returned id.
+    pub fn submit(&mut self, job: Job) -> JobHandle {
+        let id = JobId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let handle = JobHandle {
+            id,
+            cancel: cancel.clone(),
+        };
+        self.running.retain(|h| !h.cancel.load(Ordering::Relaxed));
+        self.running.push(handle.clone());
+        self.send(Request::Run(id, Box::new(job), cancel));
+        handle
+    }
+
+    /// The next event, if one is waiting.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// The event channel, for blocking receivers (the command line).
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for h in &self.running {
+            h.cancel();
+        }
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+}
+
+struct Worker {
+    model: Option<Arc<Model>>,
+    events: Sender<Event>,
+    waker: Box<dyn Fn() + Send>,
+    /// Seconds per sampled token per candidate, measured on the last job.
+    secs_per_token: Option<f64>,
+}
+
+impl Worker {
+    fn emit(&self, e: Event) {
+        if self.events.send(e).is_ok() {
+            (self.waker)();
+        }
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Load(path, opts) => {
+                let loaded = ModelSource::open(&path).and_then(|s| {
+                    let warnings = s.warnings().to_vec();
+                    s.load(&opts).map(|m| (m, warnings))
+                });
+                match loaded {
+                    Ok((model, warnings)) => {
+                        let card = Box::new(model.card.clone());
+                        self.model = Some(Arc::new(model));
+                        self.secs_per_token = None;
+                        self.emit(Event::ModelLoaded { card, warnings });
+                    }
+                    Err(e) => self.emit(Event::ModelFailed {
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            Request::Run(id, job, cancel) => {
+                if cancel.load(Ordering::Relaxed) {
+                    self.emit(Event::Cancelled { job: id });
+                    return;
+                }
+                let start = Instant::now();
+                match self.run(id, &job, &cancel) {
+                    Ok(true) => self.emit(Event::Finished {
+                        job: id,
+                        secs: start.elapsed().as_secs_f64(),
+                    }),
+                    Ok(false) => {}
+                    Err(Error::Cancelled) => self.emit(Event::Cancelled { job: id }),
+                    Err(e) => self.emit(Event::Failed {
+                        job: id,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Runs a job; `Ok(false)` when it turned out to be a no-op (already reported).
+    fn run(&mut self, id: JobId, job: &Job, cancel: &Arc<AtomicBool>) -> Result<bool> {
+        let model = self
+            .model
+            .clone()
+            .ok_or_else(|| Error::Input("no model is loaded".into()))?;
+        let card = &model.card;
+        let res = card.resolution() as u32;
+        let grid = card.grid_side();
+        let mut chain = job.chain.clone();
+        let mut context: Option<Context> = None;
+        if let JobKind::Inpaint {
+            image,
+            mask,
+            window,
+        } = &job.kind
+        {
+            let Some(win) = inpaint::plan_window(image.width(), image.height(), mask, window)
+                .map_err(Error::Input)?
+            else {
+                self.emit(Event::NoOp {
+                    job: id,
+                    reason: "the mask is empty: nothing to regenerate".into(),
+                });
+                return Ok(false);
+            };
+            let regenerate = inpaint::token_mask(mask, &win, grid, window.token_threshold);
+            if !regenerate.iter().any(|&r| r) {
+                self.emit(Event::NoOp {
+                    job: id,
+                    reason: "the mask covers no token at this threshold: nothing to regenerate"
+                        .into(),
+                });
+                return Ok(false);
+            }
+            let crop =
+                inpaint::to_tensor(&inpaint::crop_to_model(image, &win, res), &model.device)?;
+            let x0 = model.vqgan.encode_tokens(&crop)?;
+            let x0: Vec<u32> = x0.flatten_all()?.to_vec1::<u32>()?;
+            chain.known = Some(inpaint::known_tokens(&x0, &regenerate));
+            context = Some(Context {
+                image: image.clone(),
+                mask: mask.clone(),
+                window: win,
+                feather: window.feather_px,
+            });
+        }
+        chain.validate(card)?;
+
+        let levels: Vec<usize> = match &chain.start {
+            Some(s) => (1..=s.level).rev().collect(),
+            None => (1..=card.levels()).rev().collect(),
+        };
+        let unknown = chain.known.as_ref().map_or(card.n_positions(), |k| {
+            k.iter().filter(|t| t.is_none()).count()
+        });
+        let tokens: usize = levels.iter().map(|t| unknown * chain.chains[t - 1]).sum();
+        self.emit(Event::Started {
+            job: id,
+            levels: levels.clone(),
+            tokens,
+            estimate_secs: self.secs_per_token.map(|s| s * tokens as f64),
+        });
+        let started = Instant::now();
+        let mut obs = JobObserver {
+            worker: self,
+            id,
+            cancel: cancel.clone(),
+            model: &model,
+            context: context.as_ref(),
+            done: 0,
+            total: tokens,
+            partial_every: job.partial_every,
+            last_partial: Instant::now(),
+            colours: None,
+            error: None,
+        };
+        let result = pipeline::run_chain(&model, &chain, &mut obs);
+        if let Some(e) = obs.error.take() {
+            return Err(e);
+        }
+        let grids = result?;
+        let last = grids
+            .last()
+            .ok_or_else(|| Error::Input("the chain ran no level".into()))?;
+        let images = decode(&model, last)?;
+        for (index, generated) in images.into_iter().enumerate() {
+            let image = match &context {
+                Some(c) => inpaint::composite(&c.image, &c.mask, &c.window, &generated, c.feather),
+                None => generated,
+            };
+            self.emit(Event::Candidate {
+                job: id,
+                index,
+                image: Arc::new(image),
+            });
+        }
+        if tokens > 0 {
+            self.secs_per_token = Some(started.elapsed().as_secs_f64() / tokens as f64);
+        }
+        Ok(true)
+    }
+}
+
+struct Context {
+    image: Arc<RgbImage>,
+    mask: Arc<GrayImage>,
+    window: Window,
+    feather: u32,
+}
+
+fn decode(model: &Model, grids: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
+    let n = model.card.n_positions();
+    let flat: Vec<u32> = grids.iter().flatten().copied().collect();
+    let t = Tensor::from_vec(flat, (grids.len(), n), &model.device)?;
+    let img = model.vqgan.decode_tokens(&t)?;
+    Ok(inpaint::from_tensor(&img)?)
+}
+
+struct JobObserver<'a> {
+    worker: &'a Worker,
+    id: JobId,
+    cancel: Arc<AtomicBool>,
+    model: &'a Model,
+    context: Option<&'a Context>,
+    done: usize,
+    total: usize,
+    partial_every: Option<Duration>,
+    last_partial: Instant,
+    /// Mean colour of each code, for cheap partial previews (computed on first use).
+    colours: Option<Vec<[u8; 3]>>,
+    error: Option<Error>,
+}
+
+impl JobObserver<'_> {
+    fn preview(&self, generated: RgbImage) -> (RgbImage, (u32, u32)) {
+        match self.context {
+            Some(c) => {
+                inpaint::composite_window(&c.image, &c.mask, &c.window, &generated, c.feather)
+            }
+            None => (generated, (0, 0)),
+        }
+    }
+
+    fn partial(&mut self, grid: &[u32]) -> Result<Arc<RgbImage>> {
+        if self.colours.is_none() {
+            self.colours = Some(code_colours(self.model)?);
+        }
+        let colours = self.colours.as_deref().unwrap_or(&[]);
+        let res = self.model.card.resolution() as u32;
+        let side = self.model.card.grid_side() as u32;
+        let patch = (res / side).max(1);
+        let img = RgbImage::from_fn(res, res, |x, y| {
+            let i = ((y / patch).min(side - 1) * side + (x / patch).min(side - 1)) as usize;
+            let c = grid
+                .get(i)
+                .and_then(|&t| colours.get(t as usize))
+                .copied()
+                .unwrap_or([0, 0, 0]);
+            image::Rgb(c)
+        });
+        Ok(Arc::new(self.preview(img).0))
+    }
+}
+
+impl Observer for JobObserver<'_> {
+    fn progress(&mut self, p: Progress<'_>) {
+        if self.error.is_some() {
+            return;
+        }
+        match p {
+            Progress::Token { level, partial, .. } => {
+                self.done += 1;
+                let want = self
+                    .partial_every
+                    .is_some_and(|every| self.last_partial.elapsed() >= every);
+                if !want && self.done != self.total && !self.done.is_multiple_of(16) {
+                    return;
+                }
+                let preview = if want {
+                    self.last_partial = Instant::now();
+                    match partial.first().map(|g| self.partial(g)) {
+                        Some(Ok(img)) => Some(img),
+                        Some(Err(e)) => {
+                            self.error = Some(e);
+                            return;
+                        }
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                self.worker.emit(Event::Progress {
+                    job: self.id,
+                    level,
+                    done: self.done.min(self.total),
+                    total: self.total,
+                    partial: preview,
+                });
+            }
+            Progress::Level { level, grids } => match decode(self.model, grids) {
+                Ok(images) => {
+                    for (candidate, (img, tokens)) in images.into_iter().zip(grids).enumerate() {
+                        let (preview, origin) = self.preview(img);
+                        self.worker.emit(Event::Level {
+                            job: self.id,
+                            level,
+                            candidate,
+                            tokens: tokens.clone(),
+                            preview: Arc::new(preview),
+                            origin,
+                        });
+                    }
+                }
+                Err(e) => self.error = Some(e),
+            },
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.error.is_some() || self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// The mean colour of every code, from decoding grids that hold each code once (neighbours
+/// bleed a little into each patch; good enough for a preview that lasts a fraction of a level).
+pub fn code_colours(model: &Model) -> Result<Vec<[u8; 3]>> {
+    let k = model.card.n_tokens;
+    let n = model.card.n_positions();
+    let side = model.card.grid_side();
+    let res = model.card.resolution();
+    let patch = res / side;
+    let mut colours = vec![[0u8; 3]; k];
+    let grids: Vec<Vec<u32>> = (0..k.div_ceil(n))
+        .map(|g| (0..n).map(|i| ((g * n + i) % k) as u32).collect())
+        .collect();
+    for (g, images) in grids.chunks(4).enumerate() {
+        for (j, img) in decode(model, images)?.into_iter().enumerate() {
+            for i in 0..n {
+                let code = (g * 4 + j) * n + i;
+                if code >= k {
+                    break;
+                }
+                let (px, py) = ((i % side) * patch, (i / side) * patch);
+                let mut sum = [0u64; 3];
+                for y in py..py + patch {
+                    for x in px..px + patch {
+                        let p = img.get_pixel(x as u32, y as u32).0;
+                        for c in 0..3 {
+                            sum[c] += u64::from(p[c]);
+                        }
+                    }
+                }
+                let count = (patch * patch).max(1) as u64;
+                colours[code] = sum.map(|s| (s / count) as u8);
+            }
+        }
+    }
+    Ok(colours)
+}

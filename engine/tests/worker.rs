@@ -1,0 +1,284 @@
+//! The job API as the editor and the command line use it: a worker thread, events over a
+//! channel, cancellation, errors that leave the engine ready.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use tessera_engine::inpaint::WindowOptions;
+use tessera_engine::loader::LoadOptions;
+use tessera_engine::loader::card::ModelCard;
+use tessera_engine::pipeline::{ChainRequest, default_chains};
+use tessera_engine::worker::{Engine, Event, Job, JobId, JobKind};
+
+fn golden(case: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden")).join(case)
+}
+
+fn next(engine: &Engine) -> Event {
+    engine
+        .events()
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the worker answers")
+}
+
+fn loaded(case: &str) -> (Engine, ModelCard) {
+    let engine = Engine::spawn(|| {});
+    engine.load_model(golden(case), LoadOptions::default());
+    match next(&engine) {
+        Event::ModelLoaded { card, .. } => (engine, *card),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn picture(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 5 % 256) as u8,
+            (y * 7 % 256) as u8,
+            ((x ^ y) % 256) as u8,
+        ])
+    })
+}
+
+fn rect_mask(w: u32, h: u32, x0: u32, y0: u32, x1: u32, y1: u32) -> GrayImage {
+    GrayImage::from_fn(w, h, |x, y| {
+        Luma([if (x0..x1).contains(&x) && (y0..y1).contains(&y) {
+            255
+        } else {
+            0
+        }])
+    })
+}
+
+fn inpaint_job(card: &ModelCard, image: &RgbImage, mask: &GrayImage, seed: u64, n: usize) -> Job {
+    let mut chain = ChainRequest::new(card);
+    chain.seed = seed;
+    chain.candidates = n;
+    chain.chains = default_chains(card);
+    Job {
+        kind: JobKind::Inpaint {
+            image: Arc::new(image.clone()),
+            mask: Arc::new(mask.clone()),
+            window: WindowOptions::default(),
+        },
+        chain,
+        partial_every: Some(Duration::ZERO),
+    }
+}
+
+/// Collects a job's events up to its end.
+fn run_to_end(engine: &Engine, id: JobId) -> Vec<Event> {
+    let mut events = Vec::new();
+    loop {
+        let e = next(engine);
+        let end = matches!(
+            &e,
+            Event::Finished { job, .. } | Event::Cancelled { job } | Event::Failed { job, .. }
+                | Event::NoOp { job, .. } if *job == id
+        );
+        events.push(e);
+        if end {
+            return events;
+        }
+    }
+}
+
+#[test]
+fn inpaint_streams_levels_and_keeps_unmasked_pixels() {
+    let (mut engine, card) = loaded("uncond_geometric");
+    let image = picture(120, 80);
+    let mask = rect_mask(120, 80, 40, 20, 70, 45);
+    let handle = engine.submit(inpaint_job(&card, &image, &mask, 5, 2));
+    let events = run_to_end(&engine, handle.id);
+    assert!(matches!(events[0], Event::Started { ref levels, .. } if *levels == vec![3, 2, 1]));
+    let levels: Vec<(usize, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Level {
+                level, candidate, ..
+            } => Some((*level, *candidate)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(levels, vec![(3, 0), (3, 1), (2, 0), (2, 1), (1, 0), (1, 1)]);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Progress {
+            partial: Some(_),
+            ..
+        }
+    )));
+    let results: Vec<&RgbImage> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Candidate { image, .. } => Some(&**image),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert!(matches!(events.last(), Some(Event::Finished { .. })));
+    let feather = WindowOptions::default().feather_px;
+    for result in &results {
+        assert_eq!(result.dimensions(), image.dimensions());
+        for (x, y, p) in result.enumerate_pixels() {
+            let far = x + feather + 2 < 40
+                || x >= 70 + feather + 2
+                || y + feather + 2 < 20
+                || y >= 45 + feather + 2;
+            if far {
+                assert_eq!(
+                    p,
+                    image.get_pixel(x, y),
+                    "pixel ({x},{y}) outside the mask changed"
+                );
+            }
+        }
+    }
+    // Something inside the mask was regenerated.
+    assert!(
+        (40..70).any(|x| (20..45).any(|y| results[0].get_pixel(x, y) != image.get_pixel(x, y)))
+    );
+
+    // Same seed: identical; another seed: different.
+    let again = engine.submit(inpaint_job(&card, &image, &mask, 5, 1));
+    let first = run_to_end(&engine, again.id)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Candidate { image, .. } => Some(image),
+            _ => None,
+        });
+    assert_eq!(first.as_deref(), Some(results[0]));
+    let other = engine.submit(inpaint_job(&card, &image, &mask, 6, 1));
+    let other = run_to_end(&engine, other.id)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Candidate { image, .. } => Some(image),
+            _ => None,
+        });
+    assert_ne!(other.as_deref(), Some(results[0]));
+}
+
+#[test]
+fn cancel_is_prompt_and_the_next_job_runs() {
+    let (mut engine, card) = loaded("uncond_geometric");
+    let image = picture(64, 64);
+    let mask = rect_mask(64, 64, 0, 0, 64, 64);
+    let mut job = inpaint_job(&card, &image, &mask, 1, 4);
+    job.chain.chains = vec![20; card.levels()];
+    let handle = engine.submit(job);
+    // Wait until tokens are being written, then cancel.
+    loop {
+        if let Event::Progress { .. } = next(&engine) {
+            break;
+        }
+    }
+    let t = Instant::now();
+    handle.cancel();
+    let events = run_to_end(&engine, handle.id);
+    assert!(
+        matches!(events.last(), Some(Event::Cancelled { .. })),
+        "{:?}",
+        events.last()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        t.elapsed()
+    );
+    let next_job = engine.submit(inpaint_job(
+        &card,
+        &image,
+        &rect_mask(64, 64, 8, 8, 20, 20),
+        2,
+        1,
+    ));
+    assert!(matches!(
+        run_to_end(&engine, next_job.id).last(),
+        Some(Event::Finished { .. })
+    ));
+}
+
+#[test]
+fn bad_requests_fail_cleanly() {
+    let (mut engine, card) = loaded("uncond_geometric");
+    let image = picture(50, 40);
+    // Empty mask: a no-op with a message.
+    let h = engine.submit(inpaint_job(&card, &image, &GrayImage::new(50, 40), 0, 1));
+    assert!(matches!(
+        run_to_end(&engine, h.id).last(),
+        Some(Event::NoOp { .. })
+    ));
+    // Mask of another size: a clear error naming both sizes.
+    let h = engine.submit(inpaint_job(
+        &card,
+        &image,
+        &rect_mask(40, 40, 0, 0, 5, 5),
+        0,
+        1,
+    ));
+    match run_to_end(&engine, h.id).last() {
+        Some(Event::Failed { error, .. }) => {
+            assert!(error.contains("40") && error.contains("50"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A class on an unconditional model.
+    let mut job = inpaint_job(&card, &image, &rect_mask(50, 40, 0, 0, 5, 5), 0, 1);
+    job.chain.condition = tessera_engine::loader::card::Condition::Class(1);
+    let h = engine.submit(job);
+    assert!(matches!(
+        run_to_end(&engine, h.id).last(),
+        Some(Event::Failed { .. })
+    ));
+    // A model that does not load leaves the loaded one in place.
+    engine.load_model("/nonexistent/model", LoadOptions::default());
+    assert!(matches!(next(&engine), Event::ModelFailed { .. }));
+    let h = engine.submit(inpaint_job(
+        &card,
+        &image,
+        &rect_mask(50, 40, 10, 10, 20, 20),
+        0,
+        1,
+    ));
+    assert!(matches!(
+        run_to_end(&engine, h.id).last(),
+        Some(Event::Finished { .. })
+    ));
+}
+
+#[test]
+fn no_model_is_an_error_not_a_hang() {
+    let mut engine = Engine::spawn(|| {});
+    let (_, card) = loaded("class_custom");
+    let h = engine.submit(Job {
+        kind: JobKind::Sample,
+        chain: ChainRequest::new(&card),
+        partial_every: None,
+    });
+    match run_to_end(&engine, h.id).last() {
+        Some(Event::Failed { error, .. }) => assert!(error.contains("no model"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn class_conditional_sampling() {
+    let (mut engine, card) = loaded("class_custom");
+    let mut chain = ChainRequest::new(&card);
+    chain.condition = tessera_engine::loader::card::Condition::Class(3);
+    chain.candidates = 3;
+    let h = engine.submit(Job {
+        kind: JobKind::Sample,
+        chain,
+        partial_every: None,
+    });
+    let events = run_to_end(&engine, h.id);
+    let n = events
+        .iter()
+        .filter(|e| matches!(e, Event::Candidate { .. }))
+        .count();
+    assert_eq!(n, 3);
+    assert!(matches!(events.last(), Some(Event::Finished { .. })));
+}
