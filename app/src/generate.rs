@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use image::{GrayImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_engine::inpaint::WindowOptions;
+use tessera_engine::inpaint::{PresetMask, WindowOptions, preset_mask};
 use tessera_engine::loader::LoadOptions;
 use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
 use tessera_engine::pipeline::{ChainRequest, default_chains};
@@ -72,9 +72,19 @@ pub struct InpaintArgs {
     /// Input image (PNG, JPEG, WebP).
     #[arg(long)]
     pub image: PathBuf,
-    /// Mask, same size: white (≥ 128) = regenerate.
-    #[arg(long)]
-    pub mask: PathBuf,
+    /// Mask, same size: white (≥ 128) = regenerate. A mask with transparency marks its opaque
+    /// white pixels.
+    #[arg(
+        long,
+        required_unless_present = "mask_preset",
+        conflicts_with = "mask_preset"
+    )]
+    pub mask: Option<PathBuf>,
+    /// A standard mask instead of a file: upper-half (complete the top half), keep-centre
+    /// (outpaint around a centred square of half the side), centre-window (inpaint a centred
+    /// square of a quarter of the side).
+    #[arg(long, value_parser = ["upper-half", "keep-centre", "centre-window"])]
+    pub mask_preset: Option<String>,
     /// Context around the mask, as a fraction of its bounding box.
     #[arg(long)]
     pub padding: Option<f32>,
@@ -292,7 +302,18 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
     let inputs = match inpaint {
         Some(a) => {
             let image = load_image(&a.image)?;
-            let mask = load_mask(&a.mask)?;
+            let mask = match (&a.mask, a.mask_preset.as_deref()) {
+                (Some(path), _) => load_mask(path)?,
+                (None, Some(preset)) => {
+                    let kind = match preset {
+                        "upper-half" => PresetMask::UpperHalf,
+                        "keep-centre" => PresetMask::KeepCentre,
+                        _ => PresetMask::CentreWindow,
+                    };
+                    preset_mask(kind, image.width(), image.height())
+                }
+                (None, None) => bail!("give --mask or --mask-preset"),
+            };
             if image.dimensions() != mask.dimensions() {
                 bail!(
                     "the mask is {}×{} but the image is {}×{}",

@@ -104,3 +104,155 @@ fn bad_paths_give_one_line_errors() {
     let (ok, text) = tessera(&["import", "/nonexistent.yaml", "/tmp/x", "--dtype", "f8"]);
     assert!(!ok && text.contains("f8"), "{text}");
 }
+
+fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn inpaint_writes_result_and_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    let mask = dir.path().join("mask.png");
+    write_png(&input, 90, 60, |x, y| [(x * 3) as u8, (y * 4) as u8, 100]);
+    write_png(&mask, 90, 60, |x, y| {
+        if (30..50).contains(&x) && (20..35).contains(&y) {
+            [255; 3]
+        } else {
+            [0; 3]
+        }
+    });
+    let out = dir.path().join("out.png");
+    let levels = dir.path().join("levels");
+    let model = golden().join("uncond_geometric");
+    let args = [
+        "inpaint",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        input.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--seed",
+        "4",
+        "--candidates",
+        "2",
+        "--levels-dir",
+        levels.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let (ok, text) = tessera(&args);
+    assert!(ok, "{text}");
+    for i in 0..2 {
+        let result = image::open(dir.path().join(format!("out-{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(result.dimensions(), (90, 60));
+        // Far from the mask nothing changed.
+        assert_eq!(result.get_pixel(2, 2).0, [6, 8, 100]);
+        for t in 1..=3 {
+            assert!(levels.join(format!("level{t}-candidate{i}.png")).is_file());
+        }
+    }
+    // Outputs are never overwritten without --force.
+    let (ok, text) = tessera(&args);
+    assert!(!ok && text.contains("--force"), "{text}");
+}
+
+#[test]
+fn inpaint_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write_png(&input, 40, 40, |_, _| [50, 60, 70]);
+    let small = dir.path().join("small.png");
+    write_png(&small, 20, 40, |_, _| [255; 3]);
+    let empty = dir.path().join("empty.png");
+    write_png(&empty, 40, 40, |_, _| [0; 3]);
+    let corrupt = dir.path().join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let model = golden().join("uncond_geometric");
+    let run = |mask: &Path, image: &Path| {
+        tessera(&[
+            "inpaint",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+            "-o",
+            dir.path().join("o.png").to_str().unwrap(),
+        ])
+    };
+    let (ok, text) = run(&small, &input);
+    assert!(
+        !ok && text.contains("20×40") && text.contains("40×40"),
+        "{text}"
+    );
+    let (ok, text) = run(&empty, &input);
+    assert!(ok && text.contains("nothing to do"), "{text}");
+    assert!(!dir.path().join("o.png").exists());
+    let (ok, text) = run(&empty, &corrupt);
+    assert!(!ok && text.contains("corrupt.png"), "{text}");
+    let (ok, text) = tessera(&[
+        "inpaint",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        input.to_str().unwrap(),
+        "--mask-preset",
+        "upper-half",
+        "--class",
+        "3",
+        "-o",
+        dir.path().join("o.png").to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("not class-conditional"), "{text}");
+    let (ok, text) = tessera(&["sample", "-o", dir.path().join("s.png").to_str().unwrap()]);
+    assert!(!ok && text.contains("--model"), "{text}");
+}
+
+#[test]
+fn sample_class_by_name_and_json_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.png");
+    let model = golden().join("class_custom");
+    let (ok, text) = tessera(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--class",
+        "12",
+        "--json",
+        "--top-k",
+        "5",
+        "--temperature",
+        "0.9",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 32));
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.first().unwrap()["event"], "started");
+    assert_eq!(events.last().unwrap()["event"], "finished");
+    assert!(events.iter().any(|e| e["event"] == "level"));
+    let (ok, text) = tessera(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--class",
+        "400",
+        "-o",
+        dir.path().join("t.png").to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("0..100"), "{text}");
+}
