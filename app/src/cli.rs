@@ -186,3 +186,83 @@ fn human_bytes(n: usize) -> String {
         format!("{:.0} kB", n / 1e3)
     }
 }
+
+/// `tessera bench --model`: an inpainting and a sampling job through the job API.
+pub fn bench_model(model: &Path) -> Result<()> {
+    use std::sync::Arc;
+    use std::time::Instant;
+    use tessera_engine::inpaint::{PresetMask, WindowOptions, preset_mask};
+    use tessera_engine::pipeline::{ChainRequest, default_chains};
+    use tessera_engine::worker::{Engine, Event, Job, JobKind};
+
+    let mut engine = Engine::spawn(|| {});
+    let t = Instant::now();
+    engine.load_model(model, LoadOptions::default());
+    let card = match engine.events().recv()? {
+        Event::ModelLoaded { card, .. } => card,
+        Event::ModelFailed { error } => bail!("cannot load {}: {error}", model.display()),
+        other => bail!("unexpected event {other:?}"),
+    };
+    println!(
+        "{}: loaded in {:.2} s",
+        card.name,
+        t.elapsed().as_secs_f64()
+    );
+    let res = card.resolution() as u32;
+    let image = image::RgbImage::from_fn(res, res, |x, y| {
+        image::Rgb([(x * 255 / res) as u8, (y * 255 / res) as u8, 128])
+    });
+    let mask = preset_mask(PresetMask::CentreWindow, res, res);
+    let condition = match &card.conditioning {
+        Conditioning::Class { .. } => tessera_engine::loader::card::Condition::Class(0),
+        _ => tessera_engine::loader::card::Condition::None,
+    };
+    for (what, kind, chains) in [
+        (
+            "inpaint (centre window, official chain counts)",
+            JobKind::Inpaint {
+                image: Arc::new(image.clone()),
+                mask: Arc::new(mask.clone()),
+                window: WindowOptions {
+                    whole_image: true,
+                    ..WindowOptions::default()
+                },
+            },
+            default_chains(&card),
+        ),
+        (
+            "sample (1 pass per level)",
+            JobKind::Sample,
+            vec![1; card.levels()],
+        ),
+    ] {
+        let mut chain = ChainRequest::new(&card);
+        chain.condition = condition.clone();
+        chain.chains = chains;
+        let start = Instant::now();
+        engine.submit(Job {
+            kind,
+            chain,
+            partial_every: None,
+        });
+        let mut first_level = None;
+        loop {
+            match engine.events().recv()? {
+                Event::Level { .. } if first_level.is_none() => {
+                    first_level = Some(start.elapsed().as_secs_f64());
+                }
+                Event::Finished { secs, .. } => {
+                    println!(
+                        "{what}: first level preview {:.3} s, result {secs:.3} s",
+                        first_level.unwrap_or(f64::NAN)
+                    );
+                    break;
+                }
+                Event::Failed { error, .. } => bail!("{what}: {error}"),
+                Event::NoOp { reason, .. } => bail!("{what}: {reason}"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}

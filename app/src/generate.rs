@@ -13,6 +13,7 @@ use tessera_engine::loader::LoadOptions;
 use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
 use tessera_engine::pipeline::{ChainRequest, default_chains};
 use tessera_engine::sampler::LevelParams;
+use tessera_engine::text::PromptTokenizer;
 use tessera_engine::worker::{Engine, Event, Job, JobKind};
 
 /// Options shared by `inpaint` and `sample`.
@@ -176,7 +177,7 @@ fn per_level<T: Copy>(values: &[T], levels: usize, default: T, what: &str) -> Re
     Ok(v)
 }
 
-fn condition(card: &ModelCard, args: &SamplingArgs) -> Result<Condition> {
+fn condition(card: &ModelCard, model_dir: &Path, args: &SamplingArgs) -> Result<Condition> {
     match (&card.conditioning, &args.class, &args.prompt) {
         (_, Some(_), Some(_)) => bail!("give --class or --prompt, not both"),
         (
@@ -210,8 +211,19 @@ fn condition(card: &ModelCard, args: &SamplingArgs) -> Result<Condition> {
                 .ok_or_else(|| anyhow!("no class named `{c}` (give a class id 0..{n_classes})"))
         }
         (_, Some(_), None) => bail!("this model is not class-conditional; drop --class"),
-        (Conditioning::Text { .. }, None, Some(_)) => {
-            bail!("text prompts need the tokenizer support that arrives with the default model")
+        (Conditioning::Text { context_len, .. }, None, Some(prompt)) => {
+            let tokenizer = PromptTokenizer::for_model(model_dir, card)?
+                .ok_or_else(|| anyhow!("the model declares no tokenizer"))?;
+            let encoded = tokenizer.encode(prompt)?;
+            for (_, word) in &encoded.unknown {
+                eprintln!("warning: the model does not know the word `{word}`");
+            }
+            if encoded.truncated(*context_len) {
+                eprintln!(
+                    "warning: the prompt is longer than {context_len} tokens; the rest is ignored"
+                );
+            }
+            Ok(Condition::Text(encoded.ids))
         }
         (_, None, Some(_)) => bail!("this model takes no text prompt; drop --prompt"),
         (_, None, None) => Ok(Condition::None),
@@ -258,10 +270,15 @@ fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn chain_request(card: &ModelCard, args: &SamplingArgs, inpainting: bool) -> Result<ChainRequest> {
+fn chain_request(
+    card: &ModelCard,
+    model_dir: &Path,
+    args: &SamplingArgs,
+    inpainting: bool,
+) -> Result<ChainRequest> {
     let t = card.levels();
     let mut req = ChainRequest::new(card);
-    req.condition = condition(card, args)?;
+    req.condition = condition(card, model_dir, args)?;
     req.guidance_scale = args.guidance;
     if args.candidates == 0 || args.candidates > 64 {
         bail!("--candidates must be between 1 and 64");
@@ -340,7 +357,15 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         Event::ModelFailed { error } => bail!("cannot load {}: {error}", model_path.display()),
         other => bail!("unexpected event {other:?}"),
     };
-    let chain = chain_request(&card, args, inputs.is_some())?;
+    let model_dir = if model_path.is_dir() {
+        model_path.clone()
+    } else {
+        model_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    };
+    let chain = chain_request(&card, &model_dir, args, inputs.is_some())?;
     let kind = match (&inputs, inpaint) {
         (Some((image, mask)), Some(a)) => {
             let mut window = WindowOptions::default();

@@ -64,6 +64,10 @@ enum Command {
         /// Only these parts: encdec, gpt, vqgan (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Instead, time an inpainting job (centre window) and a sampling job on this model
+        /// through the job API: time to the first level preview and to the result.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
 }
 
@@ -100,8 +104,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             generate::run(&sampling, None)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Bench { quick, only }) => {
-            cli::bench(quick, &only)?;
+        Some(Command::Bench { quick, only, model }) => {
+            match model {
+                Some(m) => cli::bench_model(&m)?,
+                None => cli::bench(quick, &only)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

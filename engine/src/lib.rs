@@ -6,7 +6,8 @@
 //! - [`gpt`]: the last stage T, a minGPT over the conditioning prefix;
 //! - [`schedule`]: the multinomial-diffusion schedule (α_t, ᾱ_t);
 //! - [`loader`]: official releases (manifest + YAML + Lightning `.ckpt`) and Tessera's own format;
-//! - [`reference`]: comparison against outputs computed by the official implementation.
+//! - [`reference`](crate::reference): comparison against outputs computed by the official implementation;
+//! - [`text`]: prompts → tokenizer ids for text-conditional models.
 
 pub mod bench;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod pipeline;
 pub mod reference;
 pub mod sampler;
 pub mod schedule;
+pub mod text;
 pub mod vqgan;
 pub mod worker;
 pub mod xtransformer;
