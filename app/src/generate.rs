@@ -53,6 +53,9 @@ pub struct SamplingArgs {
     /// Apply the temperature only at the last (GPT) stage, as the official sampler does.
     #[arg(long)]
     pub official_temperature: bool,
+    /// Keep only the running stage in memory (released-size models on small machines).
+    #[arg(long)]
+    pub low_memory: bool,
     /// Write one PNG per level per candidate into this folder.
     #[arg(long)]
     pub levels_dir: Option<PathBuf>,
@@ -346,7 +349,13 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
     };
 
     let mut engine = Engine::spawn(|| {});
-    engine.load_model(&model_path, LoadOptions::default());
+    engine.load_model(
+        &model_path,
+        LoadOptions {
+            lazy: args.low_memory,
+            ..LoadOptions::default()
+        },
+    );
     let card = match engine.events().recv()? {
         Event::ModelLoaded { card, warnings } => {
             for w in warnings {

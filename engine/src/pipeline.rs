@@ -303,24 +303,6 @@ pub fn run_chain_with(
     let card = &model.card;
     req.validate(card)?;
     let t_max = card.levels();
-    if model.stages.len() != t_max {
-        return Err(Error::Input(format!(
-            "the model holds {} stage networks, its card lists {t_max}",
-            model.stages.len()
-        )));
-    }
-    for (i, stage) in model.stages.iter().enumerate() {
-        let ok = matches!(
-            (stage, i + 1 == t_max),
-            (Stage::EncDec(_), false) | (Stage::Gpt(_), true)
-        );
-        if !ok {
-            return Err(Error::Input(format!(
-                "stage {} has the wrong network kind for its place in the chain",
-                i + 1
-            )));
-        }
-    }
     let n = req.candidates;
     let p = card.n_positions();
     let k = card.n_tokens as u32;
@@ -378,6 +360,8 @@ pub fn run_chain_with(
             };
             current = ctx.run_stage(t, pass, passes, &input, &mut rngs)?;
         }
+        // A lazily loaded model keeps only the stage that is running.
+        model.release(t);
         ctx.obs.progress(Progress::Level {
             level: t,
             grids: &current,
@@ -486,7 +470,17 @@ impl Ctx<'_, '_> {
         // Per batch row r (candidate r % n, prefix r / n): the decoder's input sequence is
         // `head[r / n] ++ y[r % n]`; logits after feeding its first `head_len + j` entries are
         // the distribution of y_j.
-        let (mut decoder, heads) = match &self.model.stages[t - 1] {
+        let stage = self.model.stage(t)?;
+        let kind_ok = matches!(
+            (&*stage, t == t_max),
+            (Stage::EncDec(_), false) | (Stage::Gpt(_), true)
+        );
+        if !kind_ok {
+            return Err(Error::Input(format!(
+                "stage {t} has the wrong network kind for its place in the chain"
+            )));
+        }
+        let (mut decoder, heads) = match &*stage {
             Stage::EncDec(net) => {
                 let mut src = Vec::with_capacity(rows * (prefixes[0].len() + p));
                 for prefix in &prefixes {

@@ -195,10 +195,10 @@ pub fn check(model: &Model, expected: &Path) -> Result<Report> {
     )?;
 
     // Stages.
-    for (i, stage) in model.stages.iter().enumerate() {
-        let t = i + 1;
+    for t in 1..=model.card.levels() {
+        let stage = model.stage(t)?;
         let expected_logits = exp.get(&format!("stage{t}.logits"))?;
-        match stage {
+        match &*stage {
             Stage::EncDec(net) => {
                 let src = exp.get(&format!("stage{t}.src"))?.to_device(dev)?;
                 let tgt = exp.get(&format!("stage{t}.tgt"))?.to_device(dev)?;

@@ -122,7 +122,7 @@ fn teacher_forced(
     y: &[u32],
 ) -> Vec<Vec<f32>> {
     let prefix = model.card.prefix(t, cond).unwrap();
-    match &model.stages[t - 1] {
+    match &*model.stage(t).unwrap() {
         Stage::EncDec(net) => {
             let src: Vec<u32> = prefix.iter().chain(x_t).copied().collect();
             let tgt: Vec<u32> = std::iter::once(0)

@@ -119,6 +119,7 @@ fn write_folder(
     let cpu = LoadOptions {
         device: Device::Cpu,
         dtype: opts.dtype,
+        lazy: false,
     };
     progress("VQGAN");
     let rec = Arc::new(Mutex::new(Vec::new()));

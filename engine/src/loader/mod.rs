@@ -10,7 +10,7 @@ pub mod pth;
 pub mod tessera;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -29,6 +29,10 @@ pub struct LoadOptions {
     pub device: Device,
     /// Type of the transformer weights and activations (the VQGAN always runs in f32).
     pub dtype: DType,
+    /// Load each stage when the chain reaches it and release it afterwards, so only the VQGAN
+    /// and one stage are resident (for released-size models on machines with little memory);
+    /// otherwise every stage is loaded up front and kept.
+    pub lazy: bool,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +40,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            lazy: false,
         }
     }
 }
@@ -49,20 +54,88 @@ pub enum Stage {
     Gpt(Gpt),
 }
 
-/// A fully loaded model.
+/// A loaded model: the VQGAN and the stage networks (all resident, or loaded on demand).
 pub struct Model {
     /// Its description.
     pub card: ModelCard,
     /// First stage.
     pub vqgan: Vqgan,
-    /// `stages[t-1]` undoes level t.
-    pub stages: Vec<Stage>,
     /// Device the networks live on.
     pub device: Device,
+    /// `stages[t-1]` undoes level t; `None` while a lazy stage is not resident.
+    stages: Vec<Mutex<Option<Arc<Stage>>>>,
+    /// Where lazy stages are (re)loaded from.
+    source: Option<ModelSource>,
+    opts: LoadOptions,
+}
+
+impl Model {
+    /// The network of level `t`, loading it first if it is not resident.
+    pub fn stage(&self, t: usize) -> Result<Arc<Stage>> {
+        let slot = self
+            .stages
+            .get(t.wrapping_sub(1))
+            .ok_or_else(|| Error::Input(format!("the model has no stage {t}")))?;
+        let mut guard = slot
+            .lock()
+            .map_err(|_| Error::Input("stage slot poisoned".into()))?;
+        if let Some(stage) = guard.as_ref() {
+            return Ok(stage.clone());
+        }
+        let source = self
+            .source
+            .as_ref()
+            .ok_or_else(|| Error::Input(format!("stage {t} is not loaded")))?;
+        let stage = Arc::new(source.load_stage(t, &self.opts)?);
+        *guard = Some(stage.clone());
+        Ok(stage)
+    }
+
+    /// Drops level `t`'s network if the model was loaded lazily (no-op otherwise).
+    pub fn release(&self, t: usize) {
+        if self.opts.lazy
+            && let Some(Ok(mut slot)) = self.stages.get(t.wrapping_sub(1)).map(|s| s.lock())
+        {
+            *slot = None;
+        }
+    }
+
+    /// Whether stages are loaded on demand.
+    pub fn is_lazy(&self) -> bool {
+        self.opts.lazy
+    }
+
+    /// Levels whose networks are resident now.
+    pub fn resident_stages(&self) -> Vec<usize> {
+        self.stages
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.lock().is_ok_and(|s| s.is_some()))
+            .map(|(i, _)| i + 1)
+            .collect()
+    }
+
+    /// Assembles a model from networks built elsewhere (tests, benchmarks).
+    pub fn from_parts(card: ModelCard, vqgan: Vqgan, stages: Vec<Stage>, device: Device) -> Self {
+        Self {
+            card,
+            vqgan,
+            device: device.clone(),
+            stages: stages
+                .into_iter()
+                .map(|s| Mutex::new(Some(Arc::new(s))))
+                .collect(),
+            source: None,
+            opts: LoadOptions {
+                device,
+                ..LoadOptions::default()
+            },
+        }
+    }
 }
 
 /// A model on disk, opened but not loaded.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ModelSource {
     /// An official release.
     Official(official::Release),
@@ -186,17 +259,26 @@ impl ModelSource {
         build_network(&stage.network, vb, &card.schedule.alphats).map_err(backend::unwrap)
     }
 
-    /// Loads the VQGAN and every stage.
+    /// Loads the VQGAN and every stage (or, with `opts.lazy`, only the VQGAN; stages follow
+    /// on demand).
     pub fn load(&self, opts: &LoadOptions) -> Result<Model> {
         let vqgan = self.load_vqgan(opts)?;
         let stages = (1..=self.card().levels())
-            .map(|t| self.load_stage(t, opts))
+            .map(|t| {
+                Ok(Mutex::new(if opts.lazy {
+                    None
+                } else {
+                    Some(Arc::new(self.load_stage(t, opts)?))
+                }))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Model {
             card: self.card().clone(),
             vqgan,
-            stages,
             device: opts.device.clone(),
+            stages,
+            source: opts.lazy.then(|| self.clone()),
+            opts: opts.clone(),
         })
     }
 }

@@ -50,7 +50,7 @@ struct Targeted<P> {
 }
 
 /// An opened official release.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Release {
     /// The manifest file.
     pub manifest: PathBuf,

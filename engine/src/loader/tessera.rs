@@ -13,7 +13,7 @@ use super::card::{CARD_FILE, CARD_FORMAT, ModelCard, VQGAN_FILE};
 use crate::{Error, Result};
 
 /// An opened model folder.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Folder {
     /// The folder.
     pub dir: PathBuf,
