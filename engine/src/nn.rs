@@ -5,6 +5,8 @@
 //! cache is preallocated once and written in place, so a decoding step costs the same whatever
 //! the length of the prefix (apart from the attention itself, which is small next to the weights).
 
+mod skinny;
+
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -94,6 +96,40 @@ impl Linear {
         Self::from_weight(weight, bias)
     }
 
+    /// Few-row f32 products on the CPU through [`skinny::matmul_xwt`]; `None` when the GEMM
+    /// is the better choice.
+    fn skinny(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+        if !(2..=16).contains(&rows)
+            || !matches!(x2.device(), Device::Cpu)
+            || x2.dtype() != DType::F32
+            || self.weight_t.dtype() != DType::F32
+        {
+            return Ok(None);
+        }
+        let w = self.weight_t.t()?;
+        let (out, k) = w.dims2()?;
+        let (w_guard, w_layout) = w.storage_and_layout();
+        let (x_guard, x_layout) = x2.storage_and_layout();
+        let (candle_core::Storage::Cpu(ws), candle_core::Storage::Cpu(xs)) = (&*w_guard, &*x_guard)
+        else {
+            return Ok(None);
+        };
+        let (Some((w0, w1)), Some((x0, x1))) =
+            (w_layout.contiguous_offsets(), x_layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let y = skinny::matmul_xwt(
+            &xs.as_slice::<f32>()?[x0..x1],
+            rows,
+            k,
+            &ws.as_slice::<f32>()?[w0..w1],
+            out,
+        );
+        drop((w_guard, x_guard));
+        Ok(Some(Tensor::from_vec(y, (rows, out), x2.device())?))
+    }
+
     /// The weight in PyTorch layout, `[out, in]` (a view).
     pub fn weight(&self) -> Result<Tensor> {
         self.weight_t.t()
@@ -107,7 +143,10 @@ impl Linear {
         };
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-        let y = x2.matmul(&self.weight_t)?;
+        let y = match self.skinny(&x2, rows)? {
+            Some(y) => y,
+            None => x2.matmul(&self.weight_t)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
