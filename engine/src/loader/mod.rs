@@ -322,6 +322,3 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         ))),
     }
 }
-
-/// Shared handle to an opened source, for callers that load stages lazily.
-pub type SharedSource = Arc<ModelSource>;
