@@ -10,7 +10,7 @@ use image::{GrayImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_engine::inpaint::{PresetMask, WindowOptions, preset_mask};
 use tessera_engine::loader::LoadOptions;
-use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
+use tessera_engine::loader::card::{Condition, Conditioning, ModelCard, class_prompt};
 use tessera_engine::pipeline::{ChainRequest, default_chains};
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::text::PromptTokenizer;
@@ -22,7 +22,8 @@ pub struct SamplingArgs {
     /// Model folder or official manifest (default: the model in assets/).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Class id or (part of) a class name, for class-conditional models.
+    /// Class id or (part of) a class name, for class-conditional models and text models with
+    /// class words (then combinable with --prompt).
     #[arg(long)]
     pub class: Option<String>,
     /// Text prompt, for models whose card declares a tokenizer.
@@ -180,9 +181,34 @@ fn per_level<T: Copy>(values: &[T], levels: usize, default: T, what: &str) -> Re
     Ok(v)
 }
 
+/// Finds a class by id or (part of) its name.
+fn find_class(class_names: &[String], n_classes: usize, c: &str) -> Result<usize> {
+    if let Ok(id) = c.trim().parse::<usize>() {
+        if id >= n_classes {
+            bail!("class {id} is not in 0..{n_classes}");
+        }
+        return Ok(id);
+    }
+    let needle = c.trim().to_lowercase();
+    let exact = class_names.iter().position(|n| {
+        n.split(',')
+            .any(|part| part.trim().to_lowercase() == needle)
+    });
+    let partial = || {
+        class_names
+            .iter()
+            .position(|n| n.to_lowercase().contains(&needle))
+    };
+    exact
+        .or_else(partial)
+        .ok_or_else(|| anyhow!("no class named `{c}` (give a class id 0..{n_classes})"))
+}
+
 fn condition(card: &ModelCard, model_dir: &Path, args: &SamplingArgs) -> Result<Condition> {
     match (&card.conditioning, &args.class, &args.prompt) {
-        (_, Some(_), Some(_)) => bail!("give --class or --prompt, not both"),
+        (Conditioning::Class { .. }, Some(_), Some(_)) => {
+            bail!("this model takes a class, not a prompt; drop --prompt")
+        }
         (
             Conditioning::Class {
                 n_classes,
@@ -191,36 +217,32 @@ fn condition(card: &ModelCard, model_dir: &Path, args: &SamplingArgs) -> Result<
             },
             Some(c),
             None,
-        ) => {
-            if let Ok(id) = c.trim().parse::<usize>() {
-                if id >= *n_classes {
-                    bail!("class {id} is not in 0..{n_classes}");
+        ) => Ok(Condition::Class(find_class(class_names, *n_classes, c)?)),
+        (
+            Conditioning::Text {
+                context_len,
+                class_names,
+                ..
+            },
+            class,
+            prompt,
+        ) if class.is_some() || prompt.is_some() => {
+            let class_name = match class {
+                Some(_) if class_names.is_empty() => {
+                    bail!("this model takes a prompt, not a class; drop --class")
                 }
-                return Ok(Condition::Class(id));
-            }
-            let needle = c.trim().to_lowercase();
-            let exact = class_names.iter().position(|n| {
-                n.split(',')
-                    .any(|part| part.trim().to_lowercase() == needle)
-            });
-            let partial = || {
-                class_names
-                    .iter()
-                    .position(|n| n.to_lowercase().contains(&needle))
+                Some(c) => {
+                    Some(class_names[find_class(class_names, class_names.len(), c)?].as_str())
+                }
+                None => None,
             };
-            exact
-                .or_else(partial)
-                .map(Condition::Class)
-                .ok_or_else(|| anyhow!("no class named `{c}` (give a class id 0..{n_classes})"))
-        }
-        (_, Some(_), None) => bail!("this model is not class-conditional; drop --class"),
-        (Conditioning::Text { context_len, .. }, None, Some(prompt)) => {
             let tokenizer = PromptTokenizer::for_model(model_dir, card)?
                 .ok_or_else(|| anyhow!("the model declares no tokenizer"))?;
-            let encoded = tokenizer.encode(prompt)?;
-            for (_, word) in &encoded.unknown {
+            let prompt = prompt.as_deref().unwrap_or("");
+            for (_, word) in &tokenizer.encode(prompt)?.unknown {
                 eprintln!("warning: the model does not know the word `{word}`");
             }
+            let encoded = tokenizer.encode(&class_prompt(class_name, prompt))?;
             if encoded.truncated(*context_len) {
                 eprintln!(
                     "warning: the prompt is longer than {context_len} tokens; the rest is ignored"
@@ -228,6 +250,7 @@ fn condition(card: &ModelCard, model_dir: &Path, args: &SamplingArgs) -> Result<
             }
             Ok(Condition::Text(encoded.ids))
         }
+        (_, Some(_), _) => bail!("this model is not class-conditional; drop --class"),
         (_, None, Some(_)) => bail!("this model takes no text prompt; drop --prompt"),
         (_, None, None) => Ok(Condition::None),
     }

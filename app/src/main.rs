@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod generate;
+mod train;
 
 /// Tessera: inpainting with ImageBART.
 #[derive(Parser)]
@@ -56,6 +57,18 @@ enum Command {
         #[command(flatten)]
         sampling: generate::SamplingArgs,
     },
+    /// Train a model from scratch (the default model by default): VQGAN, token pool, every
+    /// stage; resumable — rerun the same command after an interruption.
+    Train {
+        #[command(flatten)]
+        args: train::TrainArgs,
+    },
+    /// Measure a trained model on the held-out split: VQGAN PSNR and code usage, NLL per
+    /// stage, guidance accuracy (category classifier), FID, and a contact sheet.
+    Eval {
+        #[command(flatten)]
+        args: train::EvalArgs,
+    },
     /// Benchmarks of released-size networks with random weights (use a release build).
     Bench {
         /// Fewer repetitions.
@@ -102,6 +115,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Sample { sampling }) => {
             generate::run(&sampling, None)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Train { args }) => {
+            train::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Eval { args }) => {
+            train::eval(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { quick, only, model }) => {

@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 
 use crate::nn::{
     FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_compute_dtype,
-    check_token_ids, embed, merge_heads, split_heads,
+    check_token_ids, embed, merge_heads, self_attention, split_heads,
 };
 
 /// `model.params.transformer_config.params` of a minGPT stage. The dropout keys
@@ -102,6 +102,14 @@ impl Block {
         let (k, v) = cache.write(pos, &k, &v)?;
         let a = attention(&q, &k, &v, self.attn.scale, mask)?;
         let x = (x + self.attn.proj.forward(&merge_heads(&a)?)?)?;
+        &x + self.mlp.forward(&self.ln2.forward(&x)?)?
+    }
+
+    /// The whole sequence at once without a cache (training).
+    fn forward_full(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let qkv = self.attn.qkv.forward(&self.ln1.forward(x)?)?;
+        let a = self_attention(&qkv, self.attn.heads, self.attn.scale, mask)?;
+        let x = (x + self.attn.proj.forward(&a)?)?;
         &x + self.mlp.forward(&self.ln2.forward(&x)?)?
     }
 }
@@ -240,6 +248,28 @@ impl Gpt {
     pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
         let mut cache = self.new_cache();
         self.step(idx, &mut cache)
+    }
+
+    /// Full forward for training: the same logits as [`Gpt::forward`] (up to rounding),
+    /// computed without the key/value cache so that gradients flow to the weights when they
+    /// are variables.
+    pub fn forward_train(&self, idx: &Tensor) -> Result<Tensor> {
+        let ids = check_token_ids(idx, self.cfg.input_vocab(), "GPT input (idx)")?;
+        let (_, n) = ids.dims2()?;
+        if n == 0 || n > self.cfg.block_size {
+            candle_core::bail!(
+                "GPT input has length {n}; it must be 1..={} (block_size)",
+                self.cfg.block_size
+            )
+        }
+        let mut x = embed(&self.tok_emb, &ids)?.broadcast_add(&self.pos_emb.narrow(0, 0, n)?)?;
+        let mask = causal_mask(n, 0, self.cfg.n_unmasked, &self.device)?;
+        for block in &self.blocks {
+            x = block.forward_full(&x, mask.as_ref())?;
+        }
+        self.head
+            .forward(&self.ln_f.forward(&x)?)?
+            .to_dtype(DType::F32)
     }
 
     /// Feeds `idx` `(B, n)`, n ≥ 1, at positions `cache.len()..cache.len()+n` and returns their

@@ -21,6 +21,7 @@ pub mod reference;
 pub mod sampler;
 pub mod schedule;
 pub mod text;
+pub mod train;
 pub mod vqgan;
 pub mod worker;
 pub mod xtransformer;

@@ -4,7 +4,13 @@
 //! final logits to `f32`. Tensors that feed matrix products are kept contiguous, and the key/value
 //! cache is preallocated once and written in place, so a decoding step costs the same whatever
 //! the length of the prefix (apart from the attention itself, which is small next to the weights).
+//!
+//! Training: when an input or a weight tracks gradients ([`Tensor::track_op`], e.g. weights
+//! from a `candle_nn::VarMap`), LayerNorm, softmax and GELU switch to the differentiable
+//! kernels of [`grad`] and the few-row product is skipped; inference tensors never track
+//! gradients, so their path and numerics are unchanged.
 
+pub mod grad;
 mod skinny;
 
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
@@ -100,6 +106,8 @@ impl Linear {
     /// is the better choice.
     fn skinny(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
         if !(2..=16).contains(&rows)
+            || x2.track_op()
+            || self.weight_t.track_op()
             || !matches!(x2.device(), Device::Cpu)
             || x2.dtype() != DType::F32
             || self.weight_t.dtype() != DType::F32
@@ -130,6 +138,11 @@ impl Linear {
         Ok(Some(Tensor::from_vec(y, (rows, out), x2.device())?))
     }
 
+    /// Whether the weight tracks gradients (training).
+    pub fn tracks_gradients(&self) -> bool {
+        self.weight_t.track_op()
+    }
+
     /// The weight in PyTorch layout, `[out, in]` (a view).
     pub fn weight(&self) -> Result<Tensor> {
         self.weight_t.t()
@@ -137,6 +150,19 @@ impl Linear {
 
     /// Applies the layer to `x` of shape `(…, in)`, giving `(…, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if (x.track_op() || self.weight_t.track_op())
+            && matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && self.weight_t.dtype() == DType::F32
+        {
+            // Training: one differentiable node (see `grad::LinearOp`).
+            let w = self.weight_t.t()?.contiguous()?;
+            let x = x.contiguous()?;
+            return match &self.bias {
+                Some(b) => x.apply_op3(&w, b, grad::LinearOp),
+                None => x.apply_op2(&w, grad::LinearOp),
+            };
+        }
         let dims = x.dims();
         let Some((&in_dim, lead)) = dims.split_last() else {
             candle_core::bail!("linear: input must have at least one dimension")
@@ -175,12 +201,27 @@ impl LayerNorm {
 
     /// Normalises over the last dimension (statistics in f32 whatever the dtype).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() || self.weight.track_op() || self.bias.track_op() {
+            return layer_norm_train(x, &self.weight, &self.bias);
+        }
         candle_nn::ops::layer_norm(
             &x.contiguous()?,
             &self.weight,
             &self.bias,
             LAYER_NORM_EPS as f32,
         )
+    }
+}
+
+/// Differentiable LayerNorm for training: the fused f32 kernel with backward on the CPU,
+/// candle's primitive formulation elsewhere.
+fn layer_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let eps = LAYER_NORM_EPS as f32;
+    if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        x.contiguous()?
+            .apply_op3(weight, bias, grad::LayerNormOp { eps })
+    } else {
+        candle_nn::ops::layer_norm_slow(x, weight, bias, eps)
     }
 }
 
@@ -212,6 +253,12 @@ impl FeedForward {
 /// On the CPU this uses [`GeluErf`] (the vectorised erf PyTorch itself uses on the CPU, about
 /// ten times faster than candle's scalar `gelu_erf`); elsewhere candle's `gelu_erf`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        return match (x.device(), x.dtype()) {
+            (Device::Cpu, DType::F32) => x.contiguous()?.apply_op1(GeluErf),
+            _ => x.gelu_erf(),
+        };
+    }
     match (x.device(), x.dtype()) {
         (Device::Cpu, DType::F32 | DType::F16 | DType::BF16) => {
             x.contiguous()?.apply_op1_no_bwd(&GeluErf)
@@ -329,6 +376,12 @@ impl candle_core::CustomOp1 for GeluErf {
         };
         Ok((out, layout.shape().clone()))
     }
+
+    /// `dy · gelu'(x)` (f32 on the CPU; used only when training).
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let d = arg.contiguous()?.apply_op1_no_bwd(&grad::GeluErfGrad)?;
+        Ok(Some(grad_res.mul(&d)?))
+    }
 }
 
 /// `exp(−y)` for `y ≥ 0` (relative error ~1e-7; 0 below f32's range), branch-free.
@@ -388,6 +441,9 @@ pub fn attention(
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
+    if q.track_op() || k.track_op() || v.track_op() {
+        return attention_train(q, k, v, scale, mask);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match dtype {
         DType::F16 | DType::BF16 => scores.to_dtype(DType::F32)?,
@@ -397,8 +453,97 @@ pub fn attention(
         Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    probs.matmul(v)
+    let probs = if scores.track_op() {
+        softmax_train(&scores)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    probs.to_dtype(dtype)?.matmul(v)
+}
+
+/// Whether the training kernels of [`grad`] apply: CPU, f32, and gradients tracked.
+fn fused_training(x: &Tensor) -> bool {
+    x.track_op() && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+/// Multi-head self-attention on a fused `[q; k; v]` projection `(B, n, 3·heads·d)` →
+/// `(B, n, heads·d)`: [`split_heads`], [`attention`], [`merge_heads`] — one graph node when
+/// training ([`grad::MultiHeadOp`]).
+pub fn self_attention(
+    qkv: &Tensor,
+    heads: usize,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    if fused_training(qkv) {
+        let op = grad::MultiHeadOp {
+            attn: grad::AttentionOp {
+                scale,
+                mask: mask.map(|m| m.to_dtype(DType::F32)).transpose()?,
+            },
+            heads,
+        };
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    let parts = split_heads(qkv, 3, heads)?;
+    let Ok([q, k, v]) = <[Tensor; 3]>::try_from(parts) else {
+        candle_core::bail!("self_attention: split failed")
+    };
+    merge_heads(&attention(&q, &k, &v, scale, mask)?)
+}
+
+/// Multi-head cross-attention of a query projection `(B, n, heads·d)` to a fused `[k; v]`
+/// projection `(B, m, 2·heads·d)` → `(B, n, heads·d)`, without mask; one graph node when
+/// training.
+pub fn cross_attention(q: &Tensor, kv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    if fused_training(q) || fused_training(kv) {
+        let op = grad::MultiHeadOp {
+            attn: grad::AttentionOp { scale, mask: None },
+            heads,
+        };
+        return q.contiguous()?.apply_op2(&kv.contiguous()?, op);
+    }
+    let q = split_heads(q, 1, heads)?;
+    let kv = split_heads(kv, 2, heads)?;
+    match (q.first(), kv.first(), kv.get(1)) {
+        (Some(q), Some(k), Some(v)) => merge_heads(&attention(q, k, v, scale, None)?),
+        _ => candle_core::bail!("cross_attention: split failed"),
+    }
+}
+
+/// Differentiable attention for training: one fused graph node on the CPU in f32
+/// ([`grad::AttentionOp`]), candle's primitive ops elsewhere.
+fn attention_train(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    if matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32 {
+        let op = grad::AttentionOp {
+            scale,
+            mask: mask.map(|m| m.to_dtype(DType::F32)).transpose()?,
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+        None => scores,
+    };
+    softmax_train(&scores)?.matmul(v)
+}
+
+/// Differentiable softmax over the last dimension for training.
+pub fn softmax_train(x: &Tensor) -> Result<Tensor> {
+    if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(grad::SoftmaxOp)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
 }
 
 /// The additive attention mask for `n` new queries at absolute positions `offset..offset+n`

@@ -190,6 +190,11 @@ impl Vqgan {
         &self.cfg
     }
 
+    /// The remap table: `used()[i]` is the full-codebook entry of remapped token i.
+    pub fn used(&self) -> &[u32] {
+        &self.used
+    }
+
     /// K, the number of remapped tokens (length of the remap table).
     pub fn n_used(&self) -> usize {
         self.used.len()

@@ -23,7 +23,7 @@ use candle_nn::VarBuilder;
 
 use crate::nn::{
     FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_compute_dtype,
-    check_token_ids, embed, merge_heads, split_heads,
+    check_token_ids, cross_attention, embed, merge_heads, self_attention, split_heads,
 };
 
 /// x-transformers' `DEFAULT_DIM_HEAD`: the per-head width of every attention layer.
@@ -142,10 +142,15 @@ impl Attention {
         }
     }
 
-    /// Full (non-cached) self-attention over `x`, no mask (the encoder).
-    fn self_attend(&self, x: &Tensor) -> Result<Tensor> {
+    /// Full (non-cached) self-attention over `x` with an optional additive mask (the encoder:
+    /// none; the decoder in training: causal).
+    fn self_attend(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if x.track_op() || self.q_or_qkv.tracks_gradients() {
+            let a = self_attention(&self.q_or_qkv.forward(x)?, self.heads, self.scale, mask)?;
+            return self.to_out.forward(&a);
+        }
         let (q, k, v) = self.qkv(x)?;
-        let a = attention(&q, &k, &v, self.scale, None)?;
+        let a = attention(&q, &k, &v, self.scale, mask)?;
         self.to_out.forward(&merge_heads(&a)?)
     }
 
@@ -196,7 +201,7 @@ impl EncoderBlock {
     }
 
     fn forward(&self, h: &Tensor) -> Result<Tensor> {
-        let h = (h + self.attn.self_attend(&self.attn_norm.forward(h)?)?)?;
+        let h = (h + self.attn.self_attend(&self.attn_norm.forward(h)?, None)?)?;
         &h + self.ff.forward(&self.ff_norm.forward(&h)?)?
     }
 }
@@ -248,6 +253,23 @@ impl DecoderBlock {
                 &cross_kv.0,
                 &cross_kv.1,
             )?)?;
+        &g + self.ff.forward(&self.ff_norm.forward(&g)?)?
+    }
+
+    /// The whole decoder sequence at once without a cache (training: every intermediate
+    /// stays in the autograd graph).
+    fn forward_full(&self, g: &Tensor, mask: Option<&Tensor>, context: &Tensor) -> Result<Tensor> {
+        let s = &self.self_attn;
+        let qkv = s.q_or_qkv.forward(&self.self_norm.forward(g)?)?;
+        let a = self_attention(&qkv, s.heads, s.scale, mask)?;
+        let g = (g + s.to_out.forward(&a)?)?;
+        let c = &self.cross_attn;
+        let Some(kv) = &c.kv else {
+            candle_core::bail!("cross-attention layer without key/value projection")
+        };
+        let q = c.q_or_qkv.forward(&self.cross_norm.forward(&g)?)?;
+        let a = cross_attention(&q, &kv.forward(context)?, c.heads, c.scale)?;
+        let g = (&g + c.to_out.forward(&a)?)?;
         &g + self.ff.forward(&self.ff_norm.forward(&g)?)?
     }
 }
@@ -505,6 +527,33 @@ impl XTransformer {
     pub fn forward(&self, src: &Tensor, tgt: &Tensor) -> Result<Tensor> {
         let mut cache = self.start(src)?;
         self.step(tgt, &mut cache)
+    }
+
+    /// Teacher-forced forward for training: the same logits as [`XTransformer::forward`]
+    /// (up to rounding), computed without the key/value cache so that gradients flow to the
+    /// weights when they are variables. Only the plain variant (the residual-scaled one keeps
+    /// `log_scalors` outside the graph).
+    pub fn forward_train(&self, src: &Tensor, tgt: &Tensor) -> Result<Tensor> {
+        if self.residual.is_some() {
+            candle_core::bail!("training the residual-scaled XTransformer is not supported")
+        }
+        let context = self.encode(src)?;
+        let ids = check_token_ids(tgt, self.cfg.dec_num_tokens, "decoder input")?;
+        let (_, n) = ids.dims2()?;
+        if n == 0 || n > self.cfg.dec_max_seq_len {
+            candle_core::bail!(
+                "decoder input has length {n}; it must be 1..={} (dec_max_seq_len)",
+                self.cfg.dec_max_seq_len
+            )
+        }
+        let mut g = embed(&self.dec_tok, &ids)?.broadcast_add(&self.dec_pos.narrow(0, 0, n)?)?;
+        let mask = causal_mask(n, 0, 0, &self.device)?;
+        for block in &self.dec_blocks {
+            g = block.forward_full(&g, mask.as_ref(), &context)?;
+        }
+        self.to_logits
+            .forward(&self.dec_norm.forward(&g)?)?
+            .to_dtype(DType::F32)
     }
 
     /// Runs the encoder once over `src` and precomputes the cross-attention keys/values of

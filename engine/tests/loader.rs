@@ -122,6 +122,7 @@ fn text_prefix_pads_truncates_and_offsets() {
         context_len: 4,
         token_offset: 40,
         pad_id: 0,
+        class_names: vec![],
     };
     assert_eq!(card.prefix_len(), 5);
     assert_eq!(

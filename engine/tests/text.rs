@@ -44,6 +44,7 @@ fn text_card(tokenizer: &str) -> ModelCard {
         context_len: CONTEXT_LEN,
         token_offset: 0,
         pad_id: 0,
+        class_names: vec![],
     };
     card
 }

@@ -113,7 +113,41 @@ pub enum Conditioning {
         token_offset: usize,
         /// Id (before the offset) used for padding and for the empty condition.
         pad_id: usize,
+        /// Categories the model also takes, each as a leading word of the prompt
+        /// ([`class_word`]); empty for plain text models.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        class_names: Vec<String>,
     },
+}
+
+/// The word that stands for a category at the start of a prompt of a text model with
+/// `class_names`: `class_` and the name in lower case, every run of other characters an `_`
+/// (one word for the tokenizer: "Food & Drink" → `class_food_drink`).
+pub fn class_word(name: &str) -> String {
+    let mut word = String::from("class");
+    let mut gap = true;
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            if gap {
+                word.push('_');
+            }
+            word.push(c);
+            gap = false;
+        } else {
+            gap = true;
+        }
+    }
+    word
+}
+
+/// The prompt a text model with class words is given: the category's word, then the prompt.
+pub fn class_prompt(class_name: Option<&str>, prompt: &str) -> String {
+    match class_name {
+        Some(name) => format!("{} {}", class_word(name), prompt.trim())
+            .trim()
+            .to_string(),
+        None => prompt.trim().to_string(),
+    }
 }
 
 impl Conditioning {
@@ -130,28 +164,21 @@ impl Conditioning {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-/// What one request conditions on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Condition {
-    /// No condition (or the empty condition of a model trained with dropped conditions).
-    None,
-    /// A class id.
-    Class(usize),
-    /// Tokenizer ids of a prompt (before the card's offset).
-    Text(Vec<u32>),
-}
-
-impl ModelCard {
-    /// The conditioning prefix of stage `t`: `[t, (class | text tokens)]`, as token ids of the
-    /// stage's input table (scale token and condition share it with the image codes).
-    pub fn prefix(&self, t: usize, condition: &Condition) -> Result<Vec<u32>, String> {
-        if t == 0 || t > self.levels() {
-            return Err(format!("level {t} is not in 1..={}", self.levels()));
+    /// The conditioning prefix of stage `t` of a `levels`-stage chain: `[t, (class | text
+    /// tokens)]`, as token ids of the stage's input table (the scale token and the condition
+    /// share it with the image codes).
+    pub fn prefix(
+        &self,
+        t: usize,
+        levels: usize,
+        condition: &Condition,
+    ) -> Result<Vec<u32>, String> {
+        if t == 0 || t > levels {
+            return Err(format!("level {t} is not in 1..={levels}"));
         }
         let mut prefix = vec![t as u32];
-        match (&self.conditioning, condition) {
+        match (self, condition) {
             (Conditioning::None, Condition::None) => {}
             (Conditioning::None, _) => {
                 return Err("this model is unconditional; it takes no class or prompt".into());
@@ -202,6 +229,36 @@ impl ModelCard {
             }
         }
         Ok(prefix)
+    }
+}
+
+/// What one request conditions on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// No condition (or the empty condition of a model trained with dropped conditions).
+    None,
+    /// A class id.
+    Class(usize),
+    /// Tokenizer ids of a prompt (before the card's offset).
+    Text(Vec<u32>),
+}
+
+impl ModelCard {
+    /// The conditioning prefix of stage `t`: `[t, (class | text tokens)]`, as token ids of the
+    /// stage's input table (scale token and condition share it with the image codes).
+    pub fn prefix(&self, t: usize, condition: &Condition) -> Result<Vec<u32>, String> {
+        self.conditioning.prefix(t, self.levels(), condition)
+    }
+
+    /// Names of the categories the model takes: a class model's classes, or a text model's
+    /// class words; empty when it takes none.
+    pub fn class_names(&self) -> &[String] {
+        match &self.conditioning {
+            Conditioning::Class { class_names, .. } | Conditioning::Text { class_names, .. } => {
+                class_names
+            }
+            Conditioning::None => &[],
+        }
     }
 
     /// Number of levels T.

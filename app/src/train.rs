@@ -1,0 +1,317 @@
+//! `tessera train`: runs (or resumes) a model recipe with progress bars.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_engine::train::data::{EmojiSet, LoadOptions};
+use tessera_engine::train::recipe::{self, Recipe, TrainEvent};
+
+/// Arguments of `tessera train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// `default` (the shipped model), `smoke` (seconds, for CI) or a recipe JSON file.
+    #[arg(long, default_value = "default")]
+    pub recipe: String,
+    /// Emoji data fetched by scripts/fetch-data.sh.
+    #[arg(long, default_value = "data/emoji")]
+    pub data: PathBuf,
+    /// Read the small test fixture layout instead (engine/tests/fixtures/emoji).
+    #[arg(long)]
+    pub fixture: bool,
+    /// Work folder: checkpoints, the token pool, logs. A rerun resumes from it.
+    #[arg(long, default_value = "data/runs/default")]
+    pub work: PathBuf,
+    /// Where the finished model folder goes.
+    #[arg(long, default_value = "assets/model")]
+    pub out: PathBuf,
+    /// Replace an existing model folder at --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the recipe as JSON and exit.
+    #[arg(long)]
+    pub print_recipe: bool,
+}
+
+/// Resolves `--recipe`.
+pub fn load_recipe(name: &str) -> Result<Recipe> {
+    Ok(match name {
+        "default" => Recipe::default(),
+        "smoke" => Recipe::smoke(),
+        path => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("{path} is not a recipe"))?
+        }
+    })
+}
+
+/// Loads the emoji set a recipe trains on.
+pub fn load_set(data: &Path, fixture: bool) -> Result<EmojiSet> {
+    if fixture {
+        return EmojiSet::load_fixture(data)
+            .with_context(|| format!("cannot read the fixture {}", data.display()));
+    }
+    if !data.is_dir() {
+        bail!(
+            "{} does not exist: fetch the training images first with scripts/fetch-data.sh",
+            data.display()
+        );
+    }
+    EmojiSet::load(data, &LoadOptions::default())
+        .with_context(|| format!("cannot read the emoji data in {}", data.display()))
+}
+
+/// Runs `tessera train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let recipe = load_recipe(&args.recipe)?;
+    if args.print_recipe {
+        println!("{}", serde_json::to_string_pretty(&recipe)?);
+        return Ok(());
+    }
+    recipe.validate()?;
+    let began = Instant::now();
+    let set = load_set(&args.data, args.fixture)?;
+    eprintln!(
+        "{} emoji loaded in {:.1} s",
+        set.len(),
+        began.elapsed().as_secs_f64()
+    );
+    let mut ui = Bars::new();
+    let card = recipe::run(&recipe, &set, &args.work, &args.out, args.force, &mut |e| {
+        ui.event(e)
+    })
+    .context("training failed (rerun the same command to resume)")?;
+    ui.finish();
+    eprintln!(
+        "wrote {} ({} levels, {} tokens) in {:.1} min",
+        args.out.display(),
+        card.levels(),
+        card.n_tokens,
+        began.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// One progress bar per phase; quiet lines when stderr is not a terminal.
+struct Bars {
+    bar: Option<ProgressBar>,
+    phase: String,
+    phase_began: Instant,
+    last_line: Instant,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            phase: String::new(),
+            phase_began: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+        if !self.phase.is_empty() {
+            eprintln!(
+                "{}: {:.1} min",
+                self.phase,
+                self.phase_began.elapsed().as_secs_f64() / 60.0
+            );
+        }
+    }
+
+    fn bar(&mut self, len: usize) -> &ProgressBar {
+        self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(len as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>8} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar
+        })
+    }
+
+    fn update(&mut self, pos: usize, len: usize, msg: String) {
+        let phase = self.phase.clone();
+        let bar = self.bar(len);
+        bar.set_prefix(phase);
+        bar.set_length(len as u64);
+        bar.set_position(pos as u64);
+        bar.set_message(msg.clone());
+        if bar.is_hidden() && (self.last_line.elapsed().as_secs() >= 30 || pos == len) {
+            eprintln!("{} {pos}/{len} {msg}", self.phase);
+            self.last_line = Instant::now();
+        }
+    }
+
+    fn event(&mut self, e: TrainEvent) -> bool {
+        match e {
+            TrainEvent::Phase { name, done } => {
+                self.finish();
+                if done {
+                    eprintln!("{name}: found in the work folder");
+                    self.phase.clear();
+                } else {
+                    self.phase = name;
+                    self.phase_began = Instant::now();
+                }
+            }
+            TrainEvent::Vqgan(p) => self.update(
+                p.step,
+                p.steps,
+                format!(
+                    "rec {:.4} psnr {:.2} dB codes {}",
+                    p.rec_loss, p.psnr, p.used_codes
+                ),
+            ),
+            TrainEvent::Stage { progress: p, .. } => self.update(
+                p.step,
+                p.steps,
+                format!(
+                    "loss {:.3} ce {:.3} {:.0} tok/s",
+                    p.loss, p.ce, p.tokens_per_s
+                ),
+            ),
+            TrainEvent::Pool(done, all) => self.update(done, all, "scenes encoded".into()),
+            TrainEvent::Note(s) => eprintln!("{s}"),
+        }
+        true
+    }
+}
+
+/// Arguments of `tessera eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The model to evaluate (default: the shipped one).
+    #[arg(long, default_value = "assets/model")]
+    pub model: PathBuf,
+    /// The recipe the model was trained with (fixes the held-out split).
+    #[arg(long, default_value = "default")]
+    pub recipe: String,
+    /// Emoji data fetched by scripts/fetch-data.sh.
+    #[arg(long, default_value = "data/emoji")]
+    pub data: PathBuf,
+    /// Read the small test fixture layout instead.
+    #[arg(long)]
+    pub fixture: bool,
+    /// Where the category classifier is cached (trained on the training split if absent).
+    #[arg(long, default_value = "data/runs/classifier")]
+    pub classifier: PathBuf,
+    /// Classifier training steps (when it is trained).
+    #[arg(long, default_value_t = 1500)]
+    pub classifier_steps: usize,
+    /// Held-out scenes per measurement (reconstruction, NLL, FID); guidance uses half.
+    #[arg(long, default_value_t = 256)]
+    pub n: usize,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a contact sheet PNG here (masked inputs; text-, class-guided, unconditional).
+    #[arg(long)]
+    pub sheet: Option<PathBuf>,
+    /// Rows of the contact sheet.
+    #[arg(long, default_value_t = 6)]
+    pub sheet_rows: usize,
+}
+
+/// Runs `tessera eval`.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    use tessera_engine::loader::{LoadOptions as ModelLoad, ModelSource};
+    use tessera_engine::text::PromptTokenizer;
+    use tessera_engine::train::classifier::{Classifier, ClassifierTrainConfig, train_classifier};
+    use tessera_engine::train::eval::{EvalConfig, contact_sheet, evaluate};
+
+    let recipe = load_recipe(&args.recipe)?;
+    let set = load_set(&args.data, args.fixture)?;
+    let source = ModelSource::open(&args.model)
+        .with_context(|| format!("cannot open the model {}", args.model.display()))?;
+    let model = source.load(&ModelLoad::default())?;
+    let tokenizer = PromptTokenizer::for_model(&args.model, &model.card)?;
+    let val = recipe::val_scenes(&set, &recipe)?;
+    let device = candle_core::Device::Cpu;
+
+    let weights = args.classifier.join("classifier.safetensors");
+    let classifier = if weights.is_file() {
+        Classifier::load(&weights, &device)?
+    } else {
+        let (train, _) = set.split_with(recipe.split_seed, recipe.val_fraction);
+        let cfg = ClassifierTrainConfig {
+            res: recipe.res,
+            ..ClassifierTrainConfig::default()
+        };
+        let mut ui = Bars::new();
+        ui.phase = "classifier".into();
+        let c = train_classifier(
+            &cfg,
+            &train,
+            args.classifier_steps,
+            recipe.seed,
+            &device,
+            &mut |p| {
+                ui.update(
+                    p.step,
+                    p.steps,
+                    format!("loss {:.3} acc {:.2}", p.loss, p.batch_accuracy),
+                );
+                true
+            },
+        )?;
+        ui.finish();
+        std::fs::create_dir_all(&args.classifier)?;
+        c.save(&weights)?;
+        c
+    };
+    let check = classifier.evaluate(&val, args.n, recipe.seed ^ 9, recipe.res)?;
+    eprintln!(
+        "classifier: {:.1}% top-1 on {} clean held-out scenes (chance {:.1}%)",
+        100.0 * check.accuracy,
+        check.n,
+        100.0 / classifier.config().classes.len() as f64
+    );
+
+    let cfg = EvalConfig {
+        recon: args.n,
+        nll: args.n,
+        guidance: (args.n / 2).max(1),
+        fid: args.n,
+        ..EvalConfig::default()
+    };
+    let report = evaluate(
+        &model,
+        &val,
+        &classifier,
+        tokenizer.as_ref(),
+        &cfg,
+        &mut |line| eprintln!("{line}"),
+    )?;
+    if let Some(path) = &args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["classifier_clean_accuracy"] = check.accuracy.into();
+        crate::cli::write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.sheet {
+        let sheet = contact_sheet(
+            &model,
+            &val,
+            tokenizer.as_ref(),
+            args.sheet_rows,
+            3,
+            cfg.seed,
+        )?;
+        let mut png = Vec::new();
+        sheet.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        crate::cli::write_atomic(path, &png)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `tessera train` and `tessera eval` as a user runs them: the smoke recipe on the emoji
+//! fixture (a few seconds of training), resumed, loaded and measured.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/emoji")
+}
+
+fn tessera(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("run tessera");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let out = dir.path().join("model");
+    let data = fixture();
+    let args = |force: bool| {
+        let mut a = vec![
+            "train",
+            "--recipe",
+            "smoke",
+            "--fixture",
+            "--data",
+            data.to_str().unwrap(),
+            "--work",
+            work.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if force {
+            a.push("--force");
+        }
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |force: bool| {
+        let a = args(force);
+        tessera(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let (ok, text) = run(false);
+    assert!(ok, "{text}");
+    for f in [
+        "model.json",
+        "vqgan.safetensors",
+        "stage1.safetensors",
+        "stage2.safetensors",
+        "tokenizer.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing after training:\n{text}");
+    }
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["stages"].as_array().unwrap().len(), 2);
+    assert!(
+        work.join("stage2/metrics.jsonl").is_file(),
+        "no metrics log:\n{text}"
+    );
+
+    // The model folder is never replaced without --force.
+    let (ok, text) = run(false);
+    assert!(!ok && text.contains("--force"), "{text}");
+    // A rerun finds the finished phases in the work folder instead of training again.
+    let (ok, text) = run(true);
+    assert!(ok, "{text}");
+    assert!(text.contains("vqgan: found in the work folder"), "{text}");
+    assert!(text.contains("pool: found in the work folder"), "{text}");
+
+    // The trained model samples through the ordinary command line, with a prompt.
+    let png = dir.path().join("sample.png");
+    let (ok, text) = tessera(&[
+        "sample",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "red apple",
+        "--guidance",
+        "2",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 32));
+
+    // Evaluation runs end to end and reports sane numbers.
+    let json = dir.path().join("eval.json");
+    let sheet = dir.path().join("sheet.png");
+    let (ok, text) = tessera(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--recipe",
+        "smoke",
+        "--fixture",
+        "--data",
+        data.to_str().unwrap(),
+        "--classifier",
+        dir.path().join("cls").to_str().unwrap(),
+        "--classifier-steps",
+        "3",
+        "--n",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+        "--sheet",
+        sheet.to_str().unwrap(),
+        "--sheet-rows",
+        "2",
+    ]);
+    assert!(ok, "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let psnr = report["psnr_db"].as_f64().unwrap();
+    assert!(psnr.is_finite() && psnr > 0.0, "{report}");
+    let nll = report["nll_bits"].as_array().unwrap();
+    assert_eq!(nll.len(), 2);
+    for v in nll {
+        // Can't beat 0 bits, and a model can't be much worse than uniform over 64 codes.
+        let v = v.as_f64().unwrap();
+        assert!(v > 0.0 && v < 8.0, "{report}");
+    }
+    let sheet = image::open(&sheet).unwrap();
+    assert!(sheet.width() > sheet.height(), "4 columns, 2 rows");
+}
+
+#[test]
+fn train_without_data_says_how_to_fetch_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = tessera(&[
+        "train",
+        "--data",
+        dir.path().join("nothing").to_str().unwrap(),
+        "--work",
+        dir.path().join("w").to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(text.contains("scripts/fetch-data.sh"), "{text}");
+}
+
+#[test]
+fn a_bad_recipe_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.json");
+    std::fs::write(&path, "{\"levels\": 1}").unwrap();
+    let (ok, text) = tessera(&[
+        "train",
+        "--recipe",
+        path.to_str().unwrap(),
+        "--fixture",
+        "--data",
+        fixture().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(text.contains("at least 2 levels"), "{text}");
+}

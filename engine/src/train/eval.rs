@@ -1,0 +1,422 @@
+//! Measured quality of a trained model on the held-out split (`tessera eval`).
+//!
+//! - VQGAN: reconstruction PSNR of held-out scenes and codebook usage;
+//! - stages: held-out negative log-likelihood per level, bits per token;
+//! - guidance: the category classifier's top-1 agreement with the requested category in
+//!   inpainted regions, for class, text and no guidance (the chance baseline);
+//! - samples: FID in the classifier's feature space for unconditional generation and for
+//!   upper-half completion (the "do we need more steps" comparison runs it per model);
+//! - a contact sheet of masked inputs and inpainted results.
+
+use candle_core::{DType, Device, Tensor};
+use image::{GrayImage, Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::classifier::Classifier;
+use super::classifier::fid;
+use super::data::{Scene, SceneGen, SceneMask, batch_to_tensor, scene_mask};
+use super::recipe::condition_of;
+use super::stage::{StageBatch, StageTrainConfig, stage_nll};
+use super::vqgan::psnr;
+use crate::inpaint::{PresetMask, Window, composite, known_tokens, token_mask};
+use crate::loader::Model;
+use crate::loader::card::Condition;
+use crate::pipeline::{ChainRequest, Silent, run_chain};
+use crate::sampler::LevelParams;
+use crate::text::PromptTokenizer;
+use crate::{Error, Result};
+
+/// How much to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    /// Held-out scenes for the reconstruction PSNR and codebook usage.
+    pub recon: usize,
+    /// Held-out grids for the NLL of each stage.
+    pub nll: usize,
+    /// Inpainted scenes per guidance kind.
+    pub guidance: usize,
+    /// Generated images per FID (0 skips FID).
+    pub fid: usize,
+    /// Classifier-free guidance scale for the guided runs.
+    pub guidance_scale: f32,
+    /// Seed of scenes, requested categories and sampling.
+    pub seed: u64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            recon: 256,
+            nll: 128,
+            guidance: 96,
+            fid: 256,
+            guidance_scale: 2.0,
+            seed: 2024,
+        }
+    }
+}
+
+/// What [`evaluate`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Mean PSNR (dB) of held-out reconstructions.
+    pub psnr_db: f64,
+    /// Distinct codes the held-out scenes use.
+    pub codes_used: usize,
+    /// Codebook size.
+    pub n_embed: usize,
+    /// Perplexity of the code distribution over the held-out scenes.
+    pub code_perplexity: f64,
+    /// Held-out NLL per level (index t − 1), bits per token.
+    pub nll_bits: Vec<f64>,
+    /// Guidance accuracy.
+    pub guidance: GuidanceReport,
+    /// FID of unconditional samples vs held-out scenes (classifier features).
+    pub fid_uncond: Option<f64>,
+    /// FID of upper-half completions of held-out scenes vs the scenes themselves.
+    pub fid_upper_half: Option<f64>,
+}
+
+/// Top-1 agreement of the classifier with the requested category in inpainted regions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuidanceReport {
+    /// Scenes per kind.
+    pub n: usize,
+    /// Categories (chance = 1 / this).
+    pub classes: usize,
+    /// Guided by the class token.
+    pub class_acc: f64,
+    /// Guided by a prompt naming an emoji of the category.
+    pub text_acc: f64,
+    /// No guidance, scored against the same requested categories (the baseline).
+    pub uncond_acc: f64,
+}
+
+/// One inpainting of a 64-px scene at the model's resolution.
+fn inpaint_scene(
+    model: &Model,
+    scene: &Scene,
+    mask: &GrayImage,
+    cond: Condition,
+    scale: f32,
+    seed: u64,
+) -> Result<RgbImage> {
+    let card = &model.card;
+    let res = card.resolution() as u32;
+    let grid = (card.n_positions() as f64).sqrt() as usize;
+    if scene.image.dimensions() != (res, res) {
+        return Err(Error::Input(format!(
+            "scenes are {}×{} px but the model works at {res} px",
+            scene.image.width(),
+            scene.image.height()
+        )));
+    }
+    let window = Window::covering(res, res);
+    let x = batch_to_tensor(std::slice::from_ref(&scene.image), &model.device)?;
+    let x0: Vec<u32> = model.vqgan.encode_tokens(&x)?.flatten_all()?.to_vec1()?;
+    let regen = token_mask(mask, &window, grid, 0.0);
+    let req = request(model, cond, scale, seed, Some(known_tokens(&x0, &regen)));
+    let grids = run_chain(model, &req, &mut Silent)?;
+    let generated = decode(model, &grids.last().expect("x_0")[0])?;
+    Ok(composite(&scene.image, mask, &window, &generated, 0))
+}
+
+fn request(
+    model: &Model,
+    condition: Condition,
+    scale: f32,
+    seed: u64,
+    known: Option<Vec<Option<u32>>>,
+) -> ChainRequest {
+    let t = model.card.levels();
+    ChainRequest {
+        condition,
+        guidance_scale: scale,
+        candidates: 1,
+        seed,
+        levels: vec![LevelParams::default(); t],
+        encdec_temperature: true,
+        chains: vec![1; t],
+        known,
+        start: None,
+    }
+}
+
+fn decode(model: &Model, grid: &[u32]) -> Result<RgbImage> {
+    let p = grid.len();
+    let t = Tensor::from_vec(grid.to_vec(), (1, p), &model.device)?;
+    let img = model.vqgan.decode_tokens(&t)?;
+    Ok(crate::inpaint::from_tensor(&img)?.remove(0))
+}
+
+/// Evaluates `model` on held-out scenes (`val`); `classifier` scores categories and gives
+/// the FID features; `tokenizer` encodes captions and prompts (text models).
+pub fn evaluate(
+    model: &Model,
+    val: &SceneGen,
+    classifier: &Classifier,
+    tokenizer: Option<&PromptTokenizer>,
+    cfg: &EvalConfig,
+    log: &mut dyn FnMut(&str),
+) -> Result<EvalReport> {
+    let card = &model.card;
+    let res = card.resolution() as u32;
+    let dev = Device::Cpu;
+
+    // VQGAN.
+    let scenes = val.scenes(cfg.seed, 0, cfg.recon.max(cfg.nll), res);
+    let mut psnr_sum = 0.0;
+    let mut counts = vec![0usize; card.vqgan.n_embed];
+    let mut grids: Vec<Vec<u32>> = Vec::new();
+    for chunk in scenes.chunks(32) {
+        let images: Vec<_> = chunk.iter().map(|s| s.image.clone()).collect();
+        let x = batch_to_tensor(&images, &dev)?;
+        let tokens = model.vqgan.encode_tokens(&x)?;
+        let rec = model.vqgan.decode_tokens(&tokens)?;
+        for i in 0..chunk.len() {
+            psnr_sum += psnr(&x.get(i)?, &rec.get(i)?.to_dtype(DType::F32)?)?;
+        }
+        for row in tokens.to_vec2::<u32>()? {
+            for &tk in &row {
+                counts[model.vqgan.used()[tk as usize] as usize] += 1;
+            }
+            grids.push(row);
+        }
+    }
+    let total: usize = counts.iter().sum();
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total as f64;
+            -p * p.ln()
+        })
+        .sum();
+    let psnr_db = psnr_sum / scenes.len() as f64;
+    let codes_used = counts.iter().filter(|&&c| c > 0).count();
+    log(&format!(
+        "vqgan: PSNR {psnr_db:.2} dB over {} held-out scenes; {codes_used} of {} codes used \
+         (perplexity {:.1})",
+        scenes.len(),
+        card.vqgan.n_embed,
+        entropy.exp()
+    ));
+
+    // NLL per stage.
+    let conds: Vec<Condition> = scenes
+        .iter()
+        .map(|s| condition_of(card, tokenizer, s.class, &s.caption))
+        .collect::<Result<_>>()?;
+    let mut nll_bits = Vec::new();
+    for t in 1..=card.levels() {
+        let stage_cfg = StageTrainConfig {
+            level: t,
+            levels: card.levels(),
+            network: card.stages[t - 1].network.clone(),
+            conditioning: card.conditioning.clone(),
+            ..StageTrainConfig::default()
+        };
+        let batches: Vec<StageBatch> = grids[..cfg.nll]
+            .chunks(16)
+            .zip(conds[..cfg.nll].chunks(16))
+            .map(|(g, c)| StageBatch {
+                x0: g.to_vec(),
+                conds: c.to_vec(),
+            })
+            .collect();
+        let net = model.stage(t)?;
+        let bits = stage_nll(&net, &stage_cfg, &card.schedule, &batches, cfg.seed)?;
+        log(&format!("stage {t}: held-out NLL {bits:.3} bits/token"));
+        nll_bits.push(bits);
+    }
+
+    // Guidance: inpaint the largest emoji's box with a requested category.
+    let classes = classifier.config().classes.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6775_6964);
+    let gscenes = val.scenes(cfg.seed ^ 1, 0, cfg.guidance, res);
+    let mut hits = [0usize; 3];
+    let names = prompts_by_class(val, classes);
+    for (i, scene) in gscenes.iter().enumerate() {
+        let want = rng.random_range(0..classes);
+        let prompt = &names[want][rng.random_range(0..names[want].len())];
+        let mask = scene_mask(scene, SceneMask::Item(0));
+        let kinds = [
+            condition_of(card, None, want, "")?,
+            condition_of(card, tokenizer, usize::MAX, prompt)?,
+            Condition::None,
+        ];
+        for (k, cond) in kinds.into_iter().enumerate() {
+            let scale = if matches!(cond, Condition::None) {
+                1.0
+            } else {
+                cfg.guidance_scale
+            };
+            let out = inpaint_scene(model, scene, &mask, cond, scale, cfg.seed + i as u64)?;
+            let x = batch_to_tensor(&[out], &dev)?;
+            if classifier.predict(&x)?[0] == want {
+                hits[k] += 1;
+            }
+        }
+    }
+    let n = gscenes.len().max(1) as f64;
+    let guidance = GuidanceReport {
+        n: gscenes.len(),
+        classes,
+        class_acc: hits[0] as f64 / n,
+        text_acc: hits[1] as f64 / n,
+        uncond_acc: hits[2] as f64 / n,
+    };
+    log(&format!(
+        "guidance ({} scenes, {classes} categories, chance {:.1}%): class {:.1}%, text {:.1}%, \
+         none {:.1}%",
+        guidance.n,
+        100.0 / classes as f64,
+        100.0 * guidance.class_acc,
+        100.0 * guidance.text_acc,
+        100.0 * guidance.uncond_acc
+    ));
+
+    // FID.
+    let (mut fid_uncond, mut fid_upper_half) = (None, None);
+    if cfg.fid > 0 {
+        let real = val.scenes(cfg.seed ^ 2, 0, cfg.fid, res);
+        let real_images: Vec<RgbImage> = real.iter().map(|s| s.image.clone()).collect();
+        let real_feats = classifier.features_of(&real_images, 32)?;
+        let mut samples = Vec::new();
+        for i in 0..cfg.fid {
+            let req = request(
+                model,
+                Condition::None,
+                1.0,
+                cfg.seed + 10_000 + i as u64,
+                None,
+            );
+            let grids = run_chain(model, &req, &mut Silent)?;
+            samples.push(decode(model, &grids.last().expect("x_0")[0])?);
+        }
+        let f = fid(&real_feats, &classifier.features_of(&samples, 32)?)?;
+        log(&format!("FID unconditional ({} samples): {f:.2}", cfg.fid));
+        fid_uncond = Some(f);
+        let mut completions = Vec::new();
+        let fscenes = val.scenes(cfg.seed ^ 3, 0, cfg.fid, res);
+        for (i, scene) in fscenes.iter().enumerate() {
+            let mask = scene_mask(scene, SceneMask::Preset(PresetMask::UpperHalf));
+            completions.push(inpaint_scene(
+                model,
+                scene,
+                &mask,
+                Condition::None,
+                1.0,
+                cfg.seed + 20_000 + i as u64,
+            )?);
+        }
+        let f = fid(&real_feats, &classifier.features_of(&completions, 32)?)?;
+        log(&format!(
+            "FID upper-half completion ({} scenes): {f:.2}",
+            cfg.fid
+        ));
+        fid_upper_half = Some(f);
+    }
+
+    Ok(EvalReport {
+        psnr_db,
+        codes_used,
+        n_embed: card.vqgan.n_embed,
+        code_perplexity: entropy.exp(),
+        nll_bits,
+        guidance,
+        fid_uncond,
+        fid_upper_half,
+    })
+}
+
+/// Emoji names of each category in the view, as prompts.
+fn prompts_by_class(view: &SceneGen, classes: usize) -> Vec<Vec<String>> {
+    let mut names = vec![Vec::new(); classes];
+    for e in view.view().iter() {
+        if e.category < classes {
+            names[e.category].push(e.name.clone());
+        }
+    }
+    for (c, n) in names.iter_mut().enumerate() {
+        if n.is_empty() {
+            n.push(super::data::class_names()[c].to_lowercase());
+        }
+    }
+    names
+}
+
+/// A contact sheet: one row per scene — the masked input (mask in red), then text-guided,
+/// class-guided and unconditional inpaintings — each cell `scale`× enlarged.
+pub fn contact_sheet(
+    model: &Model,
+    val: &SceneGen,
+    tokenizer: Option<&PromptTokenizer>,
+    rows: usize,
+    scale_px: u32,
+    seed: u64,
+) -> Result<RgbImage> {
+    let card = &model.card;
+    let res = card.resolution() as u32;
+    let classes = super::data::class_names().len();
+    let names = prompts_by_class(val, classes);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let scenes = val.scenes(seed ^ 4, 0, rows, res);
+    let cell = res * scale_px;
+    let gap = 4;
+    let cols = 4u32;
+    let mut sheet = RgbImage::from_pixel(
+        cols * (cell + gap) + gap,
+        rows as u32 * (cell + gap) + gap,
+        Rgb([255, 255, 255]),
+    );
+    for (r, scene) in scenes.iter().enumerate() {
+        let want = rng.random_range(0..classes);
+        let prompt = names[want][rng.random_range(0..names[want].len())].clone();
+        let kind = if r % 2 == 0 {
+            SceneMask::Item(0)
+        } else {
+            SceneMask::Preset(PresetMask::UpperHalf)
+        };
+        let mask = scene_mask(scene, kind);
+        let mut masked = scene.image.clone();
+        for (p, m) in masked.pixels_mut().zip(mask.pixels()) {
+            if m.0[0] >= 128 {
+                *p = Rgb([(p.0[0] / 3).saturating_add(170), p.0[1] / 3, p.0[2] / 3]);
+            }
+        }
+        let cells = [
+            masked,
+            inpaint_scene(
+                model,
+                scene,
+                &mask,
+                condition_of(card, tokenizer, usize::MAX, &prompt)?,
+                2.0,
+                seed + r as u64,
+            )?,
+            inpaint_scene(
+                model,
+                scene,
+                &mask,
+                condition_of(card, None, want, "")?,
+                2.0,
+                seed + r as u64,
+            )?,
+            inpaint_scene(model, scene, &mask, Condition::None, 1.0, seed + r as u64)?,
+        ];
+        for (c, img) in cells.iter().enumerate() {
+            let big =
+                image::imageops::resize(img, cell, cell, image::imageops::FilterType::Nearest);
+            image::imageops::replace(
+                &mut sheet,
+                &big,
+                (gap + c as u32 * (cell + gap)) as i64,
+                (gap + r as u32 * (cell + gap)) as i64,
+            );
+        }
+    }
+    Ok(sheet)
+}

@@ -1,0 +1,665 @@
+//! The recipe of a Tessera model: every phase from emoji sprites to a model folder, resumable.
+//!
+//! Phases, each leaving its result in the work folder so that a rerun skips or resumes it:
+//! 1. `vqgan/` — the first stage on fresh scenes of the training split; exported to
+//!    `vqgan.safetensors` with its remap table;
+//! 2. `pool.safetensors` + `captions.txt` — a fixed pool of training scenes encoded to x_0
+//!    token grids, with their classes and captions; `tokenizer.json` trained on the captions;
+//! 3. `stage{t}/` — one run per level with the official objective, on grids of the pool;
+//! 4. the model folder (card, VQGAN, stages in the storage type, tokenizer), written to a
+//!    temporary folder and renamed into place.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::data::{EmojiSet, SceneConfig, SceneGen, batch_to_tensor, class_names};
+use super::stage::{
+    NetworkSize, StageBatch, StageProgress, StageTrainConfig, input_vocab, stage_network,
+    train_stage,
+};
+use super::vqgan::{VqganProgress, VqganTrainConfig, train_vqgan};
+use crate::loader::card::{
+    CARD_FILE, CARD_FORMAT, Condition, Conditioning, ModelCard, VQGAN_FILE, class_prompt,
+};
+use crate::schedule::Schedule;
+use crate::text::{PromptTokenizer, train_word_level};
+use crate::vqgan::{Vqgan, VqganConfig};
+use crate::{Error, Result};
+
+/// File name of the tokenizer in the work and model folders.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+const POOL_FILE: &str = "pool.safetensors";
+const CAPTIONS_FILE: &str = "captions.txt";
+const RECIPE_FILE: &str = "recipe.json";
+const VQGAN_META: &str = "vqgan.json";
+
+/// Everything that defines a trained model. `Default` is the model Tessera ships.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Recipe {
+    /// Name written into the card.
+    pub name: String,
+    /// Description written into the card.
+    pub description: String,
+    /// Side of the training scenes (and of the model's images).
+    pub res: u32,
+    /// Seed of the held-out split by concept.
+    pub split_seed: u64,
+    /// Fraction of concepts held out.
+    pub val_fraction: f64,
+    /// Seed of scene streams, chains and initial weights.
+    pub seed: u64,
+    /// The first stage's run.
+    pub vqgan: VqganTrainConfig,
+    /// T, the number of levels.
+    pub levels: usize,
+    /// `redraw_prob` of the schedule (`geometric`, `alphacum:…`, …).
+    pub schedule: String,
+    /// Widths and depths of the stage networks.
+    pub size: NetworkSize,
+    /// Training scenes encoded for the stages.
+    pub pool: usize,
+    /// Text tokens in the conditioning prefix.
+    pub context_len: usize,
+    /// Words seen fewer times in the pool's captions map to `[UNK]`.
+    pub min_word_count: usize,
+    /// Optimiser steps per level, `stage_steps[t − 1]` for level t.
+    pub stage_steps: Vec<usize>,
+    /// Grids per stage step.
+    pub stage_batch: usize,
+    /// Peak learning rate of the stages.
+    pub stage_lr: f64,
+    /// Warm-up steps of the stages.
+    pub stage_warmup: usize,
+    /// α of the loss for levels ≥ 2 (level 1 always uses the cross-entropy, as released).
+    pub alpha_mix: f32,
+    /// Probability of dropping the condition of a training grid.
+    pub cond_drop: f32,
+    /// Probability of keeping only the class word, and again of keeping only the caption.
+    pub part_drop: f32,
+    /// EMA decay of the stage weights.
+    pub ema_decay: f64,
+    /// Checkpoint interval of the stage runs.
+    pub ckpt_every: usize,
+    /// Store the stage weights as f16 (half the size; computed in f32 after loading).
+    pub export_f16: bool,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            name: "tessera-emoji-64".into(),
+            description: "Tessera's default model: 64×64 scenes of Microsoft Fluent Emoji 3D on \
+                          gradients and textures, trained from scratch by `tessera train`. \
+                          Text (captions) and class (emoji category) conditional, with the \
+                          conditions dropped in training for unconditional sampling and \
+                          classifier-free guidance."
+                .into(),
+            res: 64,
+            split_seed: 7,
+            val_fraction: 0.1,
+            seed: 1,
+            vqgan: VqganTrainConfig::default(),
+            levels: 3,
+            schedule: "geometric".into(),
+            size: NetworkSize::default(),
+            pool: 20_000,
+            context_len: 16,
+            min_word_count: 1,
+            stage_steps: vec![1500, 1500, 1500],
+            stage_batch: 16,
+            stage_lr: 5e-4,
+            stage_warmup: 100,
+            alpha_mix: 1.0,
+            cond_drop: 0.1,
+            part_drop: 0.15,
+            ema_decay: 0.999,
+            ckpt_every: 100,
+            export_f16: true,
+        }
+    }
+}
+
+impl Recipe {
+    /// A recipe that trains in seconds on the test fixture: for CI and tests, not for use.
+    pub fn smoke() -> Self {
+        let vqgan = VqganTrainConfig {
+            resolution: 32,
+            ch: 32,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            z_channels: 32,
+            n_embed: 64,
+            embed_dim: 16,
+            steps: 6,
+            batch: 4,
+            warmup: 2,
+            disc_start: 4,
+            restart_every: 3,
+            restart_until: 4,
+            ckpt_every: 3,
+            log_every: 1,
+            remap_batches: 2,
+            ..VqganTrainConfig::default()
+        };
+        Self {
+            name: "tessera-smoke".into(),
+            description: "A smoke-test model trained for a few steps; it generates noise.".into(),
+            res: 32,
+            vqgan,
+            levels: 2,
+            size: NetworkSize {
+                dim: 32,
+                heads: 2,
+                dim_head: 16,
+                enc_depth: 1,
+                dec_depth: 1,
+                gpt_layers: 1,
+            },
+            pool: 16,
+            context_len: 6,
+            stage_steps: vec![4, 4],
+            stage_batch: 4,
+            stage_warmup: 1,
+            ckpt_every: 2,
+            export_f16: false,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Input(format!("recipe: {m}")));
+        if self.levels < 2 {
+            return bad(format!("needs at least 2 levels, got {}", self.levels));
+        }
+        if self.stage_steps.len() != self.levels {
+            return bad(format!(
+                "stage_steps has {} entries for {} levels",
+                self.stage_steps.len(),
+                self.levels
+            ));
+        }
+        if self.vqgan.resolution != self.res as usize {
+            return bad(format!(
+                "the VQGAN trains at {} px but the scenes are {} px",
+                self.vqgan.resolution, self.res
+            ));
+        }
+        if self.pool < self.stage_batch || self.stage_batch == 0 {
+            return bad(format!(
+                "pool ({}) must hold at least one batch ({})",
+                self.pool, self.stage_batch
+            ));
+        }
+        Schedule::from_redraw_prob(&self.schedule, self.levels).map_err(Error::Input)?;
+        Ok(())
+    }
+
+    fn schedule(&self) -> Result<Schedule> {
+        Schedule::from_redraw_prob(&self.schedule, self.levels).map_err(Error::Input)
+    }
+}
+
+/// What [`run`] reports.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// A phase begins (or is found done).
+    Phase {
+        /// Short name (`vqgan`, `pool`, `stage 2`, `export`).
+        name: String,
+        /// True when the phase's result was found in the work folder.
+        done: bool,
+    },
+    /// A VQGAN step.
+    Vqgan(VqganProgress),
+    /// A stage step.
+    Stage {
+        /// Its level.
+        level: usize,
+        /// The step.
+        progress: StageProgress,
+    },
+    /// Progress of encoding the pool (scenes done, in all).
+    Pool(usize, usize),
+    /// A finished phase's measurement, for the log.
+    Note(String),
+}
+
+/// The scene generator of the training split.
+pub fn train_scenes<'a>(set: &'a EmojiSet, recipe: &Recipe) -> Result<SceneGen<'a>> {
+    let (train, _) = set.split_with(recipe.split_seed, recipe.val_fraction);
+    SceneGen::new(train, SceneConfig::default())
+}
+
+/// The scene generator of the held-out split.
+pub fn val_scenes<'a>(set: &'a EmojiSet, recipe: &Recipe) -> Result<SceneGen<'a>> {
+    let (_, val) = set.split_with(recipe.split_seed, recipe.val_fraction);
+    SceneGen::new(val, SceneConfig::default())
+}
+
+/// The x_0 pool: token grids of training scenes with their classes and captions.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Grids, `len × positions`.
+    pub tokens: Vec<Vec<u32>>,
+    /// Class of each scene.
+    pub classes: Vec<usize>,
+    /// Caption of each scene.
+    pub captions: Vec<String>,
+}
+
+/// Runs (or resumes) every phase of `recipe` on `set`: work files in `work`, the model folder
+/// written to `out` (which must not exist unless `overwrite`).
+pub fn run(
+    recipe: &Recipe,
+    set: &EmojiSet,
+    work: &Path,
+    out: &Path,
+    overwrite: bool,
+    events: &mut dyn FnMut(TrainEvent) -> bool,
+) -> Result<ModelCard> {
+    recipe.validate()?;
+    if out.exists() && !overwrite {
+        return Err(Error::Input(format!(
+            "{} exists; pass --force to replace it",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
+    check_recipe_file(recipe, work)?;
+    let scenes = train_scenes(set, recipe)?;
+
+    // 1. VQGAN.
+    let vq_path = work.join(VQGAN_FILE);
+    let meta_path = work.join(VQGAN_META);
+    let done = vq_path.is_file() && meta_path.is_file();
+    events(TrainEvent::Phase {
+        name: "vqgan".into(),
+        done,
+    });
+    if !done {
+        let seed = recipe.seed ^ 0x56_5147_414e;
+        let n = recipe.vqgan.batch;
+        let res = recipe.res;
+        let mut data = |step: usize| -> Result<Tensor> {
+            let batch = scenes.scenes(seed, (step * n) as u64, n, res);
+            let images: Vec<_> = batch.into_iter().map(|s| s.image).collect();
+            batch_to_tensor(&images, &Device::Cpu)
+        };
+        let mut report = |p: &VqganProgress| {
+            events(TrainEvent::Vqgan(p.clone()));
+        };
+        let trained = train_vqgan(&recipe.vqgan, &mut data, &work.join("vqgan"), &mut report)?;
+        let (cfg, n_used) = trained.export(&vq_path)?;
+        write_json(
+            &meta_path,
+            &VqganMeta {
+                config: cfg,
+                n_used,
+            },
+        )?;
+    }
+    let meta: VqganMeta = read_json(&meta_path)?;
+    let vqgan = load_vqgan(&vq_path, &meta)?;
+
+    // 2. Pool and tokenizer.
+    let pool = pool(recipe, &scenes, &vqgan, work, events)?;
+    let tok_path = work.join(TOKENIZER_FILE);
+    if !tok_path.is_file() {
+        // Captions with their class words, so that both are in the vocabulary.
+        let names = class_names();
+        let texts: Vec<String> = pool
+            .captions
+            .iter()
+            .zip(&pool.classes)
+            .map(|(c, &k)| class_prompt(Some(names[k]), c))
+            .collect();
+        let tokenizer = train_word_level(&texts, recipe.min_word_count)?;
+        let tmp = work.join("tokenizer.json.tmp");
+        tokenizer
+            .save(&tmp, true)
+            .map_err(|e| Error::io(&tmp, std::io::Error::other(e.to_string())))?;
+        std::fs::rename(&tmp, &tok_path).map_err(|e| Error::io(&tok_path, e))?;
+    }
+    let prompt_tok = PromptTokenizer::from_file(&tok_path)?;
+    let text_vocab = prompt_tok.vocab_size();
+    let conditioning = conditioning(recipe, meta.n_used);
+    // Per scene: the full condition, the class word alone, the caption alone.
+    let names = class_names();
+    let conds: Vec<[Condition; 3]> = pool
+        .captions
+        .iter()
+        .zip(&pool.classes)
+        .map(|(c, &class)| {
+            let enc =
+                |s: &str| -> Result<Condition> { Ok(Condition::Text(prompt_tok.encode(s)?.ids)) };
+            Ok([
+                enc(&class_prompt(Some(names[class]), c))?,
+                enc(&class_prompt(Some(names[class]), ""))?,
+                enc(c)?,
+            ])
+        })
+        .collect::<Result<_>>()?;
+
+    // 3. Stages.
+    let schedule = recipe.schedule()?;
+    let positions = pool.tokens[0].len();
+    let vocab = input_vocab(meta.n_used, recipe.levels, &conditioning, text_vocab);
+    let prefix_len = 1 + conditioning.len();
+    let mut stage_cards = Vec::new();
+    let mut trained_stages = Vec::new();
+    for t in 1..=recipe.levels {
+        let dir = work.join(format!("stage{t}"));
+        let cfg = StageTrainConfig {
+            level: t,
+            levels: recipe.levels,
+            network: stage_network(
+                t,
+                recipe.levels,
+                meta.n_used,
+                positions,
+                prefix_len,
+                vocab,
+                &recipe.size,
+            ),
+            conditioning: conditioning.clone(),
+            steps: recipe.stage_steps[t - 1],
+            batch: recipe.stage_batch,
+            lr: recipe.stage_lr,
+            warmup: recipe.stage_warmup,
+            alpha_mix: if t == 1 { 0.0 } else { recipe.alpha_mix },
+            cond_drop: recipe.cond_drop,
+            ema_decay: recipe.ema_decay,
+            ckpt_every: recipe.ckpt_every,
+            seed: recipe.seed.wrapping_mul(1000).wrapping_add(t as u64),
+            ..StageTrainConfig::default()
+        };
+        events(TrainEvent::Phase {
+            name: format!("stage {t}"),
+            done: false,
+        });
+        let seed = cfg.seed;
+        let batch = cfg.batch;
+        let part_drop = recipe.part_drop;
+        let mut data = |step: usize| -> Result<StageBatch> {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(step as u64);
+            let mut b = StageBatch::default();
+            for _ in 0..batch {
+                let i = rng.random_range(0..pool.tokens.len());
+                b.x0.push(pool.tokens[i].clone());
+                // Some rows keep only the class word or only the caption, so that either
+                // guides on its own (dropping both is the trainer's `cond_drop`).
+                let u: f32 = rng.random();
+                let which = if u < part_drop {
+                    1
+                } else if u < 2.0 * part_drop {
+                    2
+                } else {
+                    0
+                };
+                b.conds.push(conds[i][which].clone());
+            }
+            Ok(b)
+        };
+        let mut report = |p: &StageProgress| {
+            events(TrainEvent::Stage {
+                level: t,
+                progress: *p,
+            })
+        };
+        let trained = train_stage(&cfg, &schedule, &mut data, &dir, &mut report)?;
+        if trained.step < cfg.steps {
+            return Err(Error::Cancelled);
+        }
+        trained_stages.push(trained);
+    }
+
+    // 4. Export.
+    events(TrainEvent::Phase {
+        name: "export".into(),
+        done: false,
+    });
+    let tmp = out.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    for trained in &trained_stages {
+        let mut card = trained.export(&tmp)?;
+        if recipe.export_f16 {
+            to_f16(&tmp.join(&card.weights))?;
+        }
+        card.parameters = trained.parameters();
+        stage_cards.push(card);
+    }
+    copy(&vq_path, &tmp.join(VQGAN_FILE))?;
+    copy(&tok_path, &tmp.join(TOKENIZER_FILE))?;
+    let card = ModelCard {
+        format: CARD_FORMAT.into(),
+        name: recipe.name.clone(),
+        description: recipe.description.clone(),
+        vqgan: meta.config.clone(),
+        n_tokens: meta.n_used,
+        stages: stage_cards,
+        schedule,
+        conditioning,
+        dtype: if recipe.export_f16 { "f16" } else { "f32" }.into(),
+        provenance: format!(
+            "trained by `tessera train` (recipe {}) on Microsoft Fluent Emoji 3D scenes",
+            recipe.name
+        ),
+        license: "MIT (weights); training images: Microsoft Fluent Emoji (MIT), see NOTICE".into(),
+    };
+    write_json(&tmp.join(CARD_FILE), &card)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    Ok(card)
+}
+
+/// The conditioning of a recipe's model: the class word and the caption as text tokens.
+fn conditioning(recipe: &Recipe, n_tokens: usize) -> Conditioning {
+    Conditioning::Text {
+        tokenizer: TOKENIZER_FILE.into(),
+        context_len: recipe.context_len,
+        // Text ids follow the image codes and scale tokens in the input table.
+        token_offset: n_tokens.max(recipe.levels + 1),
+        pad_id: 0,
+        class_names: class_names().iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The condition a `card` takes for a category (`usize::MAX`: none) and a caption or prompt
+/// (empty: none); parts the card cannot take are left out.
+pub fn condition_of(
+    card: &ModelCard,
+    tokenizer: Option<&PromptTokenizer>,
+    class: usize,
+    caption: &str,
+) -> Result<Condition> {
+    Ok(match &card.conditioning {
+        Conditioning::None => Condition::None,
+        Conditioning::Class { .. } if class != usize::MAX => Condition::Class(class),
+        Conditioning::Class { .. } => Condition::None,
+        Conditioning::Text { class_names, .. } => {
+            let name = class_names.get(class).map(String::as_str);
+            let prompt = class_prompt(name, caption);
+            match tokenizer {
+                Some(t) if !prompt.is_empty() => Condition::Text(t.encode(&prompt)?.ids),
+                _ => Condition::None,
+            }
+        }
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VqganMeta {
+    config: VqganConfig,
+    n_used: usize,
+}
+
+fn load_vqgan(path: &Path, meta: &VqganMeta) -> Result<Vqgan> {
+    // The file is ours and small; read it whole rather than memory-mapping.
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    Ok(Vqgan::new(vb, &meta.config, meta.n_used)?)
+}
+
+/// Encodes (or reads back) the pool of training scenes.
+fn pool(
+    recipe: &Recipe,
+    scenes: &SceneGen,
+    vqgan: &Vqgan,
+    work: &Path,
+    events: &mut dyn FnMut(TrainEvent) -> bool,
+) -> Result<Pool> {
+    let path = work.join(POOL_FILE);
+    let cap_path = work.join(CAPTIONS_FILE);
+    let done = path.is_file() && cap_path.is_file();
+    events(TrainEvent::Phase {
+        name: "pool".into(),
+        done,
+    });
+    let seed = recipe.seed ^ 0x504f_4f4c;
+    if !done {
+        let chunk = 64;
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut classes = Vec::new();
+        let mut captions = Vec::new();
+        let mut positions = 0;
+        let mut start = 0;
+        while start < recipe.pool {
+            let n = chunk.min(recipe.pool - start);
+            let batch = scenes.scenes(seed, start as u64, n, recipe.res);
+            let images: Vec<_> = batch.iter().map(|s| s.image.clone()).collect();
+            let x = batch_to_tensor(&images, &Device::Cpu)?;
+            let t = vqgan.encode_tokens(&x)?.flatten_from(1)?;
+            positions = t.dim(1)?;
+            tokens.extend(t.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?);
+            for s in batch {
+                classes.push(s.class as u32);
+                captions.push(s.caption);
+            }
+            start += n;
+            events(TrainEvent::Pool(start, recipe.pool));
+        }
+        let mut map = HashMap::new();
+        map.insert(
+            "tokens".to_string(),
+            Tensor::from_vec(tokens, (recipe.pool, positions), &Device::Cpu)?,
+        );
+        map.insert(
+            "classes".to_string(),
+            Tensor::from_vec(classes, recipe.pool, &Device::Cpu)?,
+        );
+        let tmp = work.join("pool.safetensors.tmp");
+        candle_core::safetensors::save(&map, &tmp)
+            .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
+        let cap_tmp = work.join("captions.txt.tmp");
+        std::fs::write(&cap_tmp, captions.join("\n")).map_err(|e| Error::io(&cap_tmp, e))?;
+        std::fs::rename(&cap_tmp, &cap_path).map_err(|e| Error::io(&cap_path, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    }
+    read_pool(&path, &cap_path)
+}
+
+fn read_pool(path: &Path, cap_path: &Path) -> Result<Pool> {
+    let map = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+    let get = |k: &str| {
+        map.get(k).cloned().ok_or_else(|| Error::MissingKey {
+            path: path.to_path_buf(),
+            key: k.into(),
+        })
+    };
+    let tokens = get("tokens")?.to_vec2::<u32>()?;
+    let classes = get("classes")?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|c| c as usize)
+        .collect::<Vec<_>>();
+    let text = std::fs::read_to_string(cap_path).map_err(|e| Error::io(cap_path, e))?;
+    let captions: Vec<String> = text.lines().map(str::to_string).collect();
+    if captions.len() != tokens.len() || classes.len() != tokens.len() || tokens.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "pool holds {} grids, {} classes and {} captions",
+                tokens.len(),
+                classes.len(),
+                captions.len()
+            ),
+        ));
+    }
+    Ok(Pool {
+        tokens,
+        classes,
+        captions,
+    })
+}
+
+/// A rerun must use the recipe the work folder was started with.
+fn check_recipe_file(recipe: &Recipe, work: &Path) -> Result<()> {
+    let path = work.join(RECIPE_FILE);
+    if path.is_file() {
+        let saved: Recipe = read_json(&path)?;
+        if &saved != recipe {
+            return Err(Error::Input(format!(
+                "{} was started with another recipe ({}); use a new work folder",
+                work.display(),
+                path.display()
+            )));
+        }
+        Ok(())
+    } else {
+        write_json(&path, recipe)
+    }
+}
+
+/// Rewrites a safetensors file with its float tensors in f16.
+fn to_f16(path: &Path) -> Result<()> {
+    let map = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+    let half: HashMap<String, Tensor> = map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v.dtype() == DType::F32 {
+                v.to_dtype(DType::F16)?
+            } else {
+                v
+            };
+            Ok((k, v))
+        })
+        .collect::<Result<_>>()?;
+    let tmp = path.with_extension("f16.tmp");
+    candle_core::safetensors::save(&half, &tmp)
+        .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).map_err(|e| Error::io(to, e))?;
+    Ok(())
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Input(format!("cannot serialise {}: {e}", path.display())))?;
+    let tmp: PathBuf = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(path, e))
+}

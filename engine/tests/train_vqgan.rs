@@ -1,0 +1,439 @@
+//! VQGAN training: the loss falls, resuming reproduces an uninterrupted run, the export loads in
+//! the engine's `Vqgan`, and dead codes are restarted.
+//!
+//! `trial` (ignored) is the measured run on emoji scenes: see its doc comment.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tessera_engine::train::vqgan::{VqganProgress, VqganTrainConfig, psnr, train_vqgan};
+use tessera_engine::vqgan::Vqgan;
+
+/// A config small enough for debug builds: 16×16 images, f = 4, 32 codes.
+fn tiny() -> VqganTrainConfig {
+    VqganTrainConfig {
+        resolution: 16,
+        ch: 32,
+        ch_mult: vec![1, 1, 1],
+        num_res_blocks: 1,
+        attn_resolutions: vec![],
+        z_channels: 32,
+        n_embed: 32,
+        embed_dim: 8,
+        steps: 20,
+        batch: 4,
+        lr: 2e-3,
+        lr_end: 2e-3,
+        warmup: 1,
+        disc_start: 10,
+        disc_weight: 0.1,
+        disc_ndf: 32,
+        disc_layers: 1,
+        restart_every: 0,
+        restart_until: 0,
+        ckpt_every: 0,
+        log_every: 1,
+        remap_batches: 2,
+        ..VqganTrainConfig::default()
+    }
+}
+
+/// Synthetic images: a coloured rectangle on a two-colour gradient, in [-1, 1], from `seed`.
+fn shapes(seed: u64, b: usize, r: usize) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut v = vec![0f32; b * 3 * r * r];
+    for img in v.chunks_mut(3 * r * r) {
+        let c0: [f32; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+        let c1: [f32; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+        let fg: [f32; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+        let (x0, y0) = (rng.random_range(0..r / 2), rng.random_range(0..r / 2));
+        let (x1, y1) = (x0 + r / 4 + rng.random_range(0..r / 4), y0 + r / 4);
+        for ch in 0..3 {
+            for y in 0..r {
+                for x in 0..r {
+                    let t = y as f32 / r as f32;
+                    let inside = (x0..x1).contains(&x) && (y0..y1).contains(&y);
+                    img[ch * r * r + y * r + x] = if inside {
+                        fg[ch]
+                    } else {
+                        c0[ch] * (1.0 - t) + c1[ch] * t
+                    };
+                }
+            }
+        }
+    }
+    Tensor::from_vec(v, (b, 3, r, r), &Device::Cpu).expect("shape matches")
+}
+
+/// Trains `cfg` on `shapes` in `dir`, recording progress; the data source fails at `fail_at`.
+fn run(
+    cfg: &VqganTrainConfig,
+    dir: &Path,
+    fail_at: Option<usize>,
+) -> (
+    tessera_engine::Result<tessera_engine::train::vqgan::TrainedVqgan>,
+    Vec<VqganProgress>,
+) {
+    let mut seen = Vec::new();
+    let (b, r) = (cfg.batch, cfg.resolution);
+    let mut data = |step: usize| {
+        if Some(step) == fail_at {
+            return Err(tessera_engine::Error::Input("interrupted".into()));
+        }
+        // Four batches repeat, so a few steps can fit them.
+        Ok(shapes((step % 4) as u64, b, r))
+    };
+    let out = train_vqgan(cfg, &mut data, dir, &mut |p| seen.push(p.clone()));
+    (out, seen)
+}
+
+fn exported(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).expect("export is readable")
+}
+
+#[test]
+fn loss_goes_down() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = tiny();
+    // One fixed batch: 32 codes cannot describe random colours well, but can fit four images.
+    let x = shapes(0, cfg.batch, cfg.resolution);
+    let mut seen = Vec::new();
+    train_vqgan(&cfg, &mut |_| Ok(x.clone()), dir.path(), &mut |p| {
+        seen.push(p.clone())
+    })
+    .expect("training runs");
+    assert_eq!(seen.len(), cfg.steps);
+    let mean = |s: &[VqganProgress]| s.iter().map(|p| p.rec_loss).sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&seen[..4]), mean(&seen[cfg.steps - 4..]));
+    assert!(
+        last < 0.6 * first,
+        "reconstruction loss {first} → {last} did not fall"
+    );
+    // The adversarial loss is on from disc_start.
+    assert_eq!(seen[cfg.disc_start - 1].d_loss, 0.0);
+    assert!(seen[cfg.disc_start].d_loss > 0.0 && seen[cfg.disc_start].d_weight > 0.0);
+    assert!(
+        seen.iter()
+            .all(|p| p.rec_loss.is_finite() && p.q_loss.is_finite())
+    );
+    let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).expect("metrics log");
+    assert_eq!(lines.lines().count(), cfg.steps);
+}
+
+#[test]
+fn resume_matches_uninterrupted_run() {
+    let cfg = VqganTrainConfig {
+        steps: 6,
+        ckpt_every: 2,
+        disc_start: 2,
+        restart_every: 2,
+        restart_until: 6,
+        ..tiny()
+    };
+    let whole = tempfile::tempdir().expect("temp dir");
+    let (out, _) = run(&cfg, whole.path(), None);
+    let a = out.expect("uninterrupted run");
+    a.export(&whole.path().join("a.safetensors"))
+        .expect("export");
+
+    let split = tempfile::tempdir().expect("temp dir");
+    let (out, seen) = run(&cfg, split.path(), Some(5));
+    assert!(out.is_err(), "the data source failed at step 5");
+    assert_eq!(seen.len(), 5);
+    let (out, seen) = run(&cfg, split.path(), None);
+    assert_eq!(seen.first().map(|p| p.step), Some(5), "resumed from step 4");
+    let b = out.expect("resumed run");
+    b.export(&split.path().join("b.safetensors"))
+        .expect("export");
+
+    let (ta, tb) = (
+        exported(&whole.path().join("a.safetensors")),
+        exported(&split.path().join("b.safetensors")),
+    );
+    assert_eq!(ta.len(), tb.len());
+    for (k, va) in &ta {
+        let vb = &tb[k];
+        let d = (va.to_dtype(DType::F64).unwrap() - vb.to_dtype(DType::F64).unwrap())
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f64>())
+            .expect("same shapes");
+        assert!(d == 0.0, "{k} differs by {d} after resuming");
+    }
+    // Another configuration must not silently continue this run.
+    let other = VqganTrainConfig { lr: 1e-3, ..cfg };
+    let (out, _) = run(&other, split.path(), None);
+    assert!(matches!(out, Err(tessera_engine::Error::Config { .. })));
+}
+
+#[test]
+fn export_loads_in_the_engine() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = VqganTrainConfig {
+        steps: 8,
+        disc_start: 100,
+        ..tiny()
+    };
+    let (out, _) = run(&cfg, dir.path(), None);
+    let trained = out.expect("training runs");
+    let path = dir.path().join("vqgan.safetensors");
+    let (vcfg, n_used) = trained.export(&path).expect("export");
+    assert_eq!(&vcfg, trained.config());
+    assert_eq!(n_used, trained.used().len());
+    assert!(n_used > 0 && n_used <= cfg.n_embed);
+    assert!(trained.used().windows(2).all(|w| w[0] < w[1]));
+
+    let t = exported(&path);
+    assert_eq!(t["quantize.used"].dtype(), DType::I64);
+    assert_eq!(
+        t["quantize.embedding.weight"].dims(),
+        [cfg.n_embed, cfg.embed_dim]
+    );
+    let vq = Vqgan::new(
+        VarBuilder::from_tensors(t, DType::F32, &Device::Cpu),
+        &vcfg,
+        n_used,
+    )
+    .expect("the engine loads the export");
+    assert_eq!(vq.n_used(), n_used);
+
+    // Images from the remap sample use only codes in the table, so the engine's round trip
+    // must equal the training network's reconstruction.
+    let x = shapes(0, cfg.batch, cfg.resolution);
+    let tokens = vq.encode_tokens(&x).expect("encode");
+    let side = cfg.resolution / 4;
+    assert_eq!(tokens.dims(), [cfg.batch, side * side]);
+    let max = tokens.max_all().unwrap().to_scalar::<u32>().unwrap();
+    assert!((max as usize) < n_used);
+    let engine = vq.decode_tokens(&tokens).expect("decode");
+    let ours = trained.reconstruct(&x).expect("reconstruct");
+    let gap = psnr(&engine, &ours).expect("psnr");
+    assert!(gap > 60.0, "engine and trainer disagree: PSNR {gap} dB");
+    let from_helper = trained
+        .to_vqgan()
+        .expect("to_vqgan")
+        .encode_tokens(&x)
+        .unwrap();
+    assert_eq!(
+        from_helper.to_vec2::<u32>().unwrap(),
+        tokens.to_vec2::<u32>().unwrap()
+    );
+}
+
+#[test]
+fn dead_codes_are_restarted() {
+    let base = VqganTrainConfig {
+        steps: 2,
+        n_embed: 64,
+        disc_start: 100,
+        ..tiny()
+    };
+    let dir_a = tempfile::tempdir().expect("temp dir");
+    let (out, _) = run(&base, dir_a.path(), None);
+    out.expect("run without restarts")
+        .export(&dir_a.path().join("v.safetensors"))
+        .expect("export");
+    let with = VqganTrainConfig {
+        restart_every: 2,
+        restart_until: 2,
+        ..base
+    };
+    let dir_b = tempfile::tempdir().expect("temp dir");
+    let (out, seen) = run(&with, dir_b.path(), None);
+    out.expect("run with restarts")
+        .export(&dir_b.path().join("v.safetensors"))
+        .expect("export");
+    let restarted = seen[1].restarted;
+    assert!(
+        restarted > 0,
+        "a 64-entry codebook has dead codes after 2 steps"
+    );
+    assert_eq!(seen[1].used_codes + restarted, 64);
+
+    let key = "quantize.embedding.weight";
+    let a = exported(&dir_a.path().join("v.safetensors"))[key]
+        .to_vec2::<f32>()
+        .unwrap();
+    let b = exported(&dir_b.path().join("v.safetensors"))[key]
+        .to_vec2::<f32>()
+        .unwrap();
+    let changed = a.iter().zip(&b).filter(|(ra, rb)| ra != rb).count();
+    assert_eq!(changed, restarted, "exactly the dead rows change");
+}
+
+/// Emoji scenes for the measured trial: 1–3 Fluent Emoji sprites on a random two-colour
+/// gradient, 64×64. Every tenth emoji (sorted by file name) is held out for evaluation.
+struct Scenes {
+    train: Vec<image::RgbaImage>,
+    held_out: Vec<image::RgbaImage>,
+}
+
+impl Scenes {
+    fn load(dir: &Path, limit: usize) -> Scenes {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("emoji folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "webp"))
+            .collect();
+        files.sort();
+        files.truncate(limit);
+        let (mut train, mut held_out) = (Vec::new(), Vec::new());
+        for (i, f) in files.iter().enumerate() {
+            let Ok(img) = image::open(f) else { continue };
+            let small = image::imageops::resize(
+                &img.to_rgba8(),
+                56,
+                56,
+                image::imageops::FilterType::Triangle,
+            );
+            if i % 10 == 0 {
+                held_out.push(small);
+            } else {
+                train.push(small);
+            }
+        }
+        Scenes { train, held_out }
+    }
+
+    /// `b` scenes of side `r` from `seed`, as (B, 3, r, r) in [-1, 1].
+    fn batch(&self, held_out: bool, seed: u64, b: usize, r: usize) -> Tensor {
+        let pool = if held_out {
+            &self.held_out
+        } else {
+            &self.train
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut out = Vec::with_capacity(b * 3 * r * r);
+        for _ in 0..b {
+            let c0: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
+            let c1: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
+            let angle: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+            let (dx, dy) = (angle.cos(), angle.sin());
+            let mut canvas = image::RgbImage::from_fn(r as u32, r as u32, |x, y| {
+                let t = ((x as f32 * dx + y as f32 * dy) / r as f32 * 0.7 + 0.5).clamp(0.0, 1.0);
+                image::Rgb(std::array::from_fn(|c| {
+                    (c0[c] * (1.0 - t) + c1[c] * t) as u8
+                }))
+            });
+            for _ in 0..rng.random_range(1..=3) {
+                let sprite = &pool[rng.random_range(0..pool.len())];
+                let s = rng.random_range(r as u32 * 3 / 8..=r as u32 * 3 / 4);
+                let sprite =
+                    image::imageops::resize(sprite, s, s, image::imageops::FilterType::Triangle);
+                let x0 = rng.random_range(0..=r as u32 - s / 2) as i64 - s as i64 / 4;
+                let y0 = rng.random_range(0..=r as u32 - s / 2) as i64 - s as i64 / 4;
+                for (sx, sy, p) in sprite.enumerate_pixels() {
+                    let (x, y) = (x0 + sx as i64, y0 + sy as i64);
+                    if x < 0 || y < 0 || x >= r as i64 || y >= r as i64 {
+                        continue;
+                    }
+                    let a = p[3] as f32 / 255.0;
+                    let q = canvas.get_pixel_mut(x as u32, y as u32);
+                    for c in 0..3 {
+                        q[c] = (q[c] as f32 * (1.0 - a) + p[c] as f32 * a).round() as u8;
+                    }
+                }
+            }
+            for c in 0..3 {
+                out.extend(canvas.pixels().map(|p| p[c] as f32 / 127.5 - 1.0));
+            }
+        }
+        Tensor::from_vec(out, (b, 3, r, r), &Device::Cpu).expect("shape matches")
+    }
+}
+
+/// Saves (B, 3, r, r) images in [-1, 1] side by side as a PNG.
+fn save_strip(x: &Tensor, path: &Path) {
+    let (b, _, r, _) = x.dims4().expect("4-d");
+    let v = x
+        .clamp(-1f32, 1f32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let img = image::RgbImage::from_fn((b * r) as u32, r as u32, |x, y| {
+        let (i, xx) = (x as usize / r, x as usize % r);
+        image::Rgb(std::array::from_fn(|c| {
+            ((v[((i * 3 + c) * r + y as usize) * r + xx] + 1.0) * 127.5).round() as u8
+        }))
+    });
+    img.save(path).expect("write png");
+}
+
+/// The measured run (release build): trains on emoji scenes and reports steps/s and held-out
+/// PSNR through the engine's `Vqgan`.
+///
+/// `TESSERA_VQGAN_TRIAL=<dir> [TESSERA_VQGAN_CONFIG=<json>] [TESSERA_EMOJI=<assets dir>]
+/// cargo test --release -p tessera-engine --test train_vqgan trial -- --ignored --nocapture`.
+/// The run resumes when `<dir>` holds a checkpoint of the same config.
+#[test]
+#[ignore = "minutes to hours; needs the Fluent Emoji 3D assets"]
+fn trial() {
+    let Ok(dir) = std::env::var("TESSERA_VQGAN_TRIAL") else {
+        eprintln!("set TESSERA_VQGAN_TRIAL to a run folder");
+        return;
+    };
+    let dir = Path::new(&dir);
+    let cfg: VqganTrainConfig = match std::env::var("TESSERA_VQGAN_CONFIG") {
+        Ok(p) => serde_json::from_str(&std::fs::read_to_string(p).expect("config")).expect("json"),
+        Err(_) => VqganTrainConfig::default(),
+    };
+    let assets = std::env::var("TESSERA_EMOJI").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/emoji/fluent-emoji-3d/package/assets"
+        )
+        .into()
+    });
+    let t0 = std::time::Instant::now();
+    let scenes = Scenes::load(Path::new(&assets), usize::MAX);
+    eprintln!(
+        "{} train / {} held-out emoji loaded in {:.1}s",
+        scenes.train.len(),
+        scenes.held_out.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let (b, r) = (cfg.batch, cfg.resolution);
+    let mut data = |step: usize| Ok(scenes.batch(false, step as u64, b, r));
+    let t0 = std::time::Instant::now();
+    let mut first = None;
+    let trained = train_vqgan(&cfg, &mut data, dir, &mut |p| {
+        let first = *first.get_or_insert(p.step);
+        if p.step % 50 == 0 || p.step == p.steps {
+            let rate = (p.step - first + 1) as f64 / t0.elapsed().as_secs_f64();
+            eprintln!(
+                "step {}/{} rec {:.4} q {:.4} g {:.3} d {:.3} w {:.3} psnr {:.2} ppl {:.0} used {} restarted {} | {:.2} steps/s eta {:.0}s",
+                p.step, p.steps, p.rec_loss, p.q_loss, p.g_loss, p.d_loss, p.d_weight, p.psnr,
+                p.perplexity, p.used_codes, p.restarted, rate, p.eta_s
+            );
+        }
+    })
+    .expect("training");
+    let path = dir.join("vqgan.safetensors");
+    let (vcfg, n_used) = trained.export(&path).expect("export");
+    let vq = Vqgan::new(
+        VarBuilder::from_tensors(exported(&path), DType::F32, &Device::Cpu),
+        &vcfg,
+        n_used,
+    )
+    .expect("engine loads the export");
+    let mut total = 0.0;
+    let n = 8;
+    for i in 0..n {
+        let x = scenes.batch(true, 1_000_000 + i, 8, r);
+        let y = vq.decode_tokens(&vq.encode_tokens(&x).unwrap()).unwrap();
+        if i == 0 {
+            save_strip(&x, &dir.join("held_out.png"));
+            save_strip(&y, &dir.join("held_out_rec.png"));
+        }
+        total += psnr(&x, &y).unwrap();
+    }
+    eprintln!(
+        "held-out PSNR {:.2} dB over {} scenes, {n_used} codes used",
+        total / n as f64,
+        n * 8
+    );
+}
