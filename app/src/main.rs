@@ -1,5 +1,5 @@
-//! The `tessera` binary. Until the editor lands it hosts the command line; every subcommand
-//! drives the engine crate and prints what it did.
+//! The `tessera` binary: with no subcommand (or `tessera edit`) it opens the editor window;
+//! every other subcommand drives the engine crate from the command line and prints what it did.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open the editor window (the default when no subcommand is given).
+    Edit {
+        /// Image (PNG, JPEG, WebP) or project (.tessera) to open.
+        image: Option<PathBuf>,
+        /// Model folder or official manifest (default: assets/model when installed).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Compare the engine with outputs of the official implementation in a reference folder
     /// (official release layout plus expected.safetensors); also checks the imported copy.
     CheckReference {
@@ -86,14 +94,8 @@ enum Command {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        None => {
-            println!(
-                "Tessera {} — the editor is not built yet; see `tessera --help` for the \
-                 command line.",
-                env!("CARGO_PKG_VERSION")
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        None => edit(None, None),
+        Some(Command::Edit { image, model }) => edit(image, model),
         Some(Command::CheckReference { dir }) => cli::check_reference(&dir),
         Some(Command::Import {
             manifest,
@@ -133,6 +135,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Opens the editor window; returns when it closes.
+fn edit(image: Option<PathBuf>, model: Option<PathBuf>) -> Result<ExitCode> {
+    let mut defaults = tessera::editor::EditorOptions::default();
+    let default_model = defaults.model.take();
+    let opts = tessera::editor::EditorOptions {
+        image,
+        model: model.or(default_model),
+        ..defaults
+    };
+    tessera::editor::run(opts)
+        .map_err(|e| anyhow::anyhow!("cannot open the editor window: {e}"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,16 @@
+//! The interactive editor: document, canvas, mask tools, and the app shell around them
+//! (panels, jobs, history, files, projects, settings).
+
+pub mod app;
+pub mod canvas;
+pub mod document;
+pub mod files;
+pub mod history;
+pub mod jobs;
+pub mod mask_ops;
+pub mod panels;
+pub mod project;
+pub mod settings;
+pub mod tools;
+
+pub use app::{EditorApp, EditorOptions, run};

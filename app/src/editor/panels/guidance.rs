@@ -1,0 +1,228 @@
+//! Guidance and sampling settings: prompt (unknown words underlined), class picker, seed,
+//! candidates, guidance scale, per-level schedules with presets, context window.
+
+use egui::text::{LayoutJob, TextFormat};
+use egui::{Color32, DragValue, RichText, Slider, Stroke};
+use tessera_engine::loader::card::Conditioning;
+use tessera_engine::pipeline::MAX_CANDIDATES;
+
+use crate::editor::app::EditorApp;
+use crate::editor::settings::{Preset, SeedMode, level_name, random_seed};
+
+pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
+    let Some(card) = app.model.card.clone() else {
+        ui.label("Load a model to set up generation.");
+        return;
+    };
+    let guidance_possible = match &card.conditioning {
+        Conditioning::None => false,
+        Conditioning::Class { null_class, .. } => null_class.is_some(),
+        Conditioning::Text { .. } => true,
+    };
+    match &card.conditioning {
+        Conditioning::None => {
+            ui.label("Condition: none (unconditional model)");
+        }
+        Conditioning::Class {
+            n_classes,
+            class_names,
+            null_class,
+        } => class_picker(app, ui, *n_classes, class_names, null_class.is_some()),
+        Conditioning::Text { context_len, .. } => prompt_box(app, ui, *context_len),
+    }
+    ui.separator();
+    let s = &mut app.settings;
+    ui.horizontal(|ui| {
+        ui.label("Seed");
+        ui.add(DragValue::new(&mut s.seed));
+        if ui
+            .button("random")
+            .on_hover_text("new random seed")
+            .clicked()
+        {
+            s.seed = random_seed();
+        }
+        egui::ComboBox::from_id_salt("seed_mode")
+            .selected_text(format!("{:?}", s.seed_mode).to_lowercase())
+            .show_ui(ui, |ui| {
+                for m in [SeedMode::Fixed, SeedMode::Random, SeedMode::Increment] {
+                    ui.selectable_value(&mut s.seed_mode, m, format!("{m:?}").to_lowercase());
+                }
+            });
+    });
+    ui.add(Slider::new(&mut s.candidates, 1..=MAX_CANDIDATES.min(16)).text("candidates"));
+    ui.add_enabled(
+        guidance_possible,
+        Slider::new(&mut s.guidance_scale, 0.0..=10.0).text("guidance scale"),
+    )
+    .on_disabled_hover_text("this model was not trained with a dropped condition");
+    ui.horizontal(|ui| {
+        ui.label("Preset");
+        for p in Preset::ALL {
+            if ui.small_button(p.name()).clicked() {
+                s.apply_preset(p, &card);
+            }
+        }
+    });
+    egui::Grid::new("levels")
+        .num_columns(5)
+        .striped(true)
+        .show(ui, |ui| {
+            ui.label("level");
+            ui.label("temp");
+            ui.label("top-k");
+            ui.label("top-p");
+            ui.label("chains");
+            ui.end_row();
+            let t = s.levels.len();
+            for (i, l) in s.levels.iter_mut().enumerate().rev() {
+                ui.label(format!("{} {}", i + 1, level_name(i + 1, t)));
+                ui.add(
+                    DragValue::new(&mut l.temperature)
+                        .range(0.05..=3.0)
+                        .speed(0.01),
+                );
+                ui.add(DragValue::new(&mut l.top_k).range(0..=card.n_tokens));
+                ui.add(DragValue::new(&mut l.top_p).range(0.01..=1.0).speed(0.01));
+                ui.add(DragValue::new(&mut l.chains).range(1..=20));
+                ui.end_row();
+            }
+        });
+    ui.collapsing("Context window", |ui| {
+        ui.checkbox(&mut s.whole_image, "whole image as context");
+        ui.add_enabled(
+            !s.whole_image,
+            Slider::new(&mut s.padding, 0.0..=3.0).text("context padding"),
+        );
+        ui.add(Slider::new(&mut s.feather_px, 0..=64).text("feather px"));
+        ui.add(Slider::new(&mut s.token_threshold, 0.0..=1.0).text("token threshold"));
+    });
+}
+
+fn class_picker(
+    app: &mut EditorApp,
+    ui: &mut egui::Ui,
+    n_classes: usize,
+    names: &[String],
+    allows_none: bool,
+) {
+    let current = match app.settings.class {
+        Some(c) => names
+            .get(c)
+            .map(|n| format!("{c}: {n}"))
+            .unwrap_or_else(|| format!("class {c}")),
+        None => "no class".into(),
+    };
+    ui.label(format!("Class: {current}"));
+    if names.is_empty() {
+        let mut c = app.settings.class.unwrap_or(0);
+        if ui
+            .add(DragValue::new(&mut c).range(0..=n_classes.saturating_sub(1)))
+            .changed()
+        {
+            app.settings.class = Some(c);
+        }
+    } else {
+        ui.add(egui::TextEdit::singleline(&mut app.class_filter).hint_text("search classes"));
+        let needle = app.class_filter.to_lowercase();
+        egui::ScrollArea::vertical()
+            .id_salt("classes")
+            .max_height(140.0)
+            .show(ui, |ui| {
+                for (i, n) in names.iter().enumerate() {
+                    if !needle.is_empty()
+                        && !n.to_lowercase().contains(&needle)
+                        && i.to_string() != needle
+                    {
+                        continue;
+                    }
+                    if ui
+                        .selectable_label(app.settings.class == Some(i), format!("{i}: {n}"))
+                        .clicked()
+                    {
+                        app.settings.class = Some(i);
+                    }
+                }
+            });
+    }
+    if allows_none
+        && ui
+            .selectable_label(app.settings.class.is_none(), "no class (unconditional)")
+            .clicked()
+    {
+        app.settings.class = None;
+    }
+}
+
+fn prompt_box(app: &mut EditorApp, ui: &mut egui::Ui, context_len: usize) {
+    ui.label("Prompt");
+    // Re-encode only when the prompt changed.
+    let stale = app
+        .prompt_check
+        .as_ref()
+        .is_none_or(|(p, _)| *p != app.settings.prompt);
+    if stale && let Some(tok) = &app.model.tokenizer {
+        let enc = tok.encode(&app.settings.prompt).unwrap_or_default();
+        app.prompt_check = Some((app.settings.prompt.clone(), enc));
+    }
+    let unknown: Vec<std::ops::Range<usize>> = app
+        .prompt_check
+        .as_ref()
+        .map(|(_, e)| e.unknown.iter().map(|(r, _)| r.clone()).collect())
+        .unwrap_or_default();
+    let mut layouter = |ui: &egui::Ui, text: &dyn egui::TextBuffer, wrap: f32| {
+        let text = text.as_str();
+        let font = egui::TextStyle::Body.resolve(ui.style());
+        let normal = TextFormat::simple(font.clone(), ui.visuals().text_color());
+        let bad = TextFormat {
+            underline: Stroke::new(1.5, Color32::from_rgb(230, 60, 60)),
+            color: Color32::from_rgb(230, 90, 90),
+            ..TextFormat::simple(font, ui.visuals().text_color())
+        };
+        let mut job = LayoutJob::default();
+        let mut at = 0;
+        for r in &unknown {
+            if r.start < at || r.end > text.len() || !text.is_char_boundary(r.start) {
+                continue;
+            }
+            if !text.is_char_boundary(r.end) {
+                continue;
+            }
+            job.append(&text[at..r.start], 0.0, normal.clone());
+            job.append(&text[r.clone()], 0.0, bad.clone());
+            at = r.end;
+        }
+        job.append(&text[at..], 0.0, normal);
+        job.wrap.max_width = wrap;
+        ui.painter().layout_job(job)
+    };
+    ui.add(
+        egui::TextEdit::multiline(&mut app.settings.prompt)
+            .desired_rows(2)
+            .desired_width(f32::INFINITY)
+            .hint_text("describe what to paint (empty = no condition)")
+            .layouter(&mut layouter),
+    );
+    if app.model.tokenizer.is_none() {
+        ui.label(
+            RichText::new("the model's tokenizer did not load").color(ui.visuals().warn_fg_color),
+        );
+    }
+    if let Some((_, enc)) = &app.prompt_check {
+        if !enc.unknown.is_empty() {
+            let words: Vec<&str> = enc.unknown.iter().map(|(_, w)| w.as_str()).collect();
+            ui.label(
+                RichText::new(format!("unknown words: {}", words.join(", ")))
+                    .color(Color32::from_rgb(230, 90, 90)),
+            );
+        }
+        if enc.truncated(context_len) {
+            ui.label(
+                RichText::new(format!(
+                    "longer than {context_len} tokens: the end is ignored"
+                ))
+                .color(ui.visuals().warn_fg_color),
+            );
+        }
+    }
+}

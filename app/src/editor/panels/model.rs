@@ -1,0 +1,137 @@
+//! The model panel: what is loaded, how to open another, and the model card.
+
+use egui::RichText;
+use tessera_engine::loader::card::{Conditioning, Network};
+
+use crate::editor::app::EditorApp;
+use crate::editor::files::Purpose;
+
+/// "12.3 M".
+fn count(n: usize) -> String {
+    if n >= 1_000_000 {
+        format!("{:.1} M", n as f64 / 1e6)
+    } else if n >= 1_000 {
+        format!("{:.1} k", n as f64 / 1e3)
+    } else {
+        n.to_string()
+    }
+}
+
+pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
+    if let Some(p) = &app.model.loading {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("loading {}", p.display()));
+        });
+    }
+    if let Some(out) = &app.model.importing {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("importing into {}", out.display()));
+        });
+    }
+    ui.horizontal_wrapped(|ui| {
+        if ui.button("Open model folder…").clicked() {
+            app.ask(Purpose::OpenModelFolder);
+        }
+        if ui.button("Open official manifest…").clicked() {
+            app.ask(Purpose::OpenManifest);
+        }
+    });
+    if let Some(e) = &app.model.error {
+        ui.label(RichText::new(format!("Load failed: {e}")).color(ui.visuals().error_fg_color));
+    }
+    let Some(card) = &app.model.card else {
+        if app.model.loading.is_none() {
+            ui.label(
+                RichText::new("No model — open a model folder or an official release manifest")
+                    .strong(),
+            );
+        }
+        return;
+    };
+    ui.label(RichText::new(&card.name).heading());
+    if !card.description.is_empty() {
+        ui.label(&card.description);
+    }
+    let conditioning = match &card.conditioning {
+        Conditioning::None => "unconditional".to_string(),
+        Conditioning::Class {
+            n_classes,
+            null_class,
+            ..
+        } => format!(
+            "class ({n_classes} classes{})",
+            if null_class.is_some() {
+                ", guidance possible"
+            } else {
+                ""
+            }
+        ),
+        Conditioning::Text { context_len, .. } => format!("text ({context_len} tokens)"),
+    };
+    egui::Grid::new("model_info").num_columns(2).show(ui, |ui| {
+        let mut row = |k: &str, v: String| {
+            ui.label(k);
+            ui.add(egui::Label::new(v).truncate());
+            ui.end_row();
+        };
+        row("levels", card.levels().to_string());
+        row(
+            "tokens",
+            format!(
+                "{} codes, {}×{} grid, {} px",
+                card.n_tokens,
+                card.grid_side(),
+                card.grid_side(),
+                card.resolution()
+            ),
+        );
+        row("conditioning", conditioning);
+        row("weights", card.dtype.clone());
+        row(
+            "parameters",
+            count(card.transformer_parameters()) + " (transformers)",
+        );
+        for s in &card.stages {
+            let kind = match &s.network {
+                Network::XTransformer { .. } => "encoder–decoder",
+                Network::Gpt { .. } => "GPT",
+            };
+            row(
+                &format!("  stage {}", s.level),
+                format!("{kind}, {}", count(s.parameters)),
+            );
+        }
+        row(
+            "license",
+            if card.license.is_empty() {
+                "(not stated)".into()
+            } else {
+                card.license.clone()
+            },
+        );
+        row(
+            "provenance",
+            if card.provenance.is_empty() {
+                "(not stated)".into()
+            } else {
+                card.provenance.clone()
+            },
+        );
+    });
+    if let Some(p) = &app.model.path {
+        ui.add(egui::Label::new(RichText::new(p.display().to_string()).small()).truncate());
+    }
+    for w in &app.model.warnings {
+        ui.label(RichText::new(format!("warning: {w}")).color(ui.visuals().warn_fg_color));
+    }
+    if app.model.is_official() && app.model.importing.is_none() {
+        ui.label("This is an official release. Import it into Tessera's format (safetensors, faster to load)?");
+        if ui.button("Import into Tessera format…").clicked()
+            && let Some(p) = app.model.path.clone()
+        {
+            app.ask(Purpose::ImportTo(p));
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Generation settings (what the guidance panel edits and a job is built from) and the editor's
+//! small persistent configuration (recent files, overlay colour).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tessera_engine::inpaint::WindowOptions;
+use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
+use tessera_engine::pipeline::{ChainRequest, default_chains};
+use tessera_engine::sampler::LevelParams;
+use tessera_engine::text::PromptTokenizer;
+
+/// How the seed changes between runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeedMode {
+    /// The same seed every run.
+    Fixed,
+    /// A new random seed every run.
+    Random,
+    /// Seed + 1 after every run.
+    Increment,
+}
+
+/// Sampling settings of one level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelSetting {
+    /// Softmax temperature.
+    pub temperature: f32,
+    /// Top-k (0 = off).
+    pub top_k: usize,
+    /// Top-p (1 = off).
+    pub top_p: f32,
+    /// Chain passes of this level's stage.
+    pub chains: usize,
+}
+
+/// Named per-level presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// Temperature 1, no truncation, the official chain counts.
+    Default,
+    /// Cooler sampling with top-k: closer to the surroundings.
+    Conservative,
+    /// Hotter at the coarse levels: more varied results.
+    Creative,
+    /// The official sampler: temperature only at the GPT stage, one pass per level.
+    Fast,
+}
+
+impl Preset {
+    /// All presets, for menus.
+    pub const ALL: [Preset; 4] = [
+        Preset::Default,
+        Preset::Conservative,
+        Preset::Creative,
+        Preset::Fast,
+    ];
+
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Default => "Default",
+            Preset::Conservative => "Conservative",
+            Preset::Creative => "Creative",
+            Preset::Fast => "Fast (1 pass)",
+        }
+    }
+}
+
+/// Everything a generation depends on besides the document and the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenSettings {
+    /// Prompt (text-conditional models).
+    pub prompt: String,
+    /// Class id (class-conditional models); `None` = no class (needs a null class).
+    pub class: Option<usize>,
+    /// Seed of the next run.
+    pub seed: u64,
+    /// How the seed changes after a run.
+    pub seed_mode: SeedMode,
+    /// Number of candidates.
+    pub candidates: usize,
+    /// Classifier-free guidance scale (1 = off).
+    pub guidance_scale: f32,
+    /// Per level, `levels[t-1]` for level t.
+    pub levels: Vec<LevelSetting>,
+    /// Context around the mask, as a fraction of its bounding box.
+    pub padding: f32,
+    /// Feather width in pixels.
+    pub feather_px: u32,
+    /// Use the whole image as context.
+    pub whole_image: bool,
+    /// Fraction of a token's patch that must be masked for it to be regenerated.
+    pub token_threshold: f32,
+}
+
+impl Default for GenSettings {
+    fn default() -> Self {
+        let w = WindowOptions::default();
+        Self {
+            prompt: String::new(),
+            class: None,
+            seed: 0,
+            seed_mode: SeedMode::Increment,
+            candidates: 4,
+            guidance_scale: 1.0,
+            levels: Vec::new(),
+            padding: w.padding,
+            feather_px: w.feather_px,
+            whole_image: false,
+            token_threshold: w.token_threshold,
+        }
+    }
+}
+
+impl GenSettings {
+    /// Defaults for a model: its levels with the official chain counts.
+    pub fn for_card(card: &ModelCard) -> Self {
+        let mut s = Self::default();
+        s.fit_card(card);
+        s
+    }
+
+    /// Makes the per-level list match the card (keeps what fits) and drops a class the card
+    /// does not have.
+    pub fn fit_card(&mut self, card: &ModelCard) {
+        let chains = default_chains(card);
+        if self.levels.len() != card.levels() {
+            self.levels = chains
+                .iter()
+                .map(|&c| LevelSetting {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    chains: c,
+                })
+                .collect();
+        }
+        match &card.conditioning {
+            Conditioning::Class { n_classes, .. } => {
+                if self.class.is_some_and(|c| c >= *n_classes) {
+                    self.class = None;
+                }
+                if self.class.is_none() {
+                    self.class = Some(0);
+                }
+            }
+            _ => self.class = None,
+        }
+    }
+
+    /// Applies a preset to every level.
+    pub fn apply_preset(&mut self, preset: Preset, card: &ModelCard) {
+        let t = card.levels();
+        let chains = default_chains(card);
+        self.levels = (1..=t)
+            .map(|level| {
+                // 0 = finest (level 1) … 1 = coarsest (level T).
+                let coarse = if t > 1 {
+                    (level - 1) as f32 / (t - 1) as f32
+                } else {
+                    1.0
+                };
+                let (temperature, top_k, top_p, chains) = match preset {
+                    Preset::Default => (1.0, 0, 1.0, chains[level - 1]),
+                    Preset::Conservative => (0.85, 100, 1.0, chains[level - 1]),
+                    Preset::Creative => (1.0 + 0.2 * coarse, 0, 0.95, chains[level - 1]),
+                    Preset::Fast => (1.0, 0, 1.0, 1),
+                };
+                LevelSetting {
+                    temperature,
+                    top_k,
+                    top_p,
+                    chains,
+                }
+            })
+            .collect();
+    }
+
+    /// The context window options.
+    pub fn window_options(&self) -> WindowOptions {
+        WindowOptions {
+            whole_image: self.whole_image,
+            padding: self.padding,
+            feather_px: self.feather_px,
+            token_threshold: self.token_threshold,
+            ..WindowOptions::default()
+        }
+    }
+
+    /// The condition for `card`; text prompts go through `tokenizer`.
+    pub fn condition(
+        &self,
+        card: &ModelCard,
+        tokenizer: Option<&PromptTokenizer>,
+    ) -> Result<Condition, String> {
+        match &card.conditioning {
+            Conditioning::None => Ok(Condition::None),
+            Conditioning::Class { .. } => Ok(self.class.map_or(Condition::None, Condition::Class)),
+            Conditioning::Text { .. } => {
+                if self.prompt.trim().is_empty() {
+                    return Ok(Condition::None);
+                }
+                let tok = tokenizer.ok_or("the model's tokenizer is not loaded")?;
+                let enc = tok.encode(&self.prompt).map_err(|e| e.to_string())?;
+                Ok(Condition::Text(enc.ids))
+            }
+        }
+    }
+
+    /// The engine request for one run with `seed`.
+    pub fn chain_request(
+        &self,
+        card: &ModelCard,
+        tokenizer: Option<&PromptTokenizer>,
+        seed: u64,
+    ) -> Result<ChainRequest, String> {
+        let mut req = ChainRequest::new(card);
+        req.condition = self.condition(card, tokenizer)?;
+        req.guidance_scale = self.guidance_scale;
+        req.candidates = self.candidates;
+        req.seed = seed;
+        if self.levels.len() != card.levels() {
+            return Err("the level settings do not match the model".into());
+        }
+        req.levels = self
+            .levels
+            .iter()
+            .map(|l| LevelParams {
+                temperature: l.temperature,
+                top_k: (l.top_k > 0).then_some(l.top_k),
+                top_p: (l.top_p < 1.0).then_some(l.top_p),
+            })
+            .collect();
+        req.chains = self.levels.iter().map(|l| l.chains).collect();
+        req.validate(card).map_err(|e| e.to_string())?;
+        Ok(req)
+    }
+
+    /// The seed to use for this run; advances the stored seed as the mode says.
+    pub fn take_seed(&mut self) -> u64 {
+        let seed = match self.seed_mode {
+            SeedMode::Random => random_seed(),
+            _ => self.seed,
+        };
+        match self.seed_mode {
+            SeedMode::Fixed => {}
+            SeedMode::Random => self.seed = seed,
+            SeedMode::Increment => self.seed = seed.wrapping_add(1),
+        }
+        seed
+    }
+
+    /// Chain passes per candidate summed over the levels (the preflight's cost per token).
+    pub fn passes(&self) -> usize {
+        self.levels.iter().map(|l| l.chains).sum()
+    }
+}
+
+/// A seed from the clock (no extra dependency; splitmix64 of the nanoseconds).
+pub fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = nanos.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % 1_000_000_000
+}
+
+/// Display names of a level: level T is the coarsest.
+pub fn level_name(level: usize, levels: usize) -> &'static str {
+    if level >= levels {
+        "coarse"
+    } else if level <= 1 {
+        "fine"
+    } else {
+        "middle"
+    }
+}
+
+/// The editor's persistent preferences, `config.json` in the config folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Most recent first.
+    pub recent: Vec<PathBuf>,
+    /// Mask overlay colour (RGB).
+    pub mask_colour: [u8; 3],
+    /// Mask overlay opacity 0..1.
+    pub mask_opacity: f32,
+    /// Last model opened.
+    pub last_model: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            recent: Vec::new(),
+            mask_colour: [255, 40, 80],
+            mask_opacity: 0.45,
+            last_model: None,
+        }
+    }
+}
+
+/// Most entries kept in the recent-files list.
+pub const MAX_RECENT: usize = 10;
+
+impl Config {
+    /// Reads `dir/config.json`; defaults when missing or unreadable.
+    pub fn load(dir: &Path) -> Self {
+        std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes `dir/config.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        super::files::write_atomic(&dir.join("config.json"), &bytes)
+    }
+
+    /// Puts `path` at the front of the recent list.
+    pub fn add_recent(&mut self, path: &Path) {
+        self.recent.retain(|p| p != path);
+        self.recent.insert(0, path.to_path_buf());
+        self.recent.truncate(MAX_RECENT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_modes_advance() {
+        let mut s = GenSettings {
+            seed: 7,
+            ..GenSettings::default()
+        };
+        s.seed_mode = SeedMode::Fixed;
+        assert_eq!((s.take_seed(), s.take_seed()), (7, 7));
+        s.seed_mode = SeedMode::Increment;
+        assert_eq!((s.take_seed(), s.take_seed()), (7, 8));
+        assert_eq!(s.seed, 9);
+    }
+
+    #[test]
+    fn recent_list_is_bounded_and_unique() {
+        let mut c = Config::default();
+        for i in 0..15 {
+            c.add_recent(Path::new(&format!("/x/{i}.png")));
+        }
+        c.add_recent(Path::new("/x/12.png"));
+        assert_eq!(c.recent.len(), MAX_RECENT);
+        assert_eq!(c.recent[0], Path::new("/x/12.png"));
+        assert_eq!(c.recent.iter().filter(|p| p.ends_with("12.png")).count(), 1);
+    }
+}

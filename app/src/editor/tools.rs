@@ -1,0 +1,267 @@
+//! The mask tools and their settings: which tool is active, the brush size each tool
+//! remembers, hardness, fill tolerance and lasso fill rule; the palette UI and the hotkeys
+//! (`[` `]` size, B brush, E eraser, U rectangle, L lasso, F fill).
+
+use egui::{Key, Modifiers};
+
+use super::mask_ops::{Brush, FillRule};
+
+/// A mask tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tool {
+    /// Paints the mask with a round brush.
+    Brush,
+    /// Removes mask with a round brush.
+    Eraser,
+    /// Drag a rectangle to add it.
+    Rectangle,
+    /// Drag a free-hand polygon to add it.
+    Lasso,
+    /// Click to add the region of similar image colour.
+    Fill,
+}
+
+impl Tool {
+    /// Every tool, palette order.
+    pub const ALL: [Tool; 5] = [
+        Tool::Brush,
+        Tool::Eraser,
+        Tool::Rectangle,
+        Tool::Lasso,
+        Tool::Fill,
+    ];
+
+    /// Name shown in the palette.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tool::Brush => "Brush",
+            Tool::Eraser => "Eraser",
+            Tool::Rectangle => "Rectangle",
+            Tool::Lasso => "Lasso",
+            Tool::Fill => "Fill",
+        }
+    }
+
+    /// Key that selects it.
+    pub fn key(self) -> Key {
+        match self {
+            Tool::Brush => Key::B,
+            Tool::Eraser => Key::E,
+            Tool::Rectangle => Key::U,
+            Tool::Lasso => Key::L,
+            Tool::Fill => Key::F,
+        }
+    }
+
+    /// One-line help for the tooltip.
+    pub fn help(self) -> &'static str {
+        match self {
+            Tool::Brush => "Paint the mask. Right-drag erases.",
+            Tool::Eraser => "Erase the mask.",
+            Tool::Rectangle => "Drag to add a rectangle. Right-drag removes one.",
+            Tool::Lasso => "Drag around an area to add it. Right-drag removes.",
+            Tool::Fill => "Click to add the area of similar colour. Right-click removes.",
+        }
+    }
+
+    /// Whether the tool paints with the round brush (size and hardness matter).
+    pub fn uses_brush(self) -> bool {
+        matches!(self, Tool::Brush | Tool::Eraser)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Smallest and largest brush diameter in image pixels.
+pub const SIZE_RANGE: (f32, f32) = (1.0, 2000.0);
+
+/// The active tool and the settings of every tool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolState {
+    /// The active tool.
+    pub tool: Tool,
+    /// Diameter per tool (image pixels), indexed by `Tool as usize`.
+    sizes: [f32; 5],
+    /// Brush and eraser hardness, 0 (soft) ..= 1 (hard).
+    pub hardness: f32,
+    /// Fill: largest per-channel colour difference (0–255) that still counts as similar.
+    pub tolerance: u8,
+    /// How the lasso fills self-intersecting outlines.
+    pub fill_rule: FillRule,
+}
+
+impl Default for ToolState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ToolState {
+    /// Brush active, 40 px brush, 40 px eraser, hard edge, tolerance 32.
+    pub fn new() -> Self {
+        Self {
+            tool: Tool::Brush,
+            sizes: [40.0; 5],
+            hardness: 1.0,
+            tolerance: 32,
+            fill_rule: FillRule::NonZero,
+        }
+    }
+
+    /// Diameter of the current tool in image pixels.
+    pub fn size(&self) -> f32 {
+        self.sizes[self.tool.index()]
+    }
+
+    /// Sets the current tool's diameter (clamped to [`SIZE_RANGE`]); each tool remembers its own.
+    pub fn set_size(&mut self, px: f32) {
+        let px = if px.is_finite() { px } else { SIZE_RANGE.0 };
+        self.sizes[self.tool.index()] = px.clamp(SIZE_RANGE.0, SIZE_RANGE.1);
+    }
+
+    /// Diameter remembered for `tool`.
+    pub fn size_of(&self, tool: Tool) -> f32 {
+        self.sizes[tool.index()]
+    }
+
+    /// The brush a drag paints with: the current tool's when it is the brush or eraser,
+    /// otherwise the brush tool's (right-drag erasing).
+    pub fn brush(&self) -> Brush {
+        let tool = if self.tool.uses_brush() {
+            self.tool
+        } else {
+            Tool::Brush
+        };
+        Brush {
+            size: self.size_of(tool),
+            hardness: self.hardness,
+        }
+    }
+
+    /// One `]` step: about 20 % larger, at least 1 px.
+    pub fn grow_size(&mut self) {
+        let s = self.size();
+        self.set_size((s * 1.2).round().max(s + 1.0));
+    }
+
+    /// One `[` step: about 20 % smaller, at least 1 px.
+    pub fn shrink_size(&mut self) {
+        let s = self.size();
+        self.set_size((s / 1.2).round().min(s - 1.0));
+    }
+
+    /// The tool palette and the settings of the current tool.
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal_wrapped(|ui| {
+            for tool in Tool::ALL {
+                let text = format!("{} ({})", tool.help(), tool.key().name());
+                ui.selectable_value(&mut self.tool, tool, tool.label())
+                    .on_hover_text(text);
+            }
+        });
+        if self.tool.uses_brush() {
+            let mut size = self.size();
+            let slider = egui::Slider::new(&mut size, SIZE_RANGE.0..=SIZE_RANGE.1)
+                .logarithmic(true)
+                .suffix(" px")
+                .text("Size");
+            if ui.add(slider).on_hover_text("[ and ] change it").changed() {
+                self.set_size(size);
+            }
+            ui.add(egui::Slider::new(&mut self.hardness, 0.0..=1.0).text("Hardness"));
+        }
+        if self.tool == Tool::Fill {
+            ui.add(egui::Slider::new(&mut self.tolerance, 0..=255).text("Tolerance"))
+                .on_hover_text("How different a colour may be and still be filled");
+        }
+        if self.tool == Tool::Lasso {
+            ui.horizontal(|ui| {
+                ui.label("Overlaps");
+                ui.selectable_value(&mut self.fill_rule, FillRule::NonZero, "filled")
+                    .on_hover_text("Non-zero winding: loops stay filled");
+                ui.selectable_value(&mut self.fill_rule, FillRule::EvenOdd, "holes")
+                    .on_hover_text("Even-odd: overlapping parts become holes");
+            });
+        }
+    }
+
+    /// Tool hotkeys; ignored while a text field has keyboard focus.
+    pub fn handle_keys(&mut self, ctx: &egui::Context) {
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        ctx.input_mut(|input| {
+            for tool in Tool::ALL {
+                if input.consume_key(Modifiers::NONE, tool.key()) {
+                    self.tool = tool;
+                }
+            }
+            if input.consume_key(Modifiers::NONE, Key::OpenBracket) {
+                self.shrink_size();
+            }
+            if input.consume_key(Modifiers::NONE, Key::CloseBracket) {
+                self.grow_size();
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_remembered_per_tool() {
+        let mut t = ToolState::new();
+        t.set_size(10.0);
+        t.tool = Tool::Eraser;
+        t.set_size(80.0);
+        assert_eq!(t.size(), 80.0);
+        t.tool = Tool::Brush;
+        assert_eq!(t.size(), 10.0);
+        t.set_size(1e9);
+        assert_eq!(t.size(), SIZE_RANGE.1);
+        t.set_size(f32::NAN);
+        assert_eq!(t.size(), SIZE_RANGE.0);
+    }
+
+    #[test]
+    fn bracket_steps_change_size_by_at_least_one_pixel() {
+        let mut t = ToolState::new();
+        t.set_size(2.0);
+        t.grow_size();
+        assert_eq!(t.size(), 3.0);
+        t.set_size(100.0);
+        t.grow_size();
+        assert_eq!(t.size(), 120.0);
+        t.shrink_size();
+        assert_eq!(t.size(), 100.0);
+        t.set_size(1.0);
+        t.shrink_size();
+        assert_eq!(t.size(), 1.0);
+    }
+
+    #[test]
+    fn hotkeys_switch_tools_and_size() {
+        let ctx = egui::Context::default();
+        let mut t = ToolState::new();
+        let press = |key| egui::Event::Key {
+            key,
+            physical_key: None,
+            pressed: true,
+            repeat: false,
+            modifiers: Modifiers::NONE,
+        };
+        let input = egui::RawInput {
+            events: vec![press(Key::L), press(Key::CloseBracket)],
+            ..Default::default()
+        };
+        let mut out = ctx.run_ui(input, |ui| t.handle_keys(ui.ctx()));
+        out.textures_delta.clear();
+        assert_eq!(t.tool, Tool::Lasso);
+        assert_eq!(t.size_of(Tool::Lasso), 48.0);
+        assert_eq!(t.size_of(Tool::Brush), 40.0);
+    }
+}

@@ -1,0 +1,394 @@
+//! The editor driven through egui_kittest: the real app struct, fake file dialogs, the golden
+//! model (tiny random weights, official format).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use egui::{Event, Modifiers, PointerButton, Pos2};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use image::RgbaImage;
+use tessera::editor::files::{Dialogs, Purpose};
+use tessera::editor::project;
+use tessera::editor::{EditorApp, EditorOptions};
+
+/// Answers dialogs from a queue (None = the user cancelled).
+#[derive(Default)]
+struct FakeDialogs(Mutex<VecDeque<PathBuf>>);
+
+impl FakeDialogs {
+    fn answer(&self, p: &Path) {
+        self.0.lock().unwrap().push_back(p.to_path_buf());
+    }
+}
+
+impl Dialogs for FakeDialogs {
+    fn pick(&self, _purpose: &Purpose, _suggested: Option<&Path>) -> Option<PathBuf> {
+        self.0.lock().unwrap().pop_front()
+    }
+}
+
+fn golden_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/uncond_geometric/sampling.yaml")
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    dialogs: Arc<FakeDialogs>,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            dialogs: Arc::new(FakeDialogs::default()),
+        }
+    }
+
+    fn options(&self, model: Option<PathBuf>) -> EditorOptions {
+        EditorOptions {
+            image: None,
+            model,
+            dialogs: self.dialogs.clone(),
+            config_dir: Some(self.dir.path().join("config")),
+            data_dir: Some(self.dir.path().join("data")),
+            autosave_every: Duration::from_secs(3600),
+            frame_log: None,
+        }
+    }
+
+    fn image(&self, name: &str, w: u32, h: u32) -> (PathBuf, RgbaImage) {
+        let img = RgbaImage::from_fn(w, h, |x, y| {
+            image::Rgba([(x * 5) as u8, (y * 7) as u8, ((x + y) * 3) as u8, 255])
+        });
+        let p = self.dir.path().join(name);
+        img.save(&p).unwrap();
+        (p, img)
+    }
+}
+
+fn harness(opts: EditorOptions) -> Harness<'static, EditorApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_eframe(move |cc| EditorApp::new(cc, opts))
+}
+
+/// Runs frames until `done` holds (the engine and file work run on other threads).
+fn run_until(h: &mut Harness<'_, EditorApp>, what: &str, done: impl Fn(&EditorApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(h.state()) {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+/// Opens `path` through File → the fake dialog, from the welcome screen's button.
+fn open_via_dialog(h: &mut Harness<'_, EditorApp>, dialogs: &FakeDialogs, path: &Path) {
+    dialogs.answer(path);
+    h.state_mut().ask(Purpose::OpenImage);
+    run_until(h, "the file to open", |a| !a.background_busy());
+}
+
+/// A horizontal stroke through the middle of the canvas area.
+fn paint_stroke(h: &mut Harness<'_, EditorApp>) {
+    // The canvas fills the space between the tool panel (left) and the side panel (right);
+    // a fitted image is centred in it.
+    let centre = Pos2::new(480.0, 400.0);
+    let from = centre - egui::vec2(30.0, 0.0);
+    h.event(Event::PointerMoved(from));
+    h.step();
+    h.event(Event::PointerButton {
+        pos: from,
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    for i in 1..=6 {
+        h.event(Event::PointerMoved(from + egui::vec2(10.0 * i as f32, 0.0)));
+        h.step();
+    }
+    h.event(Event::PointerButton {
+        pos: from + egui::vec2(60.0, 0.0),
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    h.step();
+}
+
+#[test]
+fn open_paint_generate_accept_undo_redo() {
+    let s = Setup::new();
+    let mut h = harness(s.options(Some(golden_manifest())));
+    run_until(&mut h, "the golden model", |a| a.model.card.is_some());
+    assert_eq!(h.state().model.card.as_ref().unwrap().levels(), 3);
+
+    let (path, original) = s.image("photo.png", 64, 48);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    assert_eq!(h.state().doc.as_ref().expect("opened").image, original);
+
+    paint_stroke(&mut h);
+    {
+        let app = h.state();
+        let doc = app.doc.as_ref().unwrap();
+        assert!(doc.has_mask(), "the stroke painted the mask");
+        assert!(app.history.can_undo(), "the stroke is undoable");
+    }
+    run_until(&mut h, "the token grid", |a| {
+        a.doc.as_ref().is_some_and(|d| d.token_grid.is_some())
+    });
+    let (masked, cost) = h.state().preflight().expect("preflight");
+    assert!(masked > 0 && cost >= masked);
+
+    {
+        let app = h.state_mut();
+        app.settings.candidates = 2;
+        app.settings.feather_px = 0;
+    }
+    h.get_by_label("Generate  Ctrl+Enter").click();
+    h.step();
+    assert!(h.state().jobs.busy(), "the job runs in the background");
+    run_until(&mut h, "the job", |a| !a.jobs.busy());
+    {
+        let app = h.state();
+        let res = app.jobs.results.as_ref().expect("results");
+        assert_eq!(
+            res.level_count(),
+            3 * 2,
+            "one preview per level per candidate"
+        );
+        assert!(res.ready(0) && res.ready(1));
+        assert!(
+            app.doc.as_ref().unwrap().overlay.is_some(),
+            "preview on the canvas"
+        );
+        assert!(app.errors().is_empty(), "{:?}", app.errors());
+    }
+    // View the coarsest level of candidate 1, then accept candidate 1.
+    h.state_mut().select_candidate(1);
+    h.state_mut().view_level(Some(3));
+    h.step();
+    let mask = h.state().doc.as_ref().unwrap().mask.clone();
+    // The button exists (it may be scrolled out of view); Enter accepts the selected one.
+    h.get_by_label("Accept #1  Enter");
+    h.key_press(egui::Key::Enter);
+    h.step();
+    let accepted = h.state().doc.as_ref().unwrap().image.clone();
+    let mut changed_inside = 0;
+    for (x, y, m) in mask.enumerate_pixels() {
+        let (a, b) = (accepted.get_pixel(x, y).0, original.get_pixel(x, y).0);
+        if m.0[0] == 0 {
+            assert_eq!(a, b, "pixel ({x},{y}) outside the mask changed");
+        } else if m.0[0] >= 128 && a != b {
+            changed_inside += 1;
+        }
+    }
+    assert!(
+        changed_inside > 0,
+        "the masked area was regenerated: {:?}",
+        h.state().messages
+    );
+    assert!(h.state().doc.as_ref().unwrap().overlay.is_none());
+    assert_eq!(h.state().generations.len(), 1);
+    assert_eq!(h.state().generations[0].candidate, 1);
+
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    assert_eq!(
+        h.state().doc.as_ref().unwrap().image,
+        original,
+        "undo restores"
+    );
+    h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, egui::Key::Z);
+    h.step();
+    assert_eq!(
+        h.state().doc.as_ref().unwrap().image,
+        accepted,
+        "redo re-applies"
+    );
+    // Undo twice more: the stroke goes too.
+    h.state_mut().undo();
+    while h.state().history.can_undo() {
+        h.state_mut().undo();
+    }
+    assert!(!h.state().doc.as_ref().unwrap().has_mask());
+}
+
+#[test]
+fn cancel_a_job() {
+    let s = Setup::new();
+    let mut h = harness(s.options(Some(golden_manifest())));
+    run_until(&mut h, "the golden model", |a| a.model.card.is_some());
+    let (path, original) = s.image("a.png", 40, 40);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    {
+        let app = h.state_mut();
+        app.mask_op(tessera::editor::mask_ops::GlobalOp::SelectAll);
+        app.settings.candidates = 4;
+        for l in &mut app.settings.levels {
+            l.chains = 50;
+        }
+        app.generate();
+    }
+    assert!(h.state().jobs.busy());
+    h.key_press(egui::Key::Escape);
+    h.step();
+    run_until(&mut h, "the cancellation", |a| !a.jobs.busy());
+    let app = h.state();
+    assert!(
+        app.messages.iter().any(|m| m.text == "cancelled"),
+        "{:?}",
+        app.messages
+    );
+    assert!(app.jobs.results.as_ref().is_none_or(|r| !r.ready(0)));
+    assert_eq!(app.doc.as_ref().unwrap().image, original);
+}
+
+#[test]
+fn bad_images_show_an_error_and_keep_the_document() {
+    let s = Setup::new();
+    let mut h = harness(s.options(None));
+    h.step();
+    h.get_by_label_contains("No model").hover();
+    let (path, original) = s.image("ok.png", 20, 10);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    let corrupt = s.dir.path().join("corrupt.png");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&corrupt, &bytes).unwrap();
+    open_via_dialog(&mut h, &s.dialogs, &corrupt);
+    assert_eq!(h.state().errors().len(), 1, "{:?}", h.state().errors());
+    h.get_by_label_contains("corrupt.png");
+    let (huge, _) = s.image("huge.png", 16385, 1);
+    open_via_dialog(&mut h, &s.dialogs, &huge);
+    assert!(h.state().errors().iter().any(|e| e.contains("16384")));
+    // A failed model load is reported too; the app stays up.
+    h.state_mut().load_model(Path::new("/nonexistent/model"));
+    run_until(&mut h, "the model error", |a| a.model.loading.is_none());
+    assert!(h.state().model.error.is_some());
+    assert_eq!(h.state().doc.as_ref().unwrap().image, original);
+    h.get_by_label("Dismiss").click();
+    h.step();
+    assert!(h.state().errors().is_empty());
+}
+
+#[test]
+fn autosave_writes_a_recovery_project_that_restores() {
+    let s = Setup::new();
+    let mut opts = s.options(None);
+    opts.autosave_every = Duration::ZERO;
+    let mut h = harness(opts);
+    let (path, _) = s.image("b.png", 30, 20);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    paint_stroke(&mut h);
+    let rev = h.state().doc.as_ref().unwrap().revision;
+    run_until(&mut h, "the autosave", |a| {
+        !a.background_busy() && !a.unsaved_since_autosave()
+    });
+    let recovery = s.dir.path().join("data").join(project::RECOVERY_FILE);
+    let p = project::load_project(&recovery).expect("recovery project");
+    {
+        let doc = h.state().doc.as_ref().unwrap();
+        assert_eq!(doc.revision, rev);
+        assert_eq!(p.image, doc.image);
+        assert_eq!(p.mask, doc.mask);
+        assert!(doc.has_mask());
+    }
+    let (image, mask) = (p.image, p.mask);
+    drop(h); // "crash": no clean exit ran
+
+    let mut h = harness(s.options(None));
+    h.step();
+    h.get_by_label("Restore").click();
+    run_until(&mut h, "the restore", |a| {
+        a.doc.is_some() && !a.background_busy()
+    });
+    let doc = h.state().doc.as_ref().unwrap();
+    assert_eq!(doc.image, image);
+    assert_eq!(doc.mask, mask);
+}
+
+#[test]
+fn hotkey_sheet_lists_shortcuts() {
+    let s = Setup::new();
+    let mut h = harness(s.options(None));
+    h.step();
+    h.key_press(egui::Key::F1);
+    h.step();
+    h.get_by_label("Keyboard shortcuts");
+    h.get_by_label("Ctrl+Shift+Z / Ctrl+Y");
+}
+
+#[test]
+fn bare_tessera_opens_the_editor_or_says_why_not() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("edit"));
+    // Without a display the window cannot open: a one-line error, no panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_DATA_HOME", "/nonexistent-tessera-test")
+        .env("XDG_CONFIG_HOME", "/nonexistent-tessera-test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot open the editor window"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn save_asks_before_replacing_and_projects_reopen() {
+    let s = Setup::new();
+    let mut h = harness(s.options(None));
+    let (path, original) = s.image("c.png", 24, 16);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    h.state_mut()
+        .mask_op(tessera::editor::mask_ops::GlobalOp::SelectAll);
+    // Exporting over the source image asks first; Cancel keeps the file.
+    s.dialogs.answer(&path);
+    h.state_mut().ask(Purpose::SaveImage);
+    run_until(&mut h, "the dialog", |a| a.confirm.is_some());
+    h.get_by_label("Cancel").click();
+    h.step();
+    assert!(h.state().confirm.is_none());
+    // A project to a new path, then reopened.
+    let proj = s.dir.path().join("c.tessera");
+    s.dialogs.answer(&proj);
+    h.state_mut().ask(Purpose::SaveProject);
+    run_until(&mut h, "the save", |a| !a.background_busy());
+    assert!(!h.state().unsaved(), "{:?}", h.state().errors());
+    let p = project::load_project(&proj).unwrap();
+    assert_eq!(p.image, original);
+    assert!(p.mask.pixels().all(|m| m.0[0] == 255));
+    // Saving again to it asks; Replace writes.
+    s.dialogs.answer(&proj);
+    h.state_mut().ask(Purpose::SaveProject);
+    run_until(&mut h, "the dialog", |a| a.confirm.is_some());
+    h.get_by_label("Replace").click();
+    h.step();
+    run_until(&mut h, "the save", |a| !a.background_busy());
+    assert!(h.state().errors().is_empty(), "{:?}", h.state().errors());
+    // PNG export keeps the parameters in tEXt chunks.
+    let out = s.dir.path().join("out.png");
+    s.dialogs.answer(&out);
+    h.state_mut().ask(Purpose::SaveImage);
+    run_until(&mut h, "the export", |a| {
+        !a.background_busy() && out.exists()
+    });
+    let text = tessera::editor::files::read_png_text(&out);
+    assert!(
+        text.iter().any(|(k, _)| k == "tessera:generations"),
+        "{text:?}"
+    );
+    assert_eq!(tessera::editor::files::load_image(&out).unwrap(), original);
+}
