@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tessera_engine::inpaint::WindowOptions;
-use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
+use tessera_engine::loader::card::{Condition, Conditioning, ModelCard, class_prompt};
 use tessera_engine::pipeline::{ChainRequest, default_chains};
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::text::PromptTokenizer;
@@ -146,6 +146,11 @@ impl GenSettings {
                     self.class = Some(0);
                 }
             }
+            Conditioning::Text { class_names, .. } => {
+                if self.class.is_some_and(|c| c >= class_names.len()) {
+                    self.class = None;
+                }
+            }
             _ => self.class = None,
         }
     }
@@ -198,12 +203,18 @@ impl GenSettings {
         match &card.conditioning {
             Conditioning::None => Ok(Condition::None),
             Conditioning::Class { .. } => Ok(self.class.map_or(Condition::None, Condition::Class)),
-            Conditioning::Text { .. } => {
-                if self.prompt.trim().is_empty() {
+            Conditioning::Text { class_names, .. } => {
+                // A text model with class words takes the category as the prompt's first word.
+                let class = self
+                    .class
+                    .and_then(|c| class_names.get(c))
+                    .map(String::as_str);
+                let prompt = class_prompt(class, &self.prompt);
+                if prompt.is_empty() {
                     return Ok(Condition::None);
                 }
                 let tok = tokenizer.ok_or("the model's tokenizer is not loaded")?;
-                let enc = tok.encode(&self.prompt).map_err(|e| e.to_string())?;
+                let enc = tok.encode(&prompt).map_err(|e| e.to_string())?;
                 Ok(Condition::Text(enc.ids))
             }
         }

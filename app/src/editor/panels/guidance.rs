@@ -28,7 +28,16 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             class_names,
             null_class,
         } => class_picker(app, ui, *n_classes, class_names, null_class.is_some()),
-        Conditioning::Text { context_len, .. } => prompt_box(app, ui, *context_len),
+        Conditioning::Text {
+            context_len,
+            class_names,
+            ..
+        } => {
+            prompt_box(app, ui, *context_len);
+            if !class_names.is_empty() {
+                class_picker(app, ui, class_names.len(), class_names, true);
+            }
+        }
     }
     ui.separator();
     let s = &mut app.settings;
