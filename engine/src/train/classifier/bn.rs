@@ -8,17 +8,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-const EPS: f64 = 1e-5;
+use crate::nn::grad::f32_slice;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("bn_silu: expected f32");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("bn_silu: expected a contiguous tensor");
-    };
-    Ok(&v[a..b])
-}
+const EPS: f64 = 1e-5;
 
 /// Mean and 1/√(biased variance + ε) of one row.
 fn row_stats(row: &[f32]) -> (f64, f64) {
@@ -54,7 +46,11 @@ impl CustomOp3 for BnSiluTrain {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, n) = l1.shape().dims2()?;
-        let (y, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (y, gamma, beta) = (
+            f32_slice(s1, l1, "bn_silu")?,
+            f32_slice(s2, l2, "bn_silu")?,
+            f32_slice(s3, l3, "bn_silu")?,
+        );
         let mut out = vec![0f32; c * n];
         out.par_chunks_mut(n).enumerate().for_each(|(ci, dst)| {
             let row = &y[ci * n..(ci + 1) * n];

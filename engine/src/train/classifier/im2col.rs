@@ -12,15 +12,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: expected f32");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op}: expected a contiguous tensor");
-    };
-    Ok(&v[a..b])
-}
+use crate::nn::grad::f32_slice;
 
 /// (C, B, H, W) → (9C, B·H·W): row `c·9 + ky·3 + kx` holds the input shifted by
 /// `(ky − 1, kx − 1)`, zero outside.

@@ -3,12 +3,12 @@
 //! and `randint(0, K)`, the posterior q(x_{t−1} | x_t, x_0) as the soft target, and the loss
 //! `α·KL(q ‖ p) + (1 − α)·CE(p, x_{t−1})` as one weighted negative log-likelihood.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::nn::grad::f32_slice;
 use crate::schedule::Schedule;
 
 /// Runs the forward chain on every grid of `x0` up to level `t` (≥ 1) and returns
@@ -99,16 +99,6 @@ pub struct SoftTargetNll;
 /// Rows per parallel task.
 const ROWS: usize = 32;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("soft-target loss: inputs must be contiguous")
-    };
-    match s {
-        CpuStorage::F32(v) => Ok(&v[a..b]),
-        other => candle_core::bail!("soft-target loss: f32 expected, got {:?}", other.dtype()),
-    }
-}
-
 /// `log Σ exp(z)` of one row.
 fn logsumexp(z: &[f32]) -> f32 {
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -128,7 +118,10 @@ impl CustomOp2 for SoftTargetNll {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (z, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (z, w) = (
+            f32_slice(s1, l1, "soft-target loss")?,
+            f32_slice(s2, l2, "soft-target loss")?,
+        );
         let Some(&k) = l1.shape().dims().last() else {
             candle_core::bail!("soft-target loss: scalar logits")
         };

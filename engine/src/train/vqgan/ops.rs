@@ -7,7 +7,8 @@
 //! convolution, one call per channel, so upsampling is a broadcast here (its backward is a sum).
 //! GroupNorm and softmax are written from primitive ops, which all have a backward pass.
 
-use candle_core::{CpuStorage, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
+use crate::nn::grad::tensor_of;
+use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
 
 /// Parameters of a convolution: weight (out, in, k, k) and bias (out), as `torch.nn.Conv2d`.
 #[derive(Clone)]
@@ -46,15 +47,6 @@ struct SameConv {
     pad: usize,
 }
 
-/// A tensor copy of contiguous f32 CPU storage.
-fn storage_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    let v = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu),
-        None => candle_core::bail!("conv: expected a contiguous input"),
-    }
-}
-
 impl CustomOp2 for SameConv {
     fn name(&self) -> &'static str {
         "tessera-same-conv2d"
@@ -67,7 +59,8 @@ impl CustomOp2 for SameConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let y = storage_tensor(s1, l1)?.conv2d(&storage_tensor(s2, l2)?, self.pad, 1, 1, 1)?;
+        let y =
+            tensor_of(s1, l1, "conv")?.conv2d(&tensor_of(s2, l2, "conv")?, self.pad, 1, 1, 1)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
     }
@@ -147,7 +140,7 @@ mod tests {
 
     #[test]
     fn same_conv_gradients_match_candle() -> Result<()> {
-        let dev = Device::Cpu;
+        let dev = candle_core::Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 4, 6, 5), &dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 4, 3, 3), &dev)?)?;
         let target = Tensor::randn(0f32, 1., (2, 3, 6, 5), &dev)?;
