@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use tessera::editor::files::write_atomic;
 use tessera_engine::train::data::{EmojiSet, LoadOptions};
 use tessera_engine::train::recipe::{self, Recipe, TrainEvent};
 
@@ -296,7 +297,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let mut value = serde_json::to_value(&report)?;
         value["classifier_clean_accuracy"] = check.accuracy.into();
-        crate::cli::write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+        write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())
+            .map_err(anyhow::Error::msg)?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.sheet {
@@ -310,7 +312,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         )?;
         let mut png = Vec::new();
         sheet.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        crate::cli::write_atomic(path, &png)?;
+        write_atomic(path, &png).map_err(anyhow::Error::msg)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

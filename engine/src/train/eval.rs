@@ -94,33 +94,53 @@ pub struct GuidanceReport {
     pub uncond_acc: f64,
 }
 
-/// One inpainting of a 64-px scene at the model's resolution.
-fn inpaint_scene(
-    model: &Model,
-    scene: &Scene,
-    mask: &GrayImage,
-    cond: Condition,
-    scale: f32,
-    seed: u64,
-) -> Result<RgbImage> {
-    let card = &model.card;
-    let res = card.resolution() as u32;
-    let grid = (card.n_positions() as f64).sqrt() as usize;
-    if scene.image.dimensions() != (res, res) {
-        return Err(Error::Input(format!(
-            "scenes are {}×{} px but the model works at {res} px",
-            scene.image.width(),
-            scene.image.height()
-        )));
+/// A scene with its mask, encoded once and inpainted under several conditions.
+struct Masked<'a> {
+    scene: &'a Scene,
+    mask: GrayImage,
+    window: Window,
+    known: Vec<Option<u32>>,
+}
+
+impl<'a> Masked<'a> {
+    /// Encodes `scene` (which must be at the model's resolution) and marks the tokens `mask`
+    /// touches for regeneration.
+    fn new(model: &Model, scene: &'a Scene, mask: GrayImage) -> Result<Self> {
+        let card = &model.card;
+        let res = card.resolution() as u32;
+        let grid = (card.n_positions() as f64).sqrt() as usize;
+        if scene.image.dimensions() != (res, res) {
+            return Err(Error::Input(format!(
+                "scenes are {}×{} px but the model works at {res} px",
+                scene.image.width(),
+                scene.image.height()
+            )));
+        }
+        let window = Window::covering(res, res);
+        let x = batch_to_tensor(std::slice::from_ref(&scene.image), &model.device)?;
+        let x0: Vec<u32> = model.vqgan.encode_tokens(&x)?.flatten_all()?.to_vec1()?;
+        let regen = token_mask(&mask, &window, grid, 0.0);
+        Ok(Self {
+            scene,
+            known: known_tokens(&x0, &regen),
+            mask,
+            window,
+        })
     }
-    let window = Window::covering(res, res);
-    let x = batch_to_tensor(std::slice::from_ref(&scene.image), &model.device)?;
-    let x0: Vec<u32> = model.vqgan.encode_tokens(&x)?.flatten_all()?.to_vec1()?;
-    let regen = token_mask(mask, &window, grid, 0.0);
-    let req = request(model, cond, scale, seed, Some(known_tokens(&x0, &regen)));
-    let grids = run_chain(model, &req, &mut Silent)?;
-    let generated = decode(model, &grids.last().expect("x_0")[0])?;
-    Ok(composite(&scene.image, mask, &window, &generated, 0))
+
+    /// One inpainting under `cond`.
+    fn fill(&self, model: &Model, cond: Condition, scale: f32, seed: u64) -> Result<RgbImage> {
+        let req = request(model, cond, scale, seed, Some(self.known.clone()));
+        let grids = run_chain(model, &req, &mut Silent)?;
+        let generated = decode(model, &grids.last().expect("x_0")[0])?;
+        Ok(composite(
+            &self.scene.image,
+            &self.mask,
+            &self.window,
+            &generated,
+            0,
+        ))
+    }
 }
 
 fn request(
@@ -241,7 +261,7 @@ pub fn evaluate(
     for (i, scene) in gscenes.iter().enumerate() {
         let want = rng.random_range(0..classes);
         let prompt = &names[want][rng.random_range(0..names[want].len())];
-        let mask = scene_mask(scene, SceneMask::Item(0));
+        let masked = Masked::new(model, scene, scene_mask(scene, SceneMask::Item(0)))?;
         let kinds = [
             condition_of(card, None, want, "")?,
             condition_of(card, tokenizer, usize::MAX, prompt)?,
@@ -253,7 +273,7 @@ pub fn evaluate(
             } else {
                 cfg.guidance_scale
             };
-            let out = inpaint_scene(model, scene, &mask, cond, scale, cfg.seed + i as u64)?;
+            let out = masked.fill(model, cond, scale, cfg.seed + i as u64)?;
             let x = batch_to_tensor(&[out], &dev)?;
             if classifier.predict(&x)?[0] == want {
                 hits[k] += 1;
@@ -303,10 +323,9 @@ pub fn evaluate(
         let fscenes = val.scenes(cfg.seed ^ 3, 0, cfg.fid, res);
         for (i, scene) in fscenes.iter().enumerate() {
             let mask = scene_mask(scene, SceneMask::Preset(PresetMask::UpperHalf));
-            completions.push(inpaint_scene(
+            let masked = Masked::new(model, scene, mask)?;
+            completions.push(masked.fill(
                 model,
-                scene,
-                &mask,
                 Condition::None,
                 1.0,
                 cfg.seed + 20_000 + i as u64,
@@ -387,25 +406,18 @@ pub fn contact_sheet(
                 *p = Rgb([(p.0[0] / 3).saturating_add(170), p.0[1] / 3, p.0[2] / 3]);
             }
         }
+        let target = Masked::new(model, scene, mask)?;
+        let seed = seed + r as u64;
         let cells = [
             masked,
-            inpaint_scene(
+            target.fill(
                 model,
-                scene,
-                &mask,
                 condition_of(card, tokenizer, usize::MAX, &prompt)?,
                 2.0,
-                seed + r as u64,
+                seed,
             )?,
-            inpaint_scene(
-                model,
-                scene,
-                &mask,
-                condition_of(card, None, want, "")?,
-                2.0,
-                seed + r as u64,
-            )?,
-            inpaint_scene(model, scene, &mask, Condition::None, 1.0, seed + r as u64)?,
+            target.fill(model, condition_of(card, None, want, "")?, 2.0, seed)?,
+            target.fill(model, Condition::None, 1.0, seed)?,
         ];
         for (c, img) in cells.iter().enumerate() {
             let big =
