@@ -111,33 +111,43 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
     ui.label(RichText::new("Candidates").strong());
     ui.horizontal_wrapped(|ui| {
         for i in 0..n {
-            let latest: Option<(usize, Arc<RgbImage>)> = match &res.finals[i] {
-                Some(f) => res.levels[i]
-                    .last()
-                    .map(|p| {
-                        // Thumbnail of the final image's window region.
-                        let (x, y) = p.overlay.origin;
-                        let (w, h) = p.overlay.pixels.dimensions();
-                        let w = w.min(f.width().saturating_sub(x));
-                        let h = h.min(f.height().saturating_sub(y));
-                        Arc::new(image::imageops::crop_imm(&**f, x, y, w, h).to_image())
-                    })
-                    .or(Some(f.clone()))
-                    .map(|img| (usize::MAX, img)),
-                None => res.levels[i]
-                    .last()
-                    .map(|p| (res.levels[i].len(), p.overlay.pixels.clone())),
+            // The thumbnail's version: the final image, else the number of levels so far. The
+            // image behind it is only cropped when the cached thumbnail is older.
+            let version = match &res.finals[i] {
+                Some(_) => Some(usize::MAX),
+                None => (!res.levels[i].is_empty()).then_some(res.levels[i].len()),
             };
-            let resp = match latest {
-                Some((version, img)) if img.width() > 0 && img.height() > 0 => {
-                    let tex = thumb(&mut app.thumbs, &ctx, i, version, &img);
-                    ui.add(
-                        egui::Button::image(
-                            egui::Image::new(&tex).max_size(egui::vec2(72.0, 72.0)),
-                        )
+            let cached = version.and_then(|v| {
+                app.thumbs
+                    .map
+                    .get(&i)
+                    .filter(|(cv, _)| *cv == v)
+                    .map(|(_, t)| t.clone())
+            });
+            let tex = cached.or_else(|| {
+                let img: Arc<RgbImage> = match &res.finals[i] {
+                    Some(f) => res.levels[i]
+                        .last()
+                        .map(|p| {
+                            // Thumbnail of the final image's window region.
+                            let (x, y) = p.overlay.origin;
+                            let (w, h) = p.overlay.pixels.dimensions();
+                            let w = w.min(f.width().saturating_sub(x));
+                            let h = h.min(f.height().saturating_sub(y));
+                            Arc::new(image::imageops::crop_imm(&**f, x, y, w, h).to_image())
+                        })
+                        .unwrap_or_else(|| f.clone()),
+                    None => res.levels[i].last()?.overlay.pixels.clone(),
+                };
+                let version = version?;
+                (img.width() > 0 && img.height() > 0)
+                    .then(|| thumb(&mut app.thumbs, &ctx, i, version, &img))
+            });
+            let resp = match tex {
+                Some(tex) => ui.add(
+                    egui::Button::image(egui::Image::new(&tex).max_size(egui::vec2(72.0, 72.0)))
                         .selected(i == selected),
-                    )
-                }
+                ),
                 _ => ui.add(egui::Button::new(format!("#{i}")).selected(i == selected)),
             };
             if resp.on_hover_text(format!("candidate {i}")).clicked() {
