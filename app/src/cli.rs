@@ -253,6 +253,7 @@ pub fn bench_model(model: &Path) -> Result<()> {
             kind,
             chain,
             partial_every: None,
+            preview_max_side: None,
         });
         let mut first_level = None;
         loop {

@@ -423,6 +423,7 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         kind,
         chain,
         partial_every: None,
+        preview_max_side: None,
     });
 
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {

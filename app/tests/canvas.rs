@@ -327,10 +327,7 @@ fn showcase_doc() -> Document {
             image::Rgb([30, 30, 30])
         }
     });
-    doc.overlay = Some(Overlay {
-        pixels: Arc::new(overlay),
-        origin: (120, 8),
-    });
+    doc.overlay = Some(Overlay::at(Arc::new(overlay), (120, 8)));
     let mut touched = vec![false; 64];
     for i in [18, 19, 26, 27, 28, 35] {
         touched[i] = true;

@@ -7,7 +7,8 @@
 //! - [`schedule`]: the multinomial-diffusion schedule (α_t, ᾱ_t);
 //! - [`loader`]: official releases (manifest + YAML + Lightning `.ckpt`) and Tessera's own format;
 //! - [`reference`](crate::reference): comparison against outputs computed by the official implementation;
-//! - [`text`]: prompts → tokenizer ids for text-conditional models.
+//! - [`text`]: prompts → tokenizer ids for text-conditional models;
+//! - [`segment`]: click segmentation (MobileSAM) for the editor's "Select object" tool.
 
 pub mod bench;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod reference;
 pub mod sampler;
 pub mod schedule;
+pub mod segment;
 pub mod text;
 pub mod train;
 pub mod vqgan;

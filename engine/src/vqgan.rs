@@ -60,6 +60,14 @@ pub struct DdConfig {
     /// Dropout probability; inference ignores it.
     #[serde(default)]
     pub dropout: f64,
+    /// Groups of every GroupNorm: taming hard-codes 32; Tessera's own narrow first stage
+    /// (ch = 32) uses fewer, since 32 groups of one channel would be an instance norm.
+    #[serde(default = "default_norm_groups")]
+    pub norm_groups: usize,
+}
+
+fn default_norm_groups() -> usize {
+    32
 }
 
 impl VqganConfig {
@@ -99,10 +107,18 @@ impl VqganConfig {
             // quant_conv takes z_channels inputs, so taming's VQModel cannot run with double_z.
             candle_core::bail!("vqgan: double_z = true is not supported by VQModel");
         }
+        let g = dd.norm_groups;
+        if g == 0 || !dd.ch.is_multiple_of(g) {
+            candle_core::bail!(
+                "vqgan: ch = {} must be a multiple of norm_groups = {g}",
+                dd.ch
+            );
+        }
         for &m in &dd.ch_mult {
-            if m == 0 || !(dd.ch * m).is_multiple_of(32) {
+            if m == 0 || !(dd.ch * m).is_multiple_of(g) {
                 candle_core::bail!(
-                    "vqgan: ch * ch_mult must be a positive multiple of 32 (GroupNorm), got {}",
+                    "vqgan: ch * ch_mult must be a positive multiple of norm_groups = {g} \
+                     (GroupNorm), got {}",
                     dd.ch * m
                 );
             }

@@ -48,6 +48,10 @@ pub struct Job {
     /// Send a partial preview (tokens so far, the rest from the level before) at most this
     /// often while a level is written; `None` sends none.
     pub partial_every: Option<Duration>,
+    /// Previews (levels and partials) wider or taller than this are downscaled on the worker,
+    /// so that a display gets images it can upload at once; `extent` in their events says
+    /// the area of the image they cover. Final images always keep the input's size.
+    pub preview_max_side: Option<u32>,
 }
 
 /// Something the worker reports.
@@ -88,6 +92,9 @@ pub enum Event {
         total: usize,
         /// Approximate preview of candidate 0 (per-code mean colours), in the context window.
         partial: Option<Arc<RgbImage>>,
+        /// Width and height in image pixels that `partial` covers (its own size unless the
+        /// job's `preview_max_side` shrank it).
+        extent: (u32, u32),
     },
     /// A level finished: its tokens and its decoded preview, per candidate.
     Level {
@@ -104,6 +111,9 @@ pub enum Event {
         preview: Arc<RgbImage>,
         /// Top-left of the preview in image coordinates.
         origin: (u32, u32),
+        /// Width and height in image pixels that `preview` covers (its own size unless the
+        /// job's `preview_max_side` shrank it).
+        extent: (u32, u32),
     },
     /// A candidate's final full-size image.
     Candidate {
@@ -377,6 +387,7 @@ impl Worker {
             done: 0,
             total: tokens,
             partial_every: job.partial_every,
+            preview_max_side: job.preview_max_side,
             last_partial: Instant::now(),
             colours: None,
             error: None,
@@ -432,6 +443,7 @@ struct JobObserver<'a> {
     done: usize,
     total: usize,
     partial_every: Option<Duration>,
+    preview_max_side: Option<u32>,
     last_partial: Instant,
     /// Mean colour of each code, for cheap partial previews (computed on first use).
     colours: Option<Vec<[u8; 3]>>,
@@ -439,16 +451,20 @@ struct JobObserver<'a> {
 }
 
 impl JobObserver<'_> {
-    fn preview(&self, generated: RgbImage) -> (RgbImage, (u32, u32)) {
-        match self.context {
+    /// The preview composited into the context window, shrunk to `preview_max_side`; with its
+    /// origin and extent in image pixels.
+    fn preview(&self, generated: RgbImage) -> (RgbImage, (u32, u32), (u32, u32)) {
+        let (img, origin) = match self.context {
             Some(c) => {
                 inpaint::composite_window(&c.image, &c.mask, &c.window, &generated, c.feather)
             }
             None => (generated, (0, 0)),
-        }
+        };
+        let extent = img.dimensions();
+        (shrink(img, self.preview_max_side), origin, extent)
     }
 
-    fn partial(&mut self, grid: &[u32]) -> Result<Arc<RgbImage>> {
+    fn partial(&mut self, grid: &[u32]) -> Result<(Arc<RgbImage>, (u32, u32))> {
         if self.colours.is_none() {
             self.colours = Some(code_colours(self.model)?);
         }
@@ -465,7 +481,22 @@ impl JobObserver<'_> {
                 .unwrap_or([0, 0, 0]);
             image::Rgb(c)
         });
-        Ok(Arc::new(self.preview(img).0))
+        let (img, _, extent) = self.preview(img);
+        Ok((Arc::new(img), extent))
+    }
+}
+
+/// `img` fitted into `max_side`² (aspect kept), or unchanged when it fits.
+fn shrink(img: RgbImage, max_side: Option<u32>) -> RgbImage {
+    let (w, h) = img.dimensions();
+    match max_side {
+        Some(m) if m > 0 && w.max(h) > m => {
+            let s = f64::from(m) / f64::from(w.max(h));
+            let nw = ((f64::from(w) * s).round() as u32).clamp(1, m);
+            let nh = ((f64::from(h) * s).round() as u32).clamp(1, m);
+            image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle)
+        }
+        _ => img,
     }
 }
 
@@ -483,18 +514,18 @@ impl Observer for JobObserver<'_> {
                 if !want && self.done != self.total && !self.done.is_multiple_of(16) {
                     return;
                 }
-                let preview = if want {
+                let (preview, extent) = if want {
                     self.last_partial = Instant::now();
                     match partial.first().map(|g| self.partial(g)) {
-                        Some(Ok(img)) => Some(img),
+                        Some(Ok((img, extent))) => (Some(img), extent),
                         Some(Err(e)) => {
                             self.error = Some(e);
                             return;
                         }
-                        None => None,
+                        None => (None, (0, 0)),
                     }
                 } else {
-                    None
+                    (None, (0, 0))
                 };
                 self.worker.emit(Event::Progress {
                     job: self.id,
@@ -502,12 +533,13 @@ impl Observer for JobObserver<'_> {
                     done: self.done.min(self.total),
                     total: self.total,
                     partial: preview,
+                    extent,
                 });
             }
             Progress::Level { level, grids } => match decode(self.model, grids) {
                 Ok(images) => {
                     for (candidate, (img, tokens)) in images.into_iter().zip(grids).enumerate() {
-                        let (preview, origin) = self.preview(img);
+                        let (preview, origin, extent) = self.preview(img);
                         self.worker.emit(Event::Level {
                             job: self.id,
                             level,
@@ -515,6 +547,7 @@ impl Observer for JobObserver<'_> {
                             tokens: tokens.clone(),
                             preview: Arc::new(preview),
                             origin,
+                            extent,
                         });
                     }
                 }

@@ -25,6 +25,7 @@ fn golden_config() -> VqganConfig {
             num_res_blocks: 1,
             attn_resolutions: vec![8],
             dropout: 0.0,
+            norm_groups: 32,
         },
     }
 }

@@ -65,7 +65,31 @@ fn inpaint_job(card: &ModelCard, image: &RgbImage, mask: &GrayImage, seed: u64, 
         },
         chain,
         partial_every: Some(Duration::ZERO),
+        preview_max_side: None,
     }
+}
+
+/// Level previews with their origin and extent, and the final images, of a finished job.
+type Streamed = (
+    Vec<(Arc<RgbImage>, (u32, u32), (u32, u32))>,
+    Vec<Arc<RgbImage>>,
+);
+
+fn streamed(events: Vec<Event>) -> Streamed {
+    let (mut levels, mut finals) = (Vec::new(), Vec::new());
+    for e in events {
+        match e {
+            Event::Level {
+                preview,
+                origin,
+                extent,
+                ..
+            } => levels.push((preview, origin, extent)),
+            Event::Candidate { image, .. } => finals.push(image),
+            _ => {}
+        }
+    }
+    (levels, finals)
 }
 
 /// Collects a job's events up to its end.
@@ -256,6 +280,7 @@ fn no_model_is_an_error_not_a_hang() {
         kind: JobKind::Sample,
         chain: ChainRequest::new(&card),
         partial_every: None,
+        preview_max_side: None,
     });
     match run_to_end(&engine, h.id).last() {
         Some(Event::Failed { error, .. }) => assert!(error.contains("no model"), "{error}"),
@@ -273,6 +298,7 @@ fn class_conditional_sampling() {
         kind: JobKind::Sample,
         chain,
         partial_every: None,
+        preview_max_side: None,
     });
     let events = run_to_end(&engine, h.id);
     let n = events
@@ -281,4 +307,60 @@ fn class_conditional_sampling() {
         .count();
     assert_eq!(n, 3);
     assert!(matches!(events.last(), Some(Event::Finished { .. })));
+}
+
+/// Previews shrink to `preview_max_side` on the worker and say what they cover; the final
+/// images and the sampled tokens stay the same.
+#[test]
+fn previews_shrink_for_display_and_finals_keep_full_size() {
+    let (mut engine, card) = loaded("uncond_geometric");
+    let image = picture(200, 160);
+    let mask = rect_mask(200, 160, 30, 20, 170, 140);
+    let full = engine.submit(inpaint_job(&card, &image, &mask, 3, 1));
+    let (full_levels, full_finals) = streamed(run_to_end(&engine, full.id));
+    let mut job = inpaint_job(&card, &image, &mask, 3, 1);
+    job.preview_max_side = Some(40);
+    let small = engine.submit(job);
+    let events = run_to_end(&engine, small.id);
+    for e in &events {
+        if let Event::Progress {
+            partial: Some(p),
+            extent,
+            ..
+        } = e
+        {
+            assert!(
+                p.width().max(p.height()) <= 40,
+                "partial {:?}",
+                p.dimensions()
+            );
+            assert!(extent.0 > 40 || extent.1 > 40, "extent {extent:?}");
+        }
+    }
+    let (levels, finals) = streamed(events);
+    assert_eq!(levels.len(), full_levels.len());
+    for ((p, origin, extent), (fp, forigin, fextent)) in levels.iter().zip(&full_levels) {
+        assert_eq!((origin, extent), (forigin, fextent));
+        assert_eq!(
+            *fextent,
+            fp.dimensions(),
+            "unshrunk previews cover their own size"
+        );
+        assert!(
+            fp.width().max(fp.height()) > 40,
+            "the window is larger than the cap"
+        );
+        assert!(
+            p.width().max(p.height()) <= 40,
+            "preview {:?}",
+            p.dimensions()
+        );
+        let aspect = |(w, h): (u32, u32)| f64::from(w) / f64::from(h);
+        assert!((aspect(p.dimensions()) - aspect(*extent)).abs() < 0.1);
+    }
+    assert_eq!(
+        finals, full_finals,
+        "the final images do not depend on the preview size"
+    );
+    assert_eq!(finals[0].dimensions(), image.dimensions());
 }

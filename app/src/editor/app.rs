@@ -21,6 +21,7 @@ use super::history::{Change, History};
 use super::jobs::{Jobs, Outcome};
 use super::mask_ops::{self, GlobalOp};
 use super::project::{self, Autosave, GenRecord, Project};
+use super::segment::{self, SelectState};
 use super::settings::{Config, GenSettings};
 use super::tools::ToolState;
 
@@ -136,6 +137,8 @@ pub struct EditorApp {
     pub history: History,
     /// Mask tools.
     pub tools: ToolState,
+    /// The Select object tool (SAM worker, points, preview).
+    pub select: SelectState,
     /// The canvas widget.
     pub canvas: Canvas,
     /// Canvas display settings.
@@ -174,6 +177,8 @@ pub struct EditorApp {
     done_rx: Receiver<Done>,
     pub(crate) grid_rev: Option<(u64, String)>,
     pub(crate) grid_busy: bool,
+    /// Helper-thread tasks whose result has not been handled yet.
+    pending_tasks: std::sync::atomic::AtomicUsize,
     hover: Option<(u32, u32)>,
     zoom: f32,
     frame_log: Option<(std::io::BufWriter<std::fs::File>, u64)>,
@@ -206,10 +211,12 @@ impl EditorApp {
                 .map(|f| (std::io::BufWriter::new(f), 0))
         });
         let recovery = opts.data_dir.as_deref().and_then(project::find_recovery);
+        let select = SelectState::new(ctx.clone(), segment::default_weights());
         let mut app = Self {
             doc: None,
             history: History::default(),
             tools: ToolState::new(),
+            select,
             canvas,
             canvas_settings: CanvasSettings {
                 mask_colour: egui::Color32::from_rgb(
@@ -247,6 +254,7 @@ impl EditorApp {
             done_rx,
             grid_rev: None,
             grid_busy: false,
+            pending_tasks: Default::default(),
             hover: None,
             zoom: 1.0,
             frame_log,
@@ -292,6 +300,9 @@ impl EditorApp {
     }
 
     pub(crate) fn spawn(&self, name: &str, work: impl FnOnce() -> Done + Send + 'static) {
+        // Counted until `poll` handles the result (sent below, or by the failure path).
+        self.pending_tasks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self.done_tx.clone();
         let ctx = self.ctx.clone();
         let ok = std::thread::Builder::new()
@@ -318,7 +329,10 @@ impl EditorApp {
         self.dialogs.is_open()
             || self.grid_busy
             || self.autosave.as_ref().is_some_and(Autosave::is_writing)
-            || !self.done_rx.is_empty()
+            || self
+                .pending_tasks
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
     }
 
     /// Undoes the last change.
@@ -374,12 +388,17 @@ impl EditorApp {
                 },
             }
         }
+        for (text, error) in self.select.poll(self.doc.as_mut(), &mut self.history) {
+            self.messages.push(Message { text, error });
+        }
         while let Some((purpose, path)) = self.dialogs.poll() {
             if let Some(path) = path {
                 self.dialog_done(purpose, path);
             }
         }
         while let Ok(done) = self.done_rx.try_recv() {
+            self.pending_tasks
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.open_done(done);
         }
         if let Some(a) = &mut self.autosave
@@ -470,6 +489,7 @@ impl EditorApp {
         let ctx = ui.ctx().clone();
         self.poll();
         self.input_files(&ctx);
+        segment::keys(self, &ctx);
         super::panels::shortcuts(self, &ctx);
         super::panels::menu_bar(self, ui);
         super::panels::status_bar(self, ui, self.hover, self.zoom);
@@ -485,6 +505,7 @@ impl EditorApp {
                 for e in out.edits {
                     self.history.push(Change::Mask(e));
                 }
+                segment::canvas_ui(&mut self.select, ui, &self.canvas, doc, &self.tools);
             }
             None => super::panels::welcome(self, ui),
         });
@@ -492,7 +513,7 @@ impl EditorApp {
         let pointer_down = ctx.input(|i| i.pointer.any_down());
         self.tick_grid(pointer_down);
         self.tick_autosave(pointer_down);
-        if self.jobs.busy() || self.background_busy() {
+        if self.jobs.busy() || self.background_busy() || self.select.busy() {
             ctx.request_repaint_after(Duration::from_millis(100));
         }
         let title = format!(

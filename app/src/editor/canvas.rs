@@ -418,6 +418,8 @@ impl Canvas {
                 }
                 None
             }
+            // Clicks of the Select tool are handled by `segment::canvas_ui`.
+            Tool::Select => None,
         };
     }
 
@@ -558,8 +560,8 @@ fn globals(
         Some(o) if layers && gpu.has_overlay_for(doc) => [
             o.origin.0 as f32,
             o.origin.1 as f32,
-            o.pixels.width() as f32,
-            o.pixels.height() as f32,
+            o.extent.0 as f32,
+            o.extent.1 as f32,
         ],
         _ => [0.0; 4],
     };

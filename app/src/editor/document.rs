@@ -87,6 +87,21 @@ pub struct Overlay {
     pub pixels: Arc<RgbImage>,
     /// Top-left of `pixels` in image coordinates.
     pub origin: (u32, u32),
+    /// Width and height in image pixels that `pixels` covers: their own size, or more for
+    /// previews the engine shrank for display.
+    pub extent: (u32, u32),
+}
+
+impl Overlay {
+    /// An overlay shown at its own size.
+    pub fn at(pixels: Arc<RgbImage>, origin: (u32, u32)) -> Self {
+        let extent = pixels.dimensions();
+        Self {
+            pixels,
+            origin,
+            extent,
+        }
+    }
 }
 
 /// The model-token grid over the image: the context window split into `grid`×`grid` cells,
@@ -129,6 +144,17 @@ pub struct Document {
     pub dirty: Dirty,
     /// Increments on every change to image or mask (for autosave and caches).
     pub revision: u64,
+    /// Identifies the image pixels: new for every document and after every image change
+    /// (never after a mask change), unique within the process (for image-only caches such as
+    /// the segmentation embedding).
+    pub image_id: u64,
+}
+
+/// Source of [`Document::image_id`].
+static NEXT_IMAGE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_image_id() -> u64 {
+    NEXT_IMAGE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Document {
@@ -145,6 +171,7 @@ impl Document {
                 mask: PixelRect::full(w, h),
             },
             revision: 0,
+            image_id: next_image_id(),
         }
     }
 
@@ -165,6 +192,7 @@ impl Document {
         let (w, h) = self.size();
         self.dirty.image = self.dirty.image.union(rect.clip(w, h));
         self.revision += 1;
+        self.image_id = next_image_id();
     }
 
     /// Copies the mask values inside `rect` (row-major).

@@ -31,6 +31,8 @@ pub enum Purpose {
     SaveProject,
     /// Choose the output folder for importing the given manifest.
     ImportTo(PathBuf),
+    /// Open the segmentation (MobileSAM) weights for the Select object tool.
+    OpenSegmentWeights,
 }
 
 impl Purpose {
@@ -86,6 +88,9 @@ impl Dialogs for RfdDialogs {
                 .save_file(),
             Purpose::SaveMask => d.add_filter("PNG", &["png"]).save_file(),
             Purpose::SaveProject => d.add_filter("Tessera project", &["tessera"]).save_file(),
+            Purpose::OpenSegmentWeights => d
+                .add_filter("MobileSAM weights", &["safetensors"])
+                .pick_file(),
         }
     }
 }

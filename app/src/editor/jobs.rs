@@ -22,6 +22,11 @@ use super::history::{self, Change};
 use super::project::GenRecord;
 use super::settings::level_name;
 
+/// Largest side of the previews the engine sends while a job runs: enough for a sharp
+/// view of the window on a large screen; bigger windows (on large images) would cost
+/// frames to convert and upload. Final images keep their full size.
+pub const PREVIEW_MAX_SIDE: u32 = 1024;
+
 /// One level's decoded preview of one candidate.
 #[derive(Debug, Clone)]
 pub struct LevelPreview {
@@ -143,10 +148,7 @@ impl Results {
                 match (self.finals.get(self.selected).cloned().flatten(), &last) {
                     // The final image, cropped to the window the previews covered.
                     (Some(img), Some(prev)) => Some(crop_overlay(&img, prev)),
-                    (Some(img), None) => Some(Overlay {
-                        pixels: img,
-                        origin: (0, 0),
-                    }),
+                    (Some(img), None) => Some(Overlay::at(img, (0, 0))),
                     (None, _) => last,
                 }
             }
@@ -159,21 +161,19 @@ impl Results {
     }
 }
 
+/// The final image at full resolution over the area a (possibly shrunk) preview covered.
 fn crop_overlay(full: &Arc<RgbImage>, like: &Overlay) -> Overlay {
     let (x, y) = like.origin;
-    let (w, h) = like.pixels.dimensions();
+    let (w, h) = like.extent;
     if x == 0 && y == 0 && full.dimensions() == (w, h) {
-        return Overlay {
-            pixels: full.clone(),
-            origin: (0, 0),
-        };
+        return Overlay::at(full.clone(), (0, 0));
     }
     let w = w.min(full.width().saturating_sub(x));
     let h = h.min(full.height().saturating_sub(y));
-    Overlay {
-        pixels: Arc::new(image::imageops::crop_imm(&**full, x, y, w, h).to_image()),
-        origin: (x, y),
-    }
+    Overlay::at(
+        Arc::new(image::imageops::crop_imm(&**full, x, y, w, h).to_image()),
+        (x, y),
+    )
 }
 
 /// What happened to a job, for the app to report.
@@ -246,6 +246,7 @@ impl Jobs {
                 done,
                 total,
                 partial,
+                extent,
                 ..
             } => {
                 if let Some(r) = &mut self.running {
@@ -261,6 +262,7 @@ impl Jobs {
                             doc.overlay = Some(Overlay {
                                 pixels: p,
                                 origin: r.origin,
+                                extent,
                             });
                         }
                     }
@@ -272,6 +274,7 @@ impl Jobs {
                 candidate,
                 preview,
                 origin,
+                extent,
                 ..
             } => {
                 if let Some(res) = &mut self.results
@@ -282,6 +285,7 @@ impl Jobs {
                         overlay: Overlay {
                             pixels: preview,
                             origin,
+                            extent,
                         },
                     });
                     refresh = candidate == res.selected;
@@ -472,6 +476,7 @@ impl EditorApp {
             kind,
             chain,
             partial_every: Some(Duration::from_millis(250)),
+            preview_max_side: Some(PREVIEW_MAX_SIDE),
         });
         self.jobs.results = Some(Results::new(handle.id, candidates, record, sample));
         self.jobs.running = Some(Running {

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod mask_ops;
 pub mod panels;
 pub mod project;
+pub mod segment;
 pub mod settings;
 pub mod tools;
 

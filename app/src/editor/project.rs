@@ -439,6 +439,7 @@ impl EditorApp {
                 });
             }
             Purpose::OpenModelFolder | Purpose::OpenManifest => self.load_model(&path),
+            Purpose::OpenSegmentWeights => self.select.load(&path),
             Purpose::ImportTo(_) => {
                 // The picker returns an existing folder; import into a new one inside it.
                 let name: String = self

@@ -1,6 +1,6 @@
 //! The mask tools and their settings: which tool is active, the brush size each tool
 //! remembers, hardness, fill tolerance and lasso fill rule; the palette UI and the hotkeys
-//! (`[` `]` size, B brush, E eraser, U rectangle, L lasso, F fill).
+//! (`[` `]` size, B brush, E eraser, U rectangle, L lasso, F fill, S select object).
 
 use egui::{Key, Modifiers};
 
@@ -19,16 +19,20 @@ pub enum Tool {
     Lasso,
     /// Click to add the region of similar image colour.
     Fill,
+    /// Click objects to select them with SAM, then apply the selection to the mask
+    /// (see [`super::segment`]).
+    Select,
 }
 
 impl Tool {
     /// Every tool, palette order.
-    pub const ALL: [Tool; 5] = [
+    pub const ALL: [Tool; 6] = [
         Tool::Brush,
         Tool::Eraser,
         Tool::Rectangle,
         Tool::Lasso,
         Tool::Fill,
+        Tool::Select,
     ];
 
     /// Name shown in the palette.
@@ -39,6 +43,7 @@ impl Tool {
             Tool::Rectangle => "Rectangle",
             Tool::Lasso => "Lasso",
             Tool::Fill => "Fill",
+            Tool::Select => "Select object",
         }
     }
 
@@ -50,6 +55,7 @@ impl Tool {
             Tool::Rectangle => Key::U,
             Tool::Lasso => Key::L,
             Tool::Fill => Key::F,
+            Tool::Select => Key::S,
         }
     }
 
@@ -61,6 +67,10 @@ impl Tool {
             Tool::Rectangle => "Drag to add a rectangle. Right-drag removes one.",
             Tool::Lasso => "Drag around an area to add it. Right-drag removes.",
             Tool::Fill => "Click to add the area of similar colour. Right-click removes.",
+            Tool::Select => {
+                "Click an object to mask it; right-click (or Alt-click) excludes a point; \
+                 Enter applies, Esc cancels."
+            }
         }
     }
 
@@ -83,7 +93,7 @@ pub struct ToolState {
     /// The active tool.
     pub tool: Tool,
     /// Diameter per tool (image pixels), indexed by `Tool as usize`.
-    sizes: [f32; 5],
+    sizes: [f32; Tool::ALL.len()],
     /// Brush and eraser hardness, 0 (soft) ..= 1 (hard).
     pub hardness: f32,
     /// Fill: largest per-channel colour difference (0–255) that still counts as similar.
@@ -103,7 +113,7 @@ impl ToolState {
     pub fn new() -> Self {
         Self {
             tool: Tool::Brush,
-            sizes: [40.0; 5],
+            sizes: [40.0; Tool::ALL.len()],
             hardness: 1.0,
             tolerance: 32,
             fill_rule: FillRule::NonZero,

@@ -135,41 +135,45 @@ fn compute_dtype(dtype: DType) -> DType {
     }
 }
 
-/// `Normalize`: GroupNorm with 32 groups and eps 1e-6, optionally followed by swish.
+/// `Normalize`: GroupNorm with `norm_groups` groups (32 in every release) and eps 1e-6,
+/// optionally followed by swish.
 pub(crate) struct Norm {
     weight: Tensor,
     bias: Tensor,
+    groups: usize,
 }
 
-const GROUPS: usize = 32;
 const EPS: f64 = 1e-6;
 
 impl Norm {
-    fn new(vb: VarBuilder, c: usize) -> Result<Self> {
-        if !c.is_multiple_of(GROUPS) {
-            candle_core::bail!("vqgan: GroupNorm over {c} channels needs a multiple of {GROUPS}");
+    fn new(vb: VarBuilder, c: usize, groups: usize) -> Result<Self> {
+        if groups == 0 || !c.is_multiple_of(groups) {
+            candle_core::bail!("vqgan: GroupNorm over {c} channels needs a multiple of {groups}");
         }
         Ok(Self {
             weight: vb.get(c, "weight")?,
             bias: vb.get(c, "bias")?,
+            groups,
         })
     }
 
     /// The GroupNorm + swish as per-channel coefficients for a fused convolution (f32 CPU).
     fn prologue(&self, x: &Tensor) -> Result<Option<cpu::Prologue>> {
-        cpu::group_norm_prologue(x, &self.weight, &self.bias, GROUPS, EPS, true)
+        cpu::group_norm_prologue(x, &self.weight, &self.bias, self.groups, EPS, true)
     }
 
     fn forward(&self, x: &Tensor, swish: bool) -> Result<Tensor> {
-        if let Some(y) = cpu::group_norm(x, &self.weight, &self.bias, GROUPS, EPS, swish)? {
+        if let Some(y) = cpu::group_norm(x, &self.weight, &self.bias, self.groups, EPS, swish)? {
             return Ok(y);
         }
         let (b, c, h, w) = x.dims4()?;
         let dtype = x.dtype();
         // Statistics in f32 at least, as torch does for half inputs.
-        let xs = x
-            .to_dtype(compute_dtype(dtype))?
-            .reshape((b, GROUPS, (c / GROUPS) * h * w))?;
+        let xs = x.to_dtype(compute_dtype(dtype))?.reshape((
+            b,
+            self.groups,
+            (c / self.groups) * h * w,
+        ))?;
         let mean = xs.mean_keepdim(2)?;
         let xs = xs.broadcast_sub(&mean)?;
         let var = xs.sqr()?.mean_keepdim(2)?;
@@ -194,16 +198,16 @@ struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, c_in: usize, c_out: usize, g: usize) -> Result<Self> {
         let nin_shortcut = if c_in != c_out {
             Some(Conv::new(vb.pp("nin_shortcut"), c_in, c_out, 1)?)
         } else {
             None
         };
         Ok(Self {
-            norm1: Norm::new(vb.pp("norm1"), c_in)?,
+            norm1: Norm::new(vb.pp("norm1"), c_in, g)?,
             conv1: Conv::new(vb.pp("conv1"), c_in, c_out, 3)?,
-            norm2: Norm::new(vb.pp("norm2"), c_out)?,
+            norm2: Norm::new(vb.pp("norm2"), c_out, g)?,
             conv2: Conv::new(vb.pp("conv2"), c_out, c_out, 3)?,
             nin_shortcut,
         })
@@ -234,9 +238,9 @@ struct AttnBlock {
 }
 
 impl AttnBlock {
-    fn new(vb: VarBuilder, c: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, c: usize, g: usize) -> Result<Self> {
         Ok(Self {
-            norm: Norm::new(vb.pp("norm"), c)?,
+            norm: Norm::new(vb.pp("norm"), c, g)?,
             q: Conv::new(vb.pp("q"), c, c, 1)?,
             k: Conv::new(vb.pp("k"), c, c, 1)?,
             v: Conv::new(vb.pp("v"), c, c, 1)?,
@@ -293,11 +297,11 @@ struct Mid {
 }
 
 impl Mid {
-    fn new(vb: VarBuilder, c: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, c: usize, g: usize) -> Result<Self> {
         Ok(Self {
-            block_1: ResnetBlock::new(vb.pp("block_1"), c, c)?,
-            attn_1: AttnBlock::new(vb.pp("attn_1"), c)?,
-            block_2: ResnetBlock::new(vb.pp("block_2"), c, c)?,
+            block_1: ResnetBlock::new(vb.pp("block_1"), c, c, g)?,
+            attn_1: AttnBlock::new(vb.pp("attn_1"), c, g)?,
+            block_2: ResnetBlock::new(vb.pp("block_2"), c, c, g)?,
         })
     }
 
@@ -319,6 +323,7 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     pub(crate) fn new(vb: VarBuilder, dd: &DdConfig) -> Result<Self> {
+        let g = dd.norm_groups;
         let n_levels = dd.ch_mult.len();
         let conv_in = Conv::new(vb.pp("conv_in"), dd.in_channels, dd.ch, 3)?;
         let mut curr_res = dd.resolution;
@@ -329,10 +334,15 @@ impl Encoder {
             let block_out = dd.ch * mult;
             let (mut blocks, mut attn) = (Vec::new(), Vec::new());
             for i in 0..dd.num_res_blocks {
-                blocks.push(ResnetBlock::new(vb.pp("block").pp(i), block_in, block_out)?);
+                blocks.push(ResnetBlock::new(
+                    vb.pp("block").pp(i),
+                    block_in,
+                    block_out,
+                    g,
+                )?);
                 block_in = block_out;
                 if dd.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in)?);
+                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in, g)?);
                 }
             }
             let resample = if l + 1 != n_levels {
@@ -350,8 +360,8 @@ impl Encoder {
         Ok(Self {
             conv_in,
             down,
-            mid: Mid::new(vb.pp("mid"), block_in)?,
-            norm_out: Norm::new(vb.pp("norm_out"), block_in)?,
+            mid: Mid::new(vb.pp("mid"), block_in, g)?,
+            norm_out: Norm::new(vb.pp("norm_out"), block_in, g)?,
             conv_out: Conv::new(vb.pp("conv_out"), block_in, dd.z_channels, 3)?,
         })
     }
@@ -379,21 +389,27 @@ pub(crate) struct Decoder {
 
 impl Decoder {
     pub(crate) fn new(vb: VarBuilder, dd: &DdConfig) -> Result<Self> {
+        let g = dd.norm_groups;
         let n_levels = dd.ch_mult.len();
         let mut block_in = dd.ch * dd.ch_mult[n_levels - 1];
         let mut curr_res = dd.resolution >> (n_levels - 1);
         let conv_in = Conv::new(vb.pp("conv_in"), dd.z_channels, block_in, 3)?;
-        let mid = Mid::new(vb.pp("mid"), block_in)?;
+        let mid = Mid::new(vb.pp("mid"), block_in, g)?;
         let mut up = Vec::with_capacity(n_levels);
         for l in (0..n_levels).rev() {
             let vb = vb.pp("up").pp(l);
             let block_out = dd.ch * dd.ch_mult[l];
             let (mut blocks, mut attn) = (Vec::new(), Vec::new());
             for i in 0..=dd.num_res_blocks {
-                blocks.push(ResnetBlock::new(vb.pp("block").pp(i), block_in, block_out)?);
+                blocks.push(ResnetBlock::new(
+                    vb.pp("block").pp(i),
+                    block_in,
+                    block_out,
+                    g,
+                )?);
                 block_in = block_out;
                 if dd.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in)?);
+                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in, g)?);
                 }
             }
             let resample = if l != 0 {
@@ -418,7 +434,7 @@ impl Decoder {
             conv_in,
             mid,
             up,
-            norm_out: Norm::new(vb.pp("norm_out"), block_in)?,
+            norm_out: Norm::new(vb.pp("norm_out"), block_in, g)?,
             conv_out: Conv::new(vb.pp("conv_out"), block_in, dd.out_ch, 3)?,
         })
     }

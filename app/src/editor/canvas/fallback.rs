@@ -155,7 +155,7 @@ impl EguiCanvas {
             let (ox, oy) = (o.origin.0 as f32, o.origin.1 as f32);
             let r = Rect::from_min_max(
                 to_screen(ox, oy),
-                to_screen(ox + o.pixels.width() as f32, oy + o.pixels.height() as f32),
+                to_screen(ox + o.extent.0 as f32, oy + o.extent.1 as f32),
             );
             painter.image(tex.id(), r, uv, Color32::WHITE);
         }

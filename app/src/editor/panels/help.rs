@@ -29,7 +29,14 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("Ctrl+D", "clear the mask"),
     ("Ctrl+0 / Ctrl+1", "fit / 100 %"),
     ("wheel, Space+drag", "zoom, pan"),
-    ("B E R L F", "brush, eraser, rectangle, lasso, fill"),
+    (
+        "B E U L F S",
+        "brush, eraser, rectangle, lasso, fill, select object",
+    ),
+    (
+        "S: click / right-click, Enter, Esc",
+        "select object: include / exclude a point, apply, cancel",
+    ),
     ("[ / ]", "smaller / larger brush"),
     ("F1 or ?", "this sheet"),
 ];

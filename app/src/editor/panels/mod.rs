@@ -207,6 +207,9 @@ pub(crate) fn left_panel(app: &mut EditorApp, ui: &mut egui::Ui) {
         .show(ui, |ui| {
             ui.heading("Tools");
             app.tools.ui(ui);
+            if app.tools.tool == crate::editor::tools::Tool::Select {
+                crate::editor::segment::options_ui(app, ui);
+            }
             ui.separator();
             ui.label("Mask");
             mask_menu(app, ui);

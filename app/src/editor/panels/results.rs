@@ -109,40 +109,30 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
     let selected = res.selected;
     let mut select = None;
     ui.label(RichText::new("Candidates").strong());
+    // Thumbnails come from the level previews (already display-sized by the engine; the
+    // final image's window looks the same at 96 px). At most one is remade per frame, so
+    // that events of many candidates arriving together do not stall a frame.
+    let mut budget = 1;
     ui.horizontal_wrapped(|ui| {
         for i in 0..n {
-            // The thumbnail's version: the final image, else the number of levels so far. The
-            // image behind it is only cropped when the cached thumbnail is older.
             let version = match &res.finals[i] {
                 Some(_) => Some(usize::MAX),
                 None => (!res.levels[i].is_empty()).then_some(res.levels[i].len()),
             };
-            let cached = version.and_then(|v| {
-                app.thumbs
-                    .map
-                    .get(&i)
-                    .filter(|(cv, _)| *cv == v)
-                    .map(|(_, t)| t.clone())
-            });
-            let tex = cached.or_else(|| {
-                let img: Arc<RgbImage> = match &res.finals[i] {
-                    Some(f) => res.levels[i]
-                        .last()
-                        .map(|p| {
-                            // Thumbnail of the final image's window region.
-                            let (x, y) = p.overlay.origin;
-                            let (w, h) = p.overlay.pixels.dimensions();
-                            let w = w.min(f.width().saturating_sub(x));
-                            let h = h.min(f.height().saturating_sub(y));
-                            Arc::new(image::imageops::crop_imm(&**f, x, y, w, h).to_image())
-                        })
-                        .unwrap_or_else(|| f.clone()),
-                    None => res.levels[i].last()?.overlay.pixels.clone(),
-                };
-                let version = version?;
-                (img.width() > 0 && img.height() > 0)
-                    .then(|| thumb(&mut app.thumbs, &ctx, i, version, &img))
-            });
+            let cached = app.thumbs.map.get(&i);
+            let fresh = version.is_some_and(|v| cached.is_some_and(|(cv, _)| *cv == v));
+            let mut tex = cached.map(|(_, t)| t.clone());
+            if !fresh && budget > 0 {
+                if let (Some(v), Some(p)) = (version, res.levels[i].last()) {
+                    let img = &p.overlay.pixels;
+                    if img.width() > 0 && img.height() > 0 {
+                        budget -= 1;
+                        tex = Some(thumb(&mut app.thumbs, &ctx, i, v, img));
+                    }
+                }
+            } else if !fresh && version.is_some() {
+                ctx.request_repaint();
+            }
             let resp = match tex {
                 Some(tex) => ui.add(
                     egui::Button::image(egui::Image::new(&tex).max_size(egui::vec2(72.0, 72.0)))

@@ -28,12 +28,12 @@ pub struct NetworkSize {
 impl Default for NetworkSize {
     fn default() -> Self {
         Self {
-            dim: 256,
-            heads: 8,
+            dim: 128,
+            heads: 4,
             dim_head: 32,
-            enc_depth: 4,
-            dec_depth: 4,
-            gpt_layers: 8,
+            enc_depth: 2,
+            dec_depth: 2,
+            gpt_layers: 4,
         }
     }
 }

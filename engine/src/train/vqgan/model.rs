@@ -9,7 +9,6 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use super::ops::{ConvW, NormW, conv2d, group_norm, softmax_last, upsample2};
 use crate::vqgan::{DdConfig, VqganConfig};
 
-const GROUPS: usize = 32;
 const EPS: f64 = 1e-6;
 
 /// `torch.nn.Conv2d` default init: U(±1/√fan_in) for weight and bias.
@@ -25,27 +24,45 @@ pub(crate) fn conv_param(vb: &VarBuilder, c_in: usize, c_out: usize, k: usize) -
     })
 }
 
-fn norm_param(vb: &VarBuilder, c: usize) -> Result<NormW> {
-    Ok(NormW {
-        weight: vb.get_with_hints(c, "weight", Init::Const(1.0))?,
-        bias: vb.get_with_hints(c, "bias", Init::Const(0.0))?,
+/// A GroupNorm's parameters with its group count (`ddconfig.norm_groups`).
+struct Norm {
+    p: NormW,
+    groups: usize,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor, swish: bool) -> Result<Tensor> {
+        group_norm(x, &self.p, self.groups, EPS, swish)
+    }
+}
+
+fn norm_param(vb: &VarBuilder, c: usize, groups: usize) -> Result<Norm> {
+    if groups == 0 || !c.is_multiple_of(groups) {
+        candle_core::bail!("vqgan: GroupNorm over {c} channels needs a multiple of {groups}");
+    }
+    Ok(Norm {
+        p: NormW {
+            weight: vb.get_with_hints(c, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(c, "bias", Init::Const(0.0))?,
+        },
+        groups,
     })
 }
 
 struct ResnetBlock {
-    norm1: NormW,
+    norm1: Norm,
     conv1: ConvW,
-    norm2: NormW,
+    norm2: Norm,
     conv2: ConvW,
     nin_shortcut: Option<ConvW>,
 }
 
 impl ResnetBlock {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, c_in: usize, c_out: usize, g: usize) -> Result<Self> {
         Ok(Self {
-            norm1: norm_param(&vb.pp("norm1"), c_in)?,
+            norm1: norm_param(&vb.pp("norm1"), c_in, g)?,
             conv1: conv_param(&vb.pp("conv1"), c_in, c_out, 3)?,
-            norm2: norm_param(&vb.pp("norm2"), c_out)?,
+            norm2: norm_param(&vb.pp("norm2"), c_out, g)?,
             conv2: conv_param(&vb.pp("conv2"), c_out, c_out, 3)?,
             nin_shortcut: match c_in != c_out {
                 true => Some(conv_param(&vb.pp("nin_shortcut"), c_in, c_out, 1)?),
@@ -55,9 +72,9 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = group_norm(x, &self.norm1, GROUPS, EPS, true)?;
+        let h = self.norm1.forward(x, true)?;
         let h = conv2d(&h, &self.conv1, 1, (1, 1))?;
-        let h = group_norm(&h, &self.norm2, GROUPS, EPS, true)?;
+        let h = self.norm2.forward(&h, true)?;
         let h = conv2d(&h, &self.conv2, 1, (1, 1))?;
         match &self.nin_shortcut {
             Some(s) => conv2d(x, s, 1, (0, 0))? + h,
@@ -67,7 +84,7 @@ impl ResnetBlock {
 }
 
 struct AttnBlock {
-    norm: NormW,
+    norm: Norm,
     q: ConvW,
     k: ConvW,
     v: ConvW,
@@ -75,9 +92,9 @@ struct AttnBlock {
 }
 
 impl AttnBlock {
-    fn new(vb: VarBuilder, c: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, c: usize, g: usize) -> Result<Self> {
         Ok(Self {
-            norm: norm_param(&vb.pp("norm"), c)?,
+            norm: norm_param(&vb.pp("norm"), c, g)?,
             q: conv_param(&vb.pp("q"), c, c, 1)?,
             k: conv_param(&vb.pp("k"), c, c, 1)?,
             v: conv_param(&vb.pp("v"), c, c, 1)?,
@@ -87,7 +104,7 @@ impl AttnBlock {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let n = group_norm(x, &self.norm, GROUPS, EPS, false)?;
+        let n = self.norm.forward(x, false)?;
         let flat = |p: &ConvW| conv2d(&n, p, 1, (0, 0))?.reshape((b, c, h * w));
         let (q, k, v) = (flat(&self.q)?, flat(&self.k)?, flat(&self.v)?);
         let att = (q.transpose(1, 2)?.matmul(&k)? * (c as f64).powf(-0.5))?;
@@ -122,11 +139,11 @@ struct Mid {
 }
 
 impl Mid {
-    fn new(vb: VarBuilder, c: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, c: usize, g: usize) -> Result<Self> {
         Ok(Self {
-            block_1: ResnetBlock::new(vb.pp("block_1"), c, c)?,
-            attn_1: AttnBlock::new(vb.pp("attn_1"), c)?,
-            block_2: ResnetBlock::new(vb.pp("block_2"), c, c)?,
+            block_1: ResnetBlock::new(vb.pp("block_1"), c, c, g)?,
+            attn_1: AttnBlock::new(vb.pp("attn_1"), c, g)?,
+            block_2: ResnetBlock::new(vb.pp("block_2"), c, c, g)?,
         })
     }
 
@@ -140,12 +157,13 @@ struct Encoder {
     conv_in: ConvW,
     down: Vec<Level>,
     mid: Mid,
-    norm_out: NormW,
+    norm_out: Norm,
     conv_out: ConvW,
 }
 
 impl Encoder {
     fn new(vb: VarBuilder, dd: &DdConfig) -> Result<Self> {
+        let g = dd.norm_groups;
         let conv_in = conv_param(&vb.pp("conv_in"), dd.in_channels, dd.ch, 3)?;
         let (mut curr_res, mut block_in) = (dd.resolution, dd.ch);
         let mut down = Vec::new();
@@ -154,10 +172,15 @@ impl Encoder {
             let block_out = dd.ch * mult;
             let (mut blocks, mut attn) = (Vec::new(), Vec::new());
             for i in 0..dd.num_res_blocks {
-                blocks.push(ResnetBlock::new(vb.pp("block").pp(i), block_in, block_out)?);
+                blocks.push(ResnetBlock::new(
+                    vb.pp("block").pp(i),
+                    block_in,
+                    block_out,
+                    g,
+                )?);
                 block_in = block_out;
                 if dd.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in)?);
+                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in, g)?);
                 }
             }
             let resample = if l + 1 != dd.ch_mult.len() {
@@ -180,8 +203,8 @@ impl Encoder {
         Ok(Self {
             conv_in,
             down,
-            mid: Mid::new(vb.pp("mid"), block_in)?,
-            norm_out: norm_param(&vb.pp("norm_out"), block_in)?,
+            mid: Mid::new(vb.pp("mid"), block_in, g)?,
+            norm_out: norm_param(&vb.pp("norm_out"), block_in, g)?,
             conv_out: conv_param(&vb.pp("conv_out"), block_in, dd.z_channels, 3)?,
         })
     }
@@ -196,7 +219,7 @@ impl Encoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        let h = group_norm(&h, &self.norm_out, GROUPS, EPS, true)?;
+        let h = self.norm_out.forward(&h, true)?;
         conv2d(&h, &self.conv_out, 1, (1, 1))
     }
 }
@@ -206,27 +229,33 @@ struct Decoder {
     mid: Mid,
     /// Indexed by level as in the state dict (`up.0` is the full-resolution level).
     up: Vec<Level>,
-    norm_out: NormW,
+    norm_out: Norm,
     conv_out: ConvW,
 }
 
 impl Decoder {
     fn new(vb: VarBuilder, dd: &DdConfig) -> Result<Self> {
+        let g = dd.norm_groups;
         let n_levels = dd.ch_mult.len();
         let mut block_in = dd.ch * dd.ch_mult[n_levels - 1];
         let mut curr_res = dd.resolution >> (n_levels - 1);
         let conv_in = conv_param(&vb.pp("conv_in"), dd.z_channels, block_in, 3)?;
-        let mid = Mid::new(vb.pp("mid"), block_in)?;
+        let mid = Mid::new(vb.pp("mid"), block_in, g)?;
         let mut up = Vec::new();
         for l in (0..n_levels).rev() {
             let vb = vb.pp("up").pp(l);
             let block_out = dd.ch * dd.ch_mult[l];
             let (mut blocks, mut attn) = (Vec::new(), Vec::new());
             for i in 0..=dd.num_res_blocks {
-                blocks.push(ResnetBlock::new(vb.pp("block").pp(i), block_in, block_out)?);
+                blocks.push(ResnetBlock::new(
+                    vb.pp("block").pp(i),
+                    block_in,
+                    block_out,
+                    g,
+                )?);
                 block_in = block_out;
                 if dd.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in)?);
+                    attn.push(AttnBlock::new(vb.pp("attn").pp(i), block_in, g)?);
                 }
             }
             let resample = if l != 0 {
@@ -251,7 +280,7 @@ impl Decoder {
             conv_in,
             mid,
             up,
-            norm_out: norm_param(&vb.pp("norm_out"), block_in)?,
+            norm_out: norm_param(&vb.pp("norm_out"), block_in, g)?,
             conv_out: conv_param(&vb.pp("conv_out"), block_in, dd.out_ch, 3)?,
         })
     }
@@ -264,7 +293,7 @@ impl Decoder {
                 h = conv2d(&upsample2(&h)?, conv, 1, (1, 1))?;
             }
         }
-        let h = group_norm(&h, &self.norm_out, GROUPS, EPS, true)?;
+        let h = self.norm_out.forward(&h, true)?;
         conv2d(&h, &self.conv_out, 1, (1, 1))
     }
 }
