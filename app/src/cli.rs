@@ -236,6 +236,7 @@ pub fn bench_model(model: &Path) -> Result<()> {
                     whole_image: true,
                     ..WindowOptions::default()
                 },
+                start_level: None,
             },
             default_chains(&card),
         ),

@@ -29,6 +29,14 @@ pub struct SamplingArgs {
     /// Text prompt, for models whose card declares a tokenizer.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Negative class (id or part of a name): what --guidance steers away from instead of
+    /// the empty condition. Needs --guidance ≠ 1.
+    #[arg(long)]
+    pub negative_class: Option<String>,
+    /// Negative prompt: what --guidance steers away from instead of the empty prompt. Needs
+    /// --guidance ≠ 1.
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
     /// Seed (same seed, same build and device: same output).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -102,6 +110,15 @@ pub struct InpaintArgs {
     /// Use the whole image as context instead of a window around the mask.
     #[arg(long)]
     pub whole_image: bool,
+    /// Match the fill's colours (per-channel mean and spread) to the pixels around the mask
+    /// before compositing.
+    #[arg(long)]
+    pub colour_match: bool,
+    /// Strength as levels to redo: K in 1..=T starts the chain at level K from the noised
+    /// input (the masked area keeps its coarse structure; 1 = fine detail only). Default: T
+    /// (new content).
+    #[arg(long, value_name = "K")]
+    pub strength: Option<usize>,
 }
 
 /// Largest image the command line accepts (pixels), to fail clearly instead of exhausting memory.
@@ -204,10 +221,22 @@ fn find_class(class_names: &[String], n_classes: usize, c: &str) -> Result<usize
         .ok_or_else(|| anyhow!("no class named `{c}` (give a class id 0..{n_classes})"))
 }
 
-fn condition(card: &ModelCard, model_dir: &Path, args: &SamplingArgs) -> Result<Condition> {
-    match (&card.conditioning, &args.class, &args.prompt) {
+/// The condition of `--class` / `--prompt`, or with `negative` of `--negative-class` /
+/// `--negative-prompt`.
+fn condition(
+    card: &ModelCard,
+    model_dir: &Path,
+    args: &SamplingArgs,
+    negative: bool,
+) -> Result<Condition> {
+    let (class, prompt, neg) = if negative {
+        (&args.negative_class, &args.negative_prompt, "negative-")
+    } else {
+        (&args.class, &args.prompt, "")
+    };
+    match (&card.conditioning, class, prompt) {
         (Conditioning::Class { .. }, Some(_), Some(_)) => {
-            bail!("this model takes a class, not a prompt; drop --prompt")
+            bail!("this model takes a class, not a prompt; drop --{neg}prompt")
         }
         (
             Conditioning::Class {
@@ -229,7 +258,7 @@ fn condition(card: &ModelCard, model_dir: &Path, args: &SamplingArgs) -> Result<
         ) if class.is_some() || prompt.is_some() => {
             let class_name = match class {
                 Some(_) if class_names.is_empty() => {
-                    bail!("this model takes a prompt, not a class; drop --class")
+                    bail!("this model takes a prompt, not a class; drop --{neg}class")
                 }
                 Some(c) => {
                     Some(class_names[find_class(class_names, class_names.len(), c)?].as_str())
@@ -250,8 +279,8 @@ fn condition(card: &ModelCard, model_dir: &Path, args: &SamplingArgs) -> Result<
             }
             Ok(Condition::Text(encoded.ids))
         }
-        (_, Some(_), _) => bail!("this model is not class-conditional; drop --class"),
-        (_, None, Some(_)) => bail!("this model takes no text prompt; drop --prompt"),
+        (_, Some(_), _) => bail!("this model is not class-conditional; drop --{neg}class"),
+        (_, None, Some(_)) => bail!("this model takes no text prompt; drop --{neg}prompt"),
         (_, None, None) => Ok(Condition::None),
     }
 }
@@ -304,8 +333,12 @@ fn chain_request(
 ) -> Result<ChainRequest> {
     let t = card.levels();
     let mut req = ChainRequest::new(card);
-    req.condition = condition(card, model_dir, args)?;
+    req.condition = condition(card, model_dir, args, false)?;
     req.guidance_scale = args.guidance;
+    req.negative = condition(card, model_dir, args, true)?;
+    if req.negative != Condition::None && args.guidance == 1.0 {
+        bail!("--negative-prompt / --negative-class need --guidance other than 1");
+    }
     if args.candidates == 0 || args.candidates > 64 {
         bail!("--candidates must be between 1 and 64");
     }
@@ -411,10 +444,12 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
                 window.token_threshold = t;
             }
             window.whole_image = a.whole_image;
+            window.colour_match = a.colour_match;
             JobKind::Inpaint {
                 image: image.clone(),
                 mask: mask.clone(),
                 window,
+                start_level: a.strength,
             }
         }
         _ => JobKind::Sample,

@@ -256,3 +256,121 @@ fn sample_class_by_name_and_json_progress() {
     ]);
     assert!(!ok && text.contains("0..100"), "{text}");
 }
+
+#[test]
+fn inpaint_colour_match_changes_only_the_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    let mask = dir.path().join("mask.png");
+    write_png(&input, 64, 64, |x, y| [(x * 3) as u8, (y * 4) as u8, 100]);
+    write_png(&mask, 64, 64, |x, y| {
+        if (24..40).contains(&x) && (24..40).contains(&y) {
+            [255; 3]
+        } else {
+            [0; 3]
+        }
+    });
+    let model = golden().join("uncond_geometric");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "inpaint",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            input.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+            "--seed",
+            "7",
+            "--candidates",
+            "1",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, text) = tessera(&args);
+        assert!(ok, "{text}");
+        image::open(&out).unwrap().to_rgb8()
+    };
+    let plain = run("plain.png", &[]);
+    let matched = run("matched.png", &["--colour-match"]);
+    assert_ne!(plain, matched, "--colour-match reaches the job");
+    // Far from the mask nothing changed either way.
+    for (x, y) in [(2, 2), (60, 5), (5, 60)] {
+        assert_eq!(plain.get_pixel(x, y), matched.get_pixel(x, y));
+    }
+}
+
+#[test]
+fn negative_class_and_strength_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = golden().join("class_custom");
+    let sample = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--class",
+            "12",
+            "--seed",
+            "3",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, text) = tessera(&args);
+        (ok.then(|| image::open(&out).unwrap().to_rgb8()), text)
+    };
+    // The model has no null class: guidance needs a negative class.
+    let (img, text) = sample("a.png", &["--guidance", "3"]);
+    assert!(img.is_none(), "{text}");
+    let (a, text) = sample("b.png", &["--guidance", "3", "--negative-class", "5"]);
+    let a = a.unwrap_or_else(|| panic!("{text}"));
+    let (b, text) = sample("c.png", &["--guidance", "3", "--negative-class", "6"]);
+    assert_ne!(Some(a), b, "{text}");
+    // A negative without guidance is an error, not silently ignored.
+    let (img, text) = sample("d.png", &["--negative-class", "5"]);
+    assert!(img.is_none() && text.contains("--guidance"), "{text}");
+    let (img, text) = sample("e.png", &["--guidance", "2", "--negative-prompt", "a cat"]);
+    assert!(
+        img.is_none() && text.contains("--negative-prompt"),
+        "{text}"
+    );
+
+    // --strength K runs only levels K..1.
+    let input = dir.path().join("in.png");
+    let mask = dir.path().join("mask.png");
+    write_png(&input, 64, 64, |x, y| [(x * 3) as u8, (y * 4) as u8, 100]);
+    write_png(&mask, 64, 64, |x, y| {
+        if (16..48).contains(&x) && (16..48).contains(&y) {
+            [255; 3]
+        } else {
+            [0; 3]
+        }
+    });
+    let model = golden().join("uncond_geometric");
+    let out = dir.path().join("s.png");
+    let (ok, text) = tessera(&[
+        "inpaint",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        input.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--strength",
+        "2",
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let started: serde_json::Value = text
+        .lines()
+        .find(|l| l.contains("\"started\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(started["levels"], serde_json::json!([2, 1]));
+}

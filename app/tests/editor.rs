@@ -392,3 +392,279 @@ fn save_asks_before_replacing_and_projects_reopen() {
     );
     assert_eq!(tessera::editor::files::load_image(&out).unwrap(), original);
 }
+
+/// Opens a 40×40 image with the golden model loaded and the whole image masked.
+fn masked_image(s: &Setup) -> Harness<'static, EditorApp> {
+    let mut h = harness(s.options(Some(golden_manifest())));
+    run_until(&mut h, "the golden model", |a| a.model.card.is_some());
+    let (path, _) = s.image("q.png", 40, 40);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    h.state_mut()
+        .mask_op(tessera::editor::mask_ops::GlobalOp::SelectAll);
+    h
+}
+
+#[test]
+fn generate_while_busy_queues_and_all_jobs_finish_in_order() {
+    let s = Setup::new();
+    let mut h = masked_image(&s);
+    let seed0 = {
+        let app = h.state_mut();
+        app.settings.candidates = 1;
+        app.settings.seed_mode = tessera::editor::settings::SeedMode::Increment;
+        app.settings.seed = 100;
+        app.generate();
+        assert!(app.jobs.busy());
+        app.generate();
+        app.generate();
+        assert_eq!(
+            app.jobs.queue.len(),
+            2,
+            "two requests queued behind the running job"
+        );
+        // The queued requests are snapshots: clearing the mask now changes none of them.
+        app.mask_op(tessera::editor::mask_ops::GlobalOp::Clear);
+        assert!(!app.doc.as_ref().unwrap().has_mask());
+        app.jobs.results.as_ref().unwrap().record.settings.seed
+    };
+    h.step();
+    // The queue is shown (panics when the label is missing).
+    h.get_by_label("2 queued");
+    run_until(&mut h, "all three jobs", |a| {
+        !a.jobs.busy() && a.jobs.queue.is_empty()
+    });
+    let app = h.state();
+    let done = app
+        .messages
+        .iter()
+        .filter(|m| m.text.starts_with("done in"))
+        .count();
+    assert_eq!(done, 3, "{:?}", app.messages);
+    assert!(app.errors().is_empty(), "{:?}", app.errors());
+    // The first job's candidates are shown; the others wait their turn, in order.
+    let shown = app.jobs.results.as_ref().expect("results");
+    assert!(shown.ready(0));
+    let seeds: Vec<u64> = std::iter::once(shown)
+        .chain(app.jobs.waiting.iter())
+        .map(|r| r.record.settings.seed)
+        .collect();
+    assert_eq!(seeds, vec![seed0, seed0 + 1, seed0 + 2]);
+    assert!(app.jobs.waiting.iter().all(|r| r.finished && r.ready(0)));
+    // Accepting one shows the next; discarding shows the last.
+    h.state_mut().accept(0);
+    assert_eq!(
+        h.state()
+            .jobs
+            .results
+            .as_ref()
+            .unwrap()
+            .record
+            .settings
+            .seed,
+        seed0 + 1
+    );
+    h.state_mut().discard();
+    assert_eq!(
+        h.state()
+            .jobs
+            .results
+            .as_ref()
+            .unwrap()
+            .record
+            .settings
+            .seed,
+        seed0 + 2
+    );
+    h.state_mut().discard();
+    assert!(h.state().jobs.results.is_none());
+    assert_eq!(h.state().generations.len(), 1);
+}
+
+#[test]
+fn cancel_all_empties_the_queue() {
+    let s = Setup::new();
+    let mut h = masked_image(&s);
+    {
+        let app = h.state_mut();
+        app.settings.candidates = 4;
+        for l in &mut app.settings.levels {
+            l.chains = 50;
+        }
+        app.generate();
+        app.generate();
+        app.generate();
+        app.generate();
+        assert_eq!(app.jobs.queue.len(), 3);
+        app.remove_queued(0);
+        assert_eq!(app.jobs.queue.len(), 2, "one queued request removed");
+    }
+    h.step();
+    h.get_by_label("Cancel all").click();
+    h.step();
+    assert!(
+        h.state().jobs.queue.is_empty(),
+        "cancel all empties the queue"
+    );
+    run_until(&mut h, "the cancellation", |a| !a.jobs.busy());
+    for _ in 0..5 {
+        h.step();
+    }
+    let app = h.state();
+    assert!(!app.jobs.busy(), "no queued job started");
+    assert!(
+        !app.messages.iter().any(|m| m.text.starts_with("done in")),
+        "{:?}",
+        app.messages
+    );
+    assert!(app.messages.iter().any(|m| m.text == "cancelled"));
+}
+
+#[test]
+fn reuse_last_mask_restores_it_as_one_undoable_edit() {
+    let s = Setup::new();
+    let mut h = harness(s.options(Some(golden_manifest())));
+    run_until(&mut h, "the golden model", |a| a.model.card.is_some());
+    let (path, _) = s.image("r.png", 64, 48);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    paint_stroke(&mut h);
+    let mask = h.state().doc.as_ref().unwrap().mask.clone();
+    assert!(h.state().jobs.last_mask.is_none());
+    {
+        let app = h.state_mut();
+        app.settings.candidates = 1;
+        app.generate();
+    }
+    run_until(&mut h, "the job", |a| !a.jobs.busy());
+    h.state_mut().accept(0);
+    h.state_mut()
+        .mask_op(tessera::editor::mask_ops::GlobalOp::Clear);
+    assert!(!h.state().doc.as_ref().unwrap().has_mask());
+    let undo_depth = h.state().history.len();
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::M);
+    h.step();
+    assert_eq!(
+        h.state().doc.as_ref().unwrap().mask,
+        mask,
+        "the last mask is back"
+    );
+    assert_eq!(
+        h.state().history.len(),
+        undo_depth + 1,
+        "one undoable change"
+    );
+    h.state_mut().undo();
+    assert!(
+        !h.state().doc.as_ref().unwrap().has_mask(),
+        "undo reverts it"
+    );
+    h.state_mut().redo();
+    assert_eq!(h.state().doc.as_ref().unwrap().mask, mask);
+    // The project file keeps the last mask.
+    let p = h.state().project().unwrap();
+    let back = project::decode_project(&project::encode_project(&p).unwrap()).unwrap();
+    assert_eq!(back.last_mask.as_ref(), Some(&mask));
+}
+
+#[test]
+fn colour_match_setting_reaches_the_job_options() {
+    use tessera::editor::settings::GenSettings;
+    let mut s = GenSettings::default();
+    assert!(!s.colour_match, "off by default");
+    assert!(!s.window_options().colour_match);
+    s.colour_match = true;
+    assert!(s.window_options().colour_match);
+    // Settings saved before the option existed still load (with it off).
+    let mut v = serde_json::to_value(GenSettings::default()).unwrap();
+    v.as_object_mut().unwrap().remove("colour_match");
+    let old: GenSettings = serde_json::from_value(v).unwrap();
+    assert!(!old.colour_match);
+}
+
+#[test]
+fn negative_and_strength_settings_reach_the_job() {
+    use tessera::editor::settings::GenSettings;
+    use tessera_engine::loader::ModelSource;
+    use tessera_engine::loader::card::Condition;
+
+    // Negative class (class model): only with guidance ≠ 1, then into the chain request.
+    let class = ModelSource::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/class_custom"),
+    )
+    .unwrap();
+    let card = class.card();
+    let mut g = GenSettings::for_card(card);
+    g.class = Some(3);
+    g.negative_class = Some(5);
+    let req = g.chain_request(card, None, 1).unwrap();
+    assert_eq!(
+        req.negative,
+        Condition::None,
+        "kept but unused at guidance 1"
+    );
+    g.guidance_scale = 2.0;
+    let req = g.chain_request(card, None, 1).unwrap();
+    assert_eq!(req.negative, Condition::Class(5));
+    // Negative prompt (text model): encoded with the model's tokenizer, guidance ≠ 1 only.
+    let dir = tempfile::tempdir().unwrap();
+    let tok_path = dir.path().join("tokenizer.json");
+    tessera_engine::text::train_word_level(&["a blue cat on a red apple".to_string()], 1)
+        .unwrap()
+        .save(&tok_path, true)
+        .unwrap();
+    let tok = tessera_engine::text::PromptTokenizer::from_file(&tok_path).unwrap();
+    let mut text_card = card.clone();
+    text_card.conditioning = tessera_engine::loader::card::Conditioning::Text {
+        tokenizer: "tokenizer.json".into(),
+        context_len: 8,
+        token_offset: 0,
+        pad_id: 0,
+        class_names: vec![],
+    };
+    let mut g = GenSettings::for_card(&text_card);
+    g.prompt = "red apple".into();
+    g.negative_prompt = "blue cat".into();
+    let req = g.chain_request(&text_card, Some(&tok), 1).unwrap();
+    assert_eq!(req.negative, Condition::None);
+    g.guidance_scale = 3.0;
+    let req = g.chain_request(&text_card, Some(&tok), 1).unwrap();
+    assert_eq!(
+        req.negative,
+        Condition::Text(tok.encode("blue cat").unwrap().ids)
+    );
+    assert_ne!(req.negative, req.condition);
+
+    // Settings saved before these options existed still load (with them off).
+    let mut v = serde_json::to_value(GenSettings::default()).unwrap();
+    for key in ["negative_prompt", "negative_class", "strength"] {
+        v.as_object_mut().unwrap().remove(key);
+    }
+    let old: GenSettings = serde_json::from_value(v).unwrap();
+    assert_eq!((old.negative_class, old.strength), (None, None));
+    assert!(old.negative_prompt.is_empty());
+
+    // Strength (3-level model, 3 passes per level by default): the preflight counts only the
+    // redone level, the job runs only it, and the history record keeps it.
+    let s = Setup::new();
+    let mut h = masked_image(&s);
+    run_until(&mut h, "the token grid", |a| {
+        a.doc.as_ref().is_some_and(|d| d.token_grid.is_some())
+    });
+    h.state_mut().settings.candidates = 1;
+    let (_, full) = h.state().preflight().expect("preflight");
+    h.state_mut().settings.strength = Some(1);
+    let (_, redo_one) = h.state().preflight().expect("preflight");
+    assert_eq!(redo_one * 3, full);
+    h.state_mut().generate();
+    run_until(&mut h, "the job", |a| !a.jobs.busy());
+    let app = h.state();
+    assert!(app.errors().is_empty(), "{:?}", app.errors());
+    let res = app.jobs.results.as_ref().expect("results");
+    let levels: Vec<usize> = res.levels[0].iter().map(|l| l.level).collect();
+    assert_eq!(levels, [1], "only level 1 ran");
+    assert_eq!(res.record.settings.strength, Some(1));
+    assert!(
+        res.record.summary().contains("redo 1 of 3 levels"),
+        "{}",
+        res.record.summary()
+    );
+}

@@ -1,7 +1,8 @@
 //! The reverse chain: stage T (minGPT) → stage T−1 … → stage 1 (encoder–decoders), producing
 //! x_0 as a grid of remapped tokens, with the official inpainting guide and chains
-//! (imagebart.md §5, §6) and classifier-free guidance for models trained with a dropped
-//! condition.
+//! (imagebart.md §5, §6), classifier-free guidance (against the empty condition for models
+//! trained with a dropped condition, or against a negative condition), and branching from a
+//! given level (e.g. inpainting strength, [`strength_start`]).
 //!
 //! Beyond the official sampler, known tokens are never stepped through one by one: at a known
 //! position the guide allows exactly one token, so each run of known tokens is fed to the
@@ -40,9 +41,18 @@ pub struct ChainRequest {
     /// Class or prompt (must suit the model's conditioning).
     pub condition: Condition,
     /// Classifier-free guidance scale s: logits = uncond + s·(cond − uncond), where uncond
-    /// runs the same network on the prefix of [`Condition::None`]. 1 = off; any other finite
-    /// value ≥ 0 needs a model trained with a dropped condition (else [`Error::Input`]).
+    /// runs the same network on the prefix of [`negative`](Self::negative) (by default
+    /// [`Condition::None`]). 1 = off; any other finite value ≥ 0 needs a negative the model
+    /// takes — for [`Condition::None`], a model trained with a dropped condition (else
+    /// [`Error::Input`]).
     pub guidance_scale: f32,
+    /// The negative condition ("negative prompt"): what guidance steers away from, i.e. the
+    /// condition of the "uncond" branch. [`Condition::None`] (the default) is plain
+    /// classifier-free guidance. Must suit the model's conditioning like `condition`, and is
+    /// only meaningful with guidance: any other value with `guidance_scale == 1` is an
+    /// [`Error::Input`]. With `negative == condition` the guided logits equal the
+    /// conditional ones at every scale (cond − cond = 0).
+    pub negative: Condition,
     /// Number of candidates N (1..=[`MAX_CANDIDATES`]), sampled as one batch.
     pub candidates: usize,
     /// Seed; the same seed gives the same result on the same build and device.
@@ -72,7 +82,7 @@ pub struct Start {
 }
 
 impl ChainRequest {
-    /// Defaults for `card`: no condition, no guidance, one candidate, seed 0, default
+    /// Defaults for `card`: no condition, no guidance (negative: none), one candidate, seed 0, default
     /// [`LevelParams`] per level, temperature at every level, one pass per stage, no known
     /// tokens, start from x_T.
     pub fn new(card: &ModelCard) -> Self {
@@ -80,6 +90,7 @@ impl ChainRequest {
         Self {
             condition: Condition::None,
             guidance_scale: 1.0,
+            negative: Condition::None,
             candidates: 1,
             seed: 0,
             levels: vec![LevelParams::default(); t],
@@ -138,14 +149,25 @@ impl ChainRequest {
                 self.guidance_scale
             ));
         }
+        if self.guidance_scale == 1.0 && self.negative != Condition::None {
+            return bad(
+                "a negative condition is only used with classifier-free guidance: set a \
+                 guidance scale other than 1"
+                    .into(),
+            );
+        }
         for t in 1..=t_max {
             card.prefix(t, &self.condition).map_err(Error::Input)?;
             if self.guidance_scale != 1.0 {
-                card.prefix(t, &Condition::None).map_err(|e| {
-                    Error::Input(format!(
-                        "classifier-free guidance needs a model trained without the \
-                         condition: {e}"
-                    ))
+                card.prefix(t, &self.negative).map_err(|e| {
+                    Error::Input(if self.negative == Condition::None {
+                        format!(
+                            "classifier-free guidance needs a model trained without the \
+                             condition (or a negative condition): {e}"
+                        )
+                    } else {
+                        format!("negative condition: {e}")
+                    })
                 })?;
             }
         }
@@ -216,6 +238,68 @@ pub fn candidate_rng(seed: u64, index: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(index as u64);
     rng
+}
+
+/// The random generator of the strength noise ([`strength_start`]) of candidate `index`:
+/// ChaCha8 keyed by the seed, on a stream apart from every [`candidate_rng`] stream.
+fn strength_rng(seed: u64, index: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream((1u64 << 63) | index as u64);
+    rng
+}
+
+/// "Strength" for inpainting: redo only the last `level` = k levels of the chain, keeping the
+/// structure of what the masked area holds now. Draws x_k ~ q(x_k | x_0) per candidate with
+/// the model's schedule (the forward chain x_0 → … → x_k, [`crate::schedule::forward_chain`]:
+/// a token survives with probability ᾱ_k, otherwise it is a uniform code), seeded from `seed`
+/// and the candidate index on a stream of its own; known positions (`Some` in `known`) keep
+/// their x_0 token, as in the full chain's x_T. Put the result in [`ChainRequest::start`].
+///
+/// `x0` is the encoded context window (all positions, masked ones included). k must be in
+/// 1..=T ([`Error::Input`] otherwise). k = T returns `None` — the full chain: ᾱ_T = 0 makes
+/// x_T uniform noise whatever x_0 is, so the full chain is the same distribution and, with
+/// the same seed, the same result as no strength at all.
+pub fn strength_start(
+    card: &ModelCard,
+    x0: &[u32],
+    known: &[Option<u32>],
+    level: usize,
+    candidates: usize,
+    seed: u64,
+) -> Result<Option<Start>> {
+    let t_max = card.levels();
+    if level == 0 || level > t_max {
+        return Err(Error::Input(format!(
+            "strength: levels to redo must be in 1..={t_max}, got {level}"
+        )));
+    }
+    let p = card.n_positions();
+    if x0.len() != p || known.len() != p {
+        return Err(Error::Input(format!(
+            "strength: x_0 has {} and the mask {} positions, the model has {p}",
+            x0.len(),
+            known.len()
+        )));
+    }
+    if level == t_max {
+        return Ok(None);
+    }
+    let k = card.n_tokens as u32;
+    let grids = (0..candidates)
+        .map(|i| {
+            let mut rng = strength_rng(seed, i);
+            let (_, xk) =
+                crate::schedule::forward_chain(&[x0.to_vec()], level, &card.schedule, k, &mut rng);
+            xk.into_iter()
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .zip(known)
+                .map(|(x, kt)| kt.unwrap_or(x))
+                .collect()
+        })
+        .collect();
+    Ok(Some(Start { level, grids }))
 }
 
 /// What the chain reports while it runs.
@@ -425,16 +509,18 @@ impl Ctx<'_, '_> {
     }
 
     /// The conditioning prefixes of stage t, one per batch row kind: `[cond]` or, with
-    /// guidance, `[cond, uncond]`.
+    /// guidance, `[cond, uncond]` where uncond is the prefix of the request's negative
+    /// condition. Every network input of the uncond rows (the encoder pass, the GPT's KV
+    /// cache) is built from these prefixes.
     fn prefixes(&self, t: usize) -> Result<Vec<Vec<u32>>> {
         let card = &self.model.card;
         let cond = card.prefix(t, &self.req.condition).map_err(Error::Input)?;
         if self.req.guidance_scale == 1.0 {
             return Ok(vec![cond]);
         }
-        let uncond = card.prefix(t, &Condition::None).map_err(Error::Input)?;
+        let uncond = card.prefix(t, &self.req.negative).map_err(Error::Input)?;
         if uncond == cond {
-            // Guidance towards the empty condition is the identity.
+            // uncond + s·(cond − uncond) = cond exactly: guidance is the identity.
             return Ok(vec![cond]);
         }
         Ok(vec![cond, uncond])

@@ -1,6 +1,8 @@
 //! The fixed multinomial-diffusion schedule: how many tokens each level of the forward chain
 //! redraws. Index 0 is the clean grid x_0; index T is pure noise (β_T = 1, ᾱ_T = 0).
 
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// α_t = 1 − β_t and ᾱ_t = ∏_{s≤t} α_s for t = 0..=T, as the checkpoints' `alphats` and
@@ -156,6 +158,35 @@ impl Schedule {
         };
         Some(d(&self.alphats, &other.alphats).max(d(&self.alphacum, &other.alphacum)))
     }
+}
+
+/// Runs the forward chain on every grid of `x0` up to level `t` (≥ 1) and returns
+/// `(x_{t−1}, x_t)`. Each level s redraws every token with probability β_s, the replacement
+/// drawn uniformly from `0..k` (it may equal the old token). Two draws per token and level, in
+/// raster order, grid after grid — the order the pipeline's re-noising uses.
+pub fn forward_chain(
+    x0: &[Vec<u32>],
+    t: usize,
+    schedule: &Schedule,
+    k: u32,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let mut prev = x0.to_vec();
+    let mut cur = x0.to_vec();
+    for s in 1..=t {
+        let beta = schedule.beta(s) as f64;
+        prev.clone_from(&cur);
+        for grid in cur.iter_mut() {
+            for tok in grid.iter_mut() {
+                let redraw = rng.random::<f64>() < beta;
+                let replacement = rng.random_range(0..k);
+                if redraw {
+                    *tok = replacement;
+                }
+            }
+        }
+    }
+    (prev, cur)
 }
 
 #[cfg(test)]

@@ -32,6 +32,12 @@ pub enum JobKind {
         mask: Arc<GrayImage>,
         /// Context window, feather and token threshold.
         window: WindowOptions,
+        /// Strength: `Some(k)` redoes only the last k levels (1..=T) — the chain starts at
+        /// level k from x_k ~ q(x_k | x_0) of the encoded context window
+        /// ([`pipeline::strength_start`], seeded from `chain.seed`), so the masked area keeps
+        /// its coarse structure; 1 changes only fine detail. `None` or T = the full chain (new
+        /// content). Not allowed together with `chain.start`.
+        start_level: Option<usize>,
     },
     /// Sample whole images (unconditional, class or text, as `chain.condition` says).
     Sample,
@@ -329,8 +335,22 @@ impl Worker {
             image,
             mask,
             window,
+            start_level,
         } = &job.kind
         {
+            if start_level.is_some() && chain.start.is_some() {
+                return Err(Error::Input(
+                    "strength (start level) and an explicit chain start exclude each other".into(),
+                ));
+            }
+            if let Some(k) = *start_level
+                && !(1..=card.levels()).contains(&k)
+            {
+                return Err(Error::Input(format!(
+                    "strength: levels to redo must be in 1..={}, got {k}",
+                    card.levels()
+                )));
+            }
             let Some(win) = inpaint::plan_window(image.width(), image.height(), mask, window)
                 .map_err(Error::Input)?
             else {
@@ -353,12 +373,18 @@ impl Worker {
                 inpaint::to_tensor(&inpaint::crop_to_model(image, &win, res), &model.device)?;
             let x0 = model.vqgan.encode_tokens(&crop)?;
             let x0: Vec<u32> = x0.flatten_all()?.to_vec1::<u32>()?;
-            chain.known = Some(inpaint::known_tokens(&x0, &regenerate));
+            let known = inpaint::known_tokens(&x0, &regenerate);
+            if let Some(k) = *start_level {
+                chain.start =
+                    pipeline::strength_start(card, &x0, &known, k, chain.candidates, chain.seed)?;
+            }
+            chain.known = Some(known);
             context = Some(Context {
                 image: image.clone(),
                 mask: mask.clone(),
                 window: win,
                 feather: window.feather_px,
+                colour_match: window.colour_match,
             });
         }
         chain.validate(card)?;
@@ -403,7 +429,10 @@ impl Worker {
         let images = decode(&model, last)?;
         for (index, generated) in images.into_iter().enumerate() {
             let image = match &context {
-                Some(c) => inpaint::composite(&c.image, &c.mask, &c.window, &generated, c.feather),
+                Some(c) => {
+                    let generated = c.matched(generated);
+                    inpaint::composite(&c.image, &c.mask, &c.window, &generated, c.feather)
+                }
                 None => generated,
             };
             self.emit(Event::Candidate {
@@ -424,6 +453,18 @@ struct Context {
     mask: Arc<GrayImage>,
     window: Window,
     feather: u32,
+    colour_match: bool,
+}
+
+impl Context {
+    /// `generated`, colour-matched to the surroundings when the job asked for it.
+    fn matched(&self, generated: RgbImage) -> RgbImage {
+        if !self.colour_match {
+            return generated;
+        }
+        let ring = inpaint::colour_match_ring_px(self.feather);
+        inpaint::match_colours(&self.image, &self.mask, &self.window, &generated, ring)
+    }
 }
 
 fn decode(model: &Model, grids: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
@@ -456,6 +497,7 @@ impl JobObserver<'_> {
     fn preview(&self, generated: RgbImage) -> (RgbImage, (u32, u32), (u32, u32)) {
         let (img, origin) = match self.context {
             Some(c) => {
+                let generated = c.matched(generated);
                 inpaint::composite_window(&c.image, &c.mask, &c.window, &generated, c.feather)
             }
             None => (generated, (0, 0)),

@@ -5,8 +5,9 @@ use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_engine::inpaint::{
-    PresetMask, Window, WindowOptions, composite, composite_window, crop_to_model, from_tensor,
-    known_tokens, plan_window, preset_mask, to_tensor, token_mask,
+    PresetMask, Window, WindowOptions, colour_match_ring_px, composite, composite_window,
+    crop_to_model, from_tensor, known_tokens, match_colours, plan_window, preset_mask, to_tensor,
+    token_mask,
 };
 
 fn random_image(w: u32, h: u32, seed: u64) -> RgbImage {
@@ -722,6 +723,106 @@ fn options_default_and_serde() {
     );
     let parsed: WindowOptions = serde_json::from_str(r#"{"feather_px": 3}"#).unwrap();
     assert_eq!(parsed, WindowOptions { feather_px: 3, ..d });
+    // Colour match is off by default and when absent from older settings files.
+    assert!(!d.colour_match);
+    assert!(!parsed.colour_match);
+    let on: WindowOptions = serde_json::from_str(r#"{"colour_match": true}"#).unwrap();
+    assert_eq!(
+        on,
+        WindowOptions {
+            colour_match: true,
+            ..d
+        }
+    );
+}
+
+/// Mean absolute per-channel difference between `a` and `b` over `pixels`.
+fn mean_error(a: &RgbImage, b: &RgbImage, pixels: &[(u32, u32)]) -> f64 {
+    let mut sum = 0.0;
+    for &(x, y) in pixels {
+        let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
+        for c in 0..3 {
+            sum += (f64::from(p[c]) - f64::from(q[c])).abs();
+        }
+    }
+    sum / (3 * pixels.len()) as f64
+}
+
+#[test]
+fn colour_match_corrects_a_cast_and_keeps_unmasked_pixels() {
+    let (w, h) = (300, 220);
+    let original = smooth_image(w, h);
+    let mask = blob_mask(w, h, 21, 30);
+    let masked = masked_pixels(&mask);
+    let feather = 8;
+    let win = plan_window(w, h, &mask, &WindowOptions::default())
+        .unwrap()
+        .unwrap();
+    // The "generated" window: the original, but with a strong colour cast and lower contrast.
+    let mut generated = crop_to_model(&original, &win, 128);
+    for p in generated.pixels_mut() {
+        let [r, g, b] = p.0;
+        p.0 = [
+            (f32::from(r) * 0.6 + 70.0) as u8,
+            g.saturating_add(35),
+            b.saturating_sub(30),
+        ];
+    }
+    let before = composite(&original, &mask, &win, &generated, feather);
+    let matched = match_colours(
+        &original,
+        &mask,
+        &win,
+        &generated,
+        colour_match_ring_px(feather),
+    );
+    let after = composite(&original, &mask, &win, &matched, feather);
+    let (e0, e1) = (
+        mean_error(&before, &original, &masked),
+        mean_error(&after, &original, &masked),
+    );
+    assert!(e0 > 20.0, "the cast should be visible: {e0}");
+    assert!(e1 < e0 / 4.0, "mean error before {e0}, after {e1}");
+    // Pixels beyond the feather (and outside the window) are bit-identical to the original.
+    let d2 = distance2(&mask);
+    let f2 = u64::from(feather) * u64::from(feather);
+    for y in 0..h {
+        for x in 0..w {
+            if d2[(y * w + x) as usize] > f2 || !in_window(&win, x, y) {
+                assert_eq!(original.get_pixel(x, y), after.get_pixel(x, y), "({x},{y})");
+            }
+        }
+    }
+}
+
+#[test]
+fn colour_match_leaves_matching_content_nearly_unchanged() {
+    let (w, h) = (200, 200);
+    let original = smooth_image(w, h);
+    let mask = blob_mask(w, h, 5, 30);
+    let win = plan_window(w, h, &mask, &WindowOptions::default())
+        .unwrap()
+        .unwrap();
+    let generated = crop_to_model(&original, &win, 64);
+    let matched = match_colours(&original, &mask, &win, &generated, 16);
+    for (a, b) in generated.pixels().zip(matched.pixels()) {
+        for c in 0..3 {
+            assert!(
+                (i32::from(a[c]) - i32::from(b[c])).abs() <= 3,
+                "{a:?} vs {b:?}"
+            );
+        }
+    }
+    // A mask covering everything leaves no reference ring: nothing changes.
+    let full = GrayImage::from_pixel(w, h, Luma([255]));
+    let win = plan_window(w, h, &full, &WindowOptions::default())
+        .unwrap()
+        .unwrap();
+    let generated = random_image(64, 64, 9);
+    assert_eq!(
+        match_colours(&original, &full, &win, &generated, 16),
+        generated
+    );
 }
 
 /// Timing of the worst cases on an 8192² image (run with `--ignored --nocapture`, preferably

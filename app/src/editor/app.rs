@@ -122,7 +122,7 @@ pub enum Confirm {
 /// Work done on helper threads.
 pub(crate) enum Done {
     Image(PathBuf, Result<RgbaImage, String>),
-    Project(PathBuf, Result<Project, String>, bool),
+    Project(PathBuf, Result<Box<Project>, String>, bool),
     Mask(PathBuf, Result<GrayImage, String>),
     Saved(String, PathBuf, Result<(), String>, Option<u64>),
     Imported(PathBuf, Result<(), String>),
@@ -377,15 +377,19 @@ impl EditorApp {
                     self.error(format!("cannot load the model {what}: {error}"));
                     self.model.error = Some(error);
                 }
-                other => match self.jobs.handle(other, self.doc.as_mut()) {
-                    Outcome::None => {}
-                    Outcome::Finished(secs) => {
-                        self.info(format!("done in {}", super::jobs::format_secs(secs)))
+                other => {
+                    match self.jobs.handle(other, self.doc.as_mut()) {
+                        Outcome::None => continue,
+                        Outcome::Finished(secs) => {
+                            self.info(format!("done in {}", super::jobs::format_secs(secs)))
+                        }
+                        Outcome::NoOp(reason) => self.info(format!("nothing to do: {reason}")),
+                        Outcome::Cancelled => self.info("cancelled"),
+                        Outcome::Failed(e) => self.error(format!("the job failed: {e}")),
                     }
-                    Outcome::NoOp(reason) => self.info(format!("nothing to do: {reason}")),
-                    Outcome::Cancelled => self.info("cancelled"),
-                    Outcome::Failed(e) => self.error(format!("the job failed: {e}")),
-                },
+                    // A job ended: start the next queued one.
+                    self.start_next();
+                }
             }
         }
         for (text, error) in self.select.poll(self.doc.as_mut(), &mut self.history) {

@@ -1,10 +1,11 @@
 //! The running job and its results, fed by the engine's events. The UI thread never waits:
 //! events are drained once per frame and only update this state and the document's overlay.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use tessera_engine::worker::{Event, JobHandle, JobId};
 
 use std::path::{Path, PathBuf};
@@ -113,6 +114,9 @@ pub struct Results {
     pub finished: bool,
     /// Whether this was a whole-image sample (the result opens as a new document).
     pub sample: bool,
+    /// The image the job started from (inpainting), so that accepting a candidate changes only
+    /// the pixels the job changed — other accepted results since then stay.
+    pub source: Option<Arc<RgbImage>>,
 }
 
 impl Results {
@@ -127,6 +131,7 @@ impl Results {
             record,
             finished: false,
             sample,
+            source: None,
         }
     }
 
@@ -191,13 +196,47 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// The running job and the current results.
+/// A generation request captured when Generate was pressed: the job (with copies of the image
+/// and mask) and what the results need, so later edits do not change it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The engine job.
+    pub job: Job,
+    /// What produced it (settings with the seed used).
+    pub record: GenRecord,
+    /// Number of candidates.
+    pub candidates: usize,
+    /// Whether it is a whole-image sample.
+    pub sample: bool,
+    /// Origin of partial previews (the context window ∩ image).
+    pub origin: (u32, u32),
+    /// Number of levels of the model.
+    pub model_levels: usize,
+    /// The mask it regenerates (inpainting).
+    pub mask: Option<Arc<GrayImage>>,
+    /// The image it starts from (inpainting).
+    pub source: Option<Arc<RgbImage>>,
+}
+
+/// The running job, the queue behind it and the results.
+///
+/// Queued jobs start one after another. A job started from the queue shows its candidates at
+/// once unless the results panel still holds finished candidates that were neither accepted
+/// nor discarded; then its results wait in [`Jobs::waiting`] and appear, in order, as the
+/// earlier ones are accepted or discarded.
 #[derive(Debug, Default)]
 pub struct Jobs {
     /// The job in progress.
     pub running: Option<Running>,
-    /// Results of the current or last job.
+    /// Results shown in the panel: of the current or last job.
     pub results: Option<Results>,
+    /// Results of later jobs (finished or running) waiting for the shown ones to be accepted or
+    /// discarded.
+    pub waiting: VecDeque<Results>,
+    /// Requests waiting for the running job to end, oldest first.
+    pub queue: VecDeque<Request>,
+    /// The mask of the last job started (for *Reuse last mask*).
+    pub last_mask: Option<Arc<GrayImage>>,
     /// Seconds per token (per candidate) measured on the last finished job.
     pub secs_per_token: Option<f64>,
 }
@@ -206,6 +245,30 @@ impl Jobs {
     /// Whether a job is running.
     pub fn busy(&self) -> bool {
         self.running.is_some()
+    }
+
+    /// Forgets the queue, the waiting results and the last mask (a new document).
+    pub fn forget(&mut self) {
+        self.queue.clear();
+        self.waiting.clear();
+        self.last_mask = None;
+    }
+
+    /// The results of job `id`, shown or waiting.
+    fn results_of(&mut self, id: JobId) -> Option<&mut Results> {
+        if self.results.as_ref().is_some_and(|r| r.job == id) {
+            return self.results.as_mut();
+        }
+        self.waiting.iter_mut().find(|r| r.job == id)
+    }
+
+    /// Drops the results of job `id`; when they were shown, the next waiting ones are shown.
+    fn drop_results(&mut self, id: JobId) {
+        if self.results.as_ref().is_some_and(|r| r.job == id) {
+            self.results = self.waiting.pop_front();
+        } else {
+            self.waiting.retain(|r| r.job != id);
+        }
     }
 
     /// Asks the running job to stop.
@@ -222,8 +285,8 @@ impl Jobs {
             return Outcome::None;
         };
         let ours = self.running.as_ref().is_some_and(|r| r.handle.id == id);
-        let results_ours = self.results.as_ref().is_some_and(|r| r.job == id);
-        if !ours && !results_ours {
+        let shown = self.results.as_ref().is_some_and(|r| r.job == id);
+        if !ours && self.results_of(id).is_none() {
             return Outcome::None; // a stale event of an older job
         }
         let mut outcome = Outcome::None;
@@ -254,10 +317,10 @@ impl Jobs {
                     r.done = done;
                     r.total = total;
                     if let (Some(p), Some(doc)) = (partial, doc) {
-                        let selected0 = self
-                            .results
-                            .as_ref()
-                            .is_none_or(|res| res.selected == 0 && res.view_level.is_none());
+                        let selected0 = match &self.results {
+                            Some(res) => shown && res.selected == 0 && res.view_level.is_none(),
+                            None => self.waiting.is_empty(),
+                        };
                         if selected0 {
                             doc.overlay = Some(Overlay {
                                 pixels: p,
@@ -277,7 +340,7 @@ impl Jobs {
                 extent,
                 ..
             } => {
-                if let Some(res) = &mut self.results
+                if let Some(res) = self.results_of(id)
                     && let Some(list) = res.levels.get_mut(candidate)
                 {
                     list.push(LevelPreview {
@@ -288,54 +351,63 @@ impl Jobs {
                             extent,
                         },
                     });
-                    refresh = candidate == res.selected;
+                    refresh = shown && candidate == res.selected;
                 }
                 if let Some(r) = &mut self.running {
                     r.origin = origin;
                 }
             }
             Event::Candidate { index, image, .. } => {
-                if let Some(res) = &mut self.results
+                if let Some(res) = self.results_of(id)
                     && let Some(slot) = res.finals.get_mut(index)
                 {
                     *slot = Some(image);
-                    refresh = index == res.selected;
+                    refresh = shown && index == res.selected;
                 }
             }
             Event::NoOp { reason, .. } => {
-                self.running = None;
-                self.results = None;
+                if ours {
+                    self.running = None;
+                }
+                self.drop_results(id);
+                refresh = shown;
                 outcome = Outcome::NoOp(reason);
             }
             Event::Finished { secs, .. } => {
-                if let Some(r) = self.running.take()
+                if ours
+                    && let Some(r) = self.running.take()
                     && r.total > 0
                 {
                     self.secs_per_token = Some(secs / r.total as f64);
                 }
-                if let Some(res) = &mut self.results {
+                if let Some(res) = self.results_of(id) {
                     res.finished = true;
                     res.record.secs = secs;
                 }
-                refresh = true;
+                refresh = shown;
                 outcome = Outcome::Finished(secs);
             }
             Event::Cancelled { .. } => {
-                self.running = None;
-                // Keep whatever levels arrived: they can still be viewed, not accepted.
-                if let Some(res) = &mut self.results {
-                    res.finished = true;
-                    if res.level_count() == 0 {
-                        self.results = None;
-                    }
+                if ours {
+                    self.running = None;
                 }
-                refresh = true;
+                // Keep whatever levels arrived: they can still be viewed, not accepted.
+                let empty = self.results_of(id).is_some_and(|res| {
+                    res.finished = true;
+                    res.level_count() == 0
+                });
+                if empty {
+                    self.drop_results(id);
+                }
+                refresh = shown;
                 outcome = Outcome::Cancelled;
             }
             Event::Failed { error, .. } => {
-                self.running = None;
-                self.results = None;
-                refresh = true;
+                if ours {
+                    self.running = None;
+                }
+                self.drop_results(id);
+                refresh = shown;
                 outcome = Outcome::Failed(error);
             }
             Event::ModelLoaded { .. } | Event::ModelFailed { .. } => {}
@@ -408,14 +480,29 @@ impl EditorApp {
     }
 
     /// Builds a job from the document and settings and submits it (a sample job when no
-    /// document is open).
+    /// document is open). While a job runs, the request (settings, image and mask as they are
+    /// now) joins the queue instead and starts when the jobs before it end.
     pub fn generate(&mut self) {
+        let Some(request) = self.request() else {
+            return;
+        };
         if self.jobs.busy() {
-            return self.info("a job is already running");
+            self.jobs.queue.push_back(request);
+            let n = self.jobs.queue.len();
+            return self.info(format!(
+                "queued: {n} job{} waiting",
+                if n == 1 { "" } else { "s" }
+            ));
         }
+        self.start(request, true);
+    }
+
+    /// Snapshots the settings, image and mask into a request; reports why not and returns
+    /// `None` when it cannot generate.
+    fn request(&mut self) -> Option<Request> {
         let Some(card) = self.model.card.clone() else {
-            return self
-                .error("No model — open a model folder or an official release manifest first");
+            self.error("No model — open a model folder or an official release manifest first");
+            return None;
         };
         let seed_before = self.settings.seed;
         let seed = self.settings.take_seed();
@@ -426,15 +513,18 @@ impl EditorApp {
             Ok(c) => c,
             Err(e) => {
                 self.settings.seed = seed_before;
-                return self.error(format!("cannot generate: {e}"));
+                self.error(format!("cannot generate: {e}"));
+                return None;
             }
         };
         let mut origin = (0, 0);
-        let (kind, sample) = match &mut self.doc {
+        let (mut mask, mut source) = (None, None);
+        let (kind, sample) = match &self.doc {
             Some(doc) => {
                 if !doc.has_mask() {
                     self.settings.seed = seed_before;
-                    return self.error("paint a mask over the part to regenerate first");
+                    self.error("paint a mask over the part to regenerate first");
+                    return None;
                 }
                 let window = self.settings.window_options();
                 let (w, h) = doc.size();
@@ -443,13 +533,16 @@ impl EditorApp {
                 {
                     origin = (x, y);
                 }
-                let rgb = image::DynamicImage::ImageRgba8(doc.image.clone()).to_rgb8();
-                doc.overlay = None;
+                let rgb = Arc::new(image::DynamicImage::ImageRgba8(doc.image.clone()).to_rgb8());
+                let m = Arc::new(doc.mask.clone());
+                mask = Some(m.clone());
+                source = Some(rgb.clone());
                 (
                     JobKind::Inpaint {
-                        image: Arc::new(rgb),
-                        mask: Arc::new(doc.mask.clone()),
+                        image: rgb,
+                        mask: m,
                         window,
+                        start_level: self.settings.start_level(card.levels()),
                     },
                     false,
                 )
@@ -458,54 +551,151 @@ impl EditorApp {
         };
         let mut used = self.settings.clone();
         used.seed = seed;
-        let class_name = match (&card.conditioning, used.class) {
+        // What the run used: strength only when inpainting, and only below T.
+        used.strength = if sample {
+            None
+        } else {
+            used.start_level(card.levels())
+        };
+        let class_name_of = |class: Option<usize>| match (&card.conditioning, class) {
             (Conditioning::Class { class_names, .. }, Some(c)) => {
                 Some(class_names.get(c).cloned().unwrap_or_else(|| c.to_string()))
             }
             _ => None,
         };
+        let class_name = class_name_of(used.class);
+        let negative_class_name = if used.guidance_scale != 1.0 {
+            class_name_of(used.negative_class)
+        } else {
+            None
+        };
         let record = GenRecord {
             model: card.name.clone(),
             settings: used,
             class_name,
+            negative_class_name,
             candidate: 0,
             secs: 0.0,
         };
         let candidates = chain.candidates;
-        let handle = self.engine.submit(Job {
-            kind,
-            chain,
-            partial_every: Some(Duration::from_millis(250)),
-            preview_max_side: Some(PREVIEW_MAX_SIDE),
-        });
-        self.jobs.results = Some(Results::new(handle.id, candidates, record, sample));
+        Some(Request {
+            job: Job {
+                kind,
+                chain,
+                partial_every: Some(Duration::from_millis(250)),
+                preview_max_side: Some(PREVIEW_MAX_SIDE),
+            },
+            record,
+            candidates,
+            sample,
+            origin,
+            model_levels: card.levels(),
+            mask,
+            source,
+        })
+    }
+
+    /// Submits `request`. Its results replace the shown ones when `replace` is set or when
+    /// the shown ones have nothing left to review; otherwise they wait their turn.
+    fn start(&mut self, request: Request, replace: bool) {
+        let handle = self.engine.submit(request.job);
+        let mut results = Results::new(
+            handle.id,
+            request.candidates,
+            request.record,
+            request.sample,
+        );
+        results.source = request.source;
+        let pending = self
+            .jobs
+            .results
+            .as_ref()
+            .is_some_and(|r| r.finished && r.finals.iter().any(Option::is_some));
+        if replace || !pending {
+            self.jobs.results = Some(results);
+            self.thumbs.clear();
+            if let Some(doc) = &mut self.doc {
+                doc.overlay = None;
+            }
+        } else {
+            self.jobs.waiting.push_back(results);
+        }
+        if request.mask.is_some() {
+            self.jobs.last_mask = request.mask;
+        }
         self.jobs.running = Some(Running {
             handle,
             levels: Vec::new(),
-            model_levels: card.levels(),
+            model_levels: request.model_levels,
             total: 0,
             done: 0,
             level: None,
             estimate_secs: None,
             started: Instant::now(),
-            origin,
+            origin: request.origin,
             cancelling: false,
         });
-        self.thumbs.clear();
     }
 
-    /// Cancels the running job.
+    /// Starts the next queued request when no job runs (called after each job ends).
+    pub(crate) fn start_next(&mut self) {
+        if self.jobs.busy() {
+            return;
+        }
+        if let Some(request) = self.jobs.queue.pop_front() {
+            self.start(request, false);
+        }
+    }
+
+    /// Cancels the running job; the next queued one then starts.
     pub fn cancel(&mut self) {
         self.jobs.cancel();
     }
 
-    /// Tokens the current mask would regenerate × passes × candidates (the preflight).
+    /// Empties the queue and cancels the running job.
+    pub fn cancel_all(&mut self) {
+        self.jobs.queue.clear();
+        self.jobs.cancel();
+    }
+
+    /// Removes queued request `i` (0 = the next to start).
+    pub fn remove_queued(&mut self, i: usize) {
+        self.jobs.queue.remove(i);
+    }
+
+    /// Restores the mask of the last job started, as one undoable edit (e.g. after accepting a
+    /// result, to run again on the same area).
+    pub fn reuse_last_mask(&mut self) {
+        let Some(mask) = self.jobs.last_mask.clone() else {
+            return self.info("no generation has run on this image yet");
+        };
+        let Some(doc) = &mut self.doc else { return };
+        if mask.dimensions() != doc.size() {
+            return self.info("the last mask does not fit this image");
+        }
+        match super::mask_ops::restore_mask(doc, &mask) {
+            Some(edit) => self.history.push(Change::Mask(edit)),
+            None => self.info("the mask already is the last mask"),
+        }
+    }
+
+    /// Shows the next waiting results (after the shown ones were accepted or discarded).
+    fn show_next_results(&mut self) {
+        self.jobs.results = self.jobs.waiting.pop_front();
+        self.thumbs.clear();
+        if let Some(doc) = &mut self.doc {
+            doc.overlay = self.jobs.results.as_ref().and_then(Results::overlay);
+        }
+    }
+
+    /// Tokens the current mask would regenerate × passes × candidates (the preflight); the
+    /// passes of the levels the strength redoes only.
     pub fn preflight(&self) -> Option<(usize, usize)> {
         let grid = self.doc.as_ref()?.token_grid.as_ref()?;
         let masked = grid.touched.iter().filter(|&&t| t).count();
         Some((
             masked,
-            masked * self.settings.passes() * self.settings.candidates,
+            masked * self.settings.inpaint_passes() * self.settings.candidates,
         ))
     }
 
@@ -520,8 +710,9 @@ impl EditorApp {
         let mut record = res.record.clone();
         record.candidate = i;
         let sample = res.sample;
+        let source = res.source.clone();
         self.jobs.results = None;
-        self.thumbs.clear();
+        self.show_next_results();
         if sample || self.doc.is_none() {
             let rgba = image::DynamicImage::ImageRgb8((*img).clone()).to_rgba8();
             self.set_document(rgba, None);
@@ -529,7 +720,10 @@ impl EditorApp {
             return;
         }
         let Some(doc) = &mut self.doc else { return };
-        doc.overlay = None;
+        let img = match source {
+            Some(src) => merge_changes(doc, &src, &img),
+            None => img,
+        };
         match history::diff_image(doc, &img, format!("accept candidate {i}")) {
             Some(edit) => {
                 history::apply_image_edit(doc, &edit, true);
@@ -541,16 +735,15 @@ impl EditorApp {
         }
     }
 
-    /// Drops the results.
+    /// Drops the shown results (cancelling their job if it still runs); the next waiting
+    /// results, if any, are shown.
     pub fn discard(&mut self) {
-        if self.jobs.busy() {
+        let shown = self.jobs.results.as_ref().map(|r| r.job);
+        if self.jobs.running.as_ref().map(|r| r.handle.id) == shown || shown.is_none() {
             self.cancel();
         }
         self.jobs.results = None;
-        self.thumbs.clear();
-        if let Some(doc) = &mut self.doc {
-            doc.overlay = None;
-        }
+        self.show_next_results();
     }
 
     /// Restores the settings of an accepted generation (same seed) and runs it again.
@@ -586,6 +779,29 @@ impl EditorApp {
             }
         }
     }
+}
+
+/// `candidate` (made from `source`) applied to the document's current image: only the pixels
+/// where the candidate differs from its source change, so results accepted since the job
+/// started stay. `candidate` itself when the sizes differ.
+fn merge_changes(doc: &Document, source: &RgbImage, candidate: &Arc<RgbImage>) -> Arc<RgbImage> {
+    if source.dimensions() != candidate.dimensions() || doc.size() != candidate.dimensions() {
+        return candidate.clone();
+    }
+    let mut out = image::DynamicImage::ImageRgba8(doc.image.clone()).to_rgb8();
+    if out.as_raw() == source.as_raw() {
+        return candidate.clone();
+    }
+    for ((o, s), c) in out
+        .pixels_mut()
+        .zip(source.pixels())
+        .zip(candidate.pixels())
+    {
+        if s != c {
+            *o = *c;
+        }
+    }
+    Arc::new(out)
 }
 
 /// The job an event is about (`None` for model events).

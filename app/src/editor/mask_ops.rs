@@ -538,6 +538,18 @@ pub fn apply_global(doc: &mut Document, op: GlobalOp) -> Option<MaskEdit> {
     }
 }
 
+/// Replaces the whole mask by `mask` (e.g. the mask of the last generation) as one edit; `None`
+/// when the sizes differ or nothing changes.
+pub fn restore_mask(doc: &mut Document, mask: &image::GrayImage) -> Option<MaskEdit> {
+    let (w, h) = doc.size();
+    if mask.dimensions() != (w, h) {
+        return None;
+    }
+    edit_rect(doc, PixelRect::full(w, h), "reuse last mask", |v| {
+        v.copy_from_slice(mask.as_raw());
+    })
+}
+
 /// `rect` widened by `by` on every side, clipped to the image.
 fn grown(rect: PixelRect, by: u32, w: u32, h: u32) -> PixelRect {
     let x = rect.x.saturating_sub(by);

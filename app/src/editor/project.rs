@@ -31,6 +31,10 @@ pub struct GenRecord {
     /// Class name, for class-conditional models.
     #[serde(default)]
     pub class_name: Option<String>,
+    /// Negative class name, for class-conditional models run with guidance ≠ 1 and a
+    /// negative class.
+    #[serde(default)]
+    pub negative_class_name: Option<String>,
     /// Which candidate was accepted.
     pub candidate: usize,
     /// Wall time of the run in seconds.
@@ -45,8 +49,26 @@ impl GenRecord {
             (None, "") => "unconditional".to_string(),
             (None, p) => format!("“{p}”"),
         };
+        let mut extra = String::new();
+        if self.settings.guidance_scale != 1.0 {
+            extra.push_str(&format!(", guidance {}", self.settings.guidance_scale));
+            match (
+                &self.negative_class_name,
+                self.settings.negative_prompt.trim(),
+            ) {
+                (Some(c), _) => extra.push_str(&format!(", negative class “{c}”")),
+                (None, "") => {}
+                (None, p) => extra.push_str(&format!(", negative “{p}”")),
+            }
+        }
+        if let Some(k) = self.settings.strength {
+            extra.push_str(&format!(
+                ", redo {k} of {} levels",
+                self.settings.levels.len()
+            ));
+        }
         format!(
-            "{what}, seed {}, candidate {}",
+            "{what}, seed {}, candidate {}{extra}",
             self.settings.seed, self.candidate
         )
     }
@@ -75,6 +97,9 @@ pub struct Project {
     pub mask: GrayImage,
     /// Settings and history.
     pub meta: ProjectMeta,
+    /// The mask of the last generation (*Reuse last mask*), stored as `last_mask.png` when
+    /// present; projects without it load with `None`.
+    pub last_mask: Option<GrayImage>,
 }
 
 /// Encodes a project as zip bytes (stored entries; the PNGs are compressed already).
@@ -94,15 +119,27 @@ pub fn encode_project(p: &Project) -> Result<Vec<u8>, String> {
         &[],
     )?;
     let history = serde_json::to_vec_pretty(&p.meta).map_err(|e| e.to_string())?;
+    let last_mask = match &p.last_mask {
+        Some(m) => Some(files::encode_png(
+            m.width(),
+            m.height(),
+            png::ColorType::Grayscale,
+            m.as_raw(),
+            &[],
+        )?),
+        None => None,
+    };
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(image.len() > u32::MAX as usize / 2);
-    for (name, bytes) in [
-        ("image.png", &image),
-        ("mask.png", &mask),
-        ("history.json", &history),
-    ] {
+    let entries = [
+        ("image.png", Some(&image)),
+        ("mask.png", Some(&mask)),
+        ("history.json", Some(&history)),
+        ("last_mask.png", last_mask.as_ref()),
+    ];
+    for (name, bytes) in entries.into_iter().filter_map(|(n, b)| Some((n, b?))) {
         zip.start_file(name, opts).map_err(|e| e.to_string())?;
         zip.write_all(bytes).map_err(|e| e.to_string())?;
     }
@@ -129,10 +166,24 @@ pub fn decode_project(bytes: &[u8]) -> Result<Project, String> {
     if mask_rgba.dimensions() != image.dimensions() {
         return Err("the project's mask and image sizes differ".into());
     }
-    let mask = GrayImage::from_fn(image.width(), image.height(), |x, y| {
-        image::Luma([mask_rgba.get_pixel(x, y).0[0]])
-    });
-    Ok(Project { image, mask, meta })
+    let gray = |m: &RgbaImage| {
+        GrayImage::from_fn(m.width(), m.height(), |x, y| {
+            image::Luma([m.get_pixel(x, y).0[0]])
+        })
+    };
+    let mask = gray(&mask_rgba);
+    // Optional (older projects have none); one that does not fit the image is dropped.
+    let last_mask = read("last_mask.png")
+        .ok()
+        .and_then(|b| files::decode_image(&b).ok())
+        .filter(|m| m.dimensions() == image.dimensions())
+        .map(|m| gray(&m));
+    Ok(Project {
+        image,
+        mask,
+        meta,
+        last_mask,
+    })
 }
 
 /// Saves a project atomically.
@@ -245,7 +296,7 @@ impl EditorApp {
         let p = path.to_path_buf();
         if is_project(path) {
             self.spawn("open", move || {
-                let r = load_project(&p);
+                let r = load_project(&p).map(Box::new);
                 Done::Project(p, r, false)
             });
         } else {
@@ -259,7 +310,7 @@ impl EditorApp {
     /// Restores a recovery project (autosave of a session that did not close cleanly).
     pub fn restore(&mut self, path: PathBuf) {
         self.spawn("restore", move || {
-            let r = load_project(&path);
+            let r = load_project(&path).map(Box::new);
             Done::Project(path, r, true)
         });
     }
@@ -269,6 +320,7 @@ impl EditorApp {
         self.jobs.cancel();
         self.jobs.running = None;
         self.jobs.results = None;
+        self.jobs.forget();
         self.history.clear();
         self.doc = Some(Document::new(image));
         self.source = source;
@@ -293,6 +345,7 @@ impl EditorApp {
                     doc.mask = p.mask;
                     doc.dirty.mask = PixelRect::full(doc.size().0, doc.size().1);
                 }
+                self.jobs.last_mask = p.last_mask.map(std::sync::Arc::new);
                 if let Some(card) = &self.model.card {
                     let mut s = p.meta.settings.clone();
                     s.fit_card(card);
@@ -391,6 +444,7 @@ impl EditorApp {
                 settings: self.settings.clone(),
                 generations: self.generations.clone(),
             },
+            last_mask: self.jobs.last_mask.as_deref().cloned(),
         })
     }
 
@@ -563,9 +617,18 @@ mod tests {
                 source: Some("/a/b.png".into()),
                 ..ProjectMeta::default()
             },
+            last_mask: Some(GrayImage::from_fn(7, 5, |_, y| {
+                image::Luma([if y > 2 { 255 } else { 0 }])
+            })),
         };
         let bytes = encode_project(&p).unwrap();
         assert_eq!(decode_project(&bytes).unwrap(), p);
         assert!(decode_project(&bytes[..bytes.len() / 2]).is_err());
+        // Without a last mask there is no last_mask.png, and it loads as None.
+        let p = Project {
+            last_mask: None,
+            ..p
+        };
+        assert_eq!(decode_project(&encode_project(&p).unwrap()).unwrap(), p);
     }
 }

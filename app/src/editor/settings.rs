@@ -83,6 +83,19 @@ pub struct GenSettings {
     pub candidates: usize,
     /// Classifier-free guidance scale (1 = off).
     pub guidance_scale: f32,
+    /// Negative prompt (text models): what guidance steers away from; used only with a
+    /// guidance scale ≠ 1. Empty = the empty prompt (plain classifier-free guidance).
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// Negative class (class models): what guidance steers away from; used only with a
+    /// guidance scale ≠ 1. `None` = no class (needs a null class).
+    #[serde(default)]
+    pub negative_class: Option<usize>,
+    /// Strength of inpainting as levels to redo: `Some(k)` starts the chain at level k from
+    /// the noised current content (k = 1: fine detail only); `None` = all T levels (new
+    /// content). Not used when sampling whole images.
+    #[serde(default)]
+    pub strength: Option<usize>,
     /// Per level, `levels[t-1]` for level t.
     pub levels: Vec<LevelSetting>,
     /// Context around the mask, as a fraction of its bounding box.
@@ -93,6 +106,9 @@ pub struct GenSettings {
     pub whole_image: bool,
     /// Fraction of a token's patch that must be masked for it to be regenerated.
     pub token_threshold: f32,
+    /// Match the fill's colours to the surroundings before compositing (off by default).
+    #[serde(default)]
+    pub colour_match: bool,
 }
 
 impl Default for GenSettings {
@@ -105,11 +121,15 @@ impl Default for GenSettings {
             seed_mode: SeedMode::Increment,
             candidates: 4,
             guidance_scale: 1.0,
+            negative_prompt: String::new(),
+            negative_class: None,
+            strength: None,
             levels: Vec::new(),
             padding: w.padding,
             feather_px: w.feather_px,
             whole_image: false,
             token_threshold: w.token_threshold,
+            colour_match: w.colour_match,
         }
     }
 }
@@ -137,8 +157,14 @@ impl GenSettings {
                 })
                 .collect();
         }
+        if self.strength.is_some_and(|k| k == 0 || k >= card.levels()) {
+            self.strength = None;
+        }
         match &card.conditioning {
             Conditioning::Class { n_classes, .. } => {
+                if self.negative_class.is_some_and(|c| c >= *n_classes) {
+                    self.negative_class = None;
+                }
                 if self.class.is_some_and(|c| c >= *n_classes) {
                     self.class = None;
                 }
@@ -190,6 +216,7 @@ impl GenSettings {
             padding: self.padding,
             feather_px: self.feather_px,
             token_threshold: self.token_threshold,
+            colour_match: self.colour_match,
             ..WindowOptions::default()
         }
     }
@@ -220,6 +247,45 @@ impl GenSettings {
         }
     }
 
+    /// The negative condition for `card` ([`ChainRequest::negative`]): the negative class or
+    /// prompt when the guidance scale is not 1, otherwise none (the setting is kept but unused).
+    pub fn negative_condition(
+        &self,
+        card: &ModelCard,
+        tokenizer: Option<&PromptTokenizer>,
+    ) -> Result<Condition, String> {
+        if self.guidance_scale == 1.0 {
+            return Ok(Condition::None);
+        }
+        match &card.conditioning {
+            Conditioning::None => Ok(Condition::None),
+            Conditioning::Class { .. } => Ok(self
+                .negative_class
+                .map_or(Condition::None, Condition::Class)),
+            Conditioning::Text { .. } => {
+                let prompt = self.negative_prompt.trim();
+                if prompt.is_empty() {
+                    return Ok(Condition::None);
+                }
+                let tok = tokenizer.ok_or("the model's tokenizer is not loaded")?;
+                let enc = tok.encode(prompt).map_err(|e| e.to_string())?;
+                Ok(Condition::Text(enc.ids))
+            }
+        }
+    }
+
+    /// Levels an inpainting run redoes (k of T): the strength, or all T.
+    pub fn redo_levels(&self, levels: usize) -> usize {
+        self.strength.map_or(levels, |k| k.clamp(1, levels.max(1)))
+    }
+
+    /// The strength to put in an inpainting job (`JobKind::Inpaint::start_level`): `None` for
+    /// the full chain.
+    pub fn start_level(&self, levels: usize) -> Option<usize> {
+        let k = self.redo_levels(levels);
+        (k < levels).then_some(k)
+    }
+
     /// The engine request for one run with `seed`.
     pub fn chain_request(
         &self,
@@ -230,6 +296,7 @@ impl GenSettings {
         let mut req = ChainRequest::new(card);
         req.condition = self.condition(card, tokenizer)?;
         req.guidance_scale = self.guidance_scale;
+        req.negative = self.negative_condition(card, tokenizer)?;
         req.candidates = self.candidates;
         req.seed = seed;
         if self.levels.len() != card.levels() {
@@ -266,6 +333,13 @@ impl GenSettings {
     /// Chain passes per candidate summed over the levels (the preflight's cost per token).
     pub fn passes(&self) -> usize {
         self.levels.iter().map(|l| l.chains).sum()
+    }
+
+    /// Chain passes per candidate summed over the levels an inpainting run redoes (levels
+    /// 1..=k with the strength k): the inpainting preflight's cost per token.
+    pub fn inpaint_passes(&self) -> usize {
+        let k = self.redo_levels(self.levels.len());
+        self.levels.iter().take(k).map(|l| l.chains).sum()
     }
 }
 

@@ -154,6 +154,7 @@ fn request(
     ChainRequest {
         condition,
         guidance_scale: scale,
+        negative: Condition::None,
         candidates: 1,
         seed,
         levels: vec![LevelParams::default(); t],

@@ -3,7 +3,9 @@
 
 use egui::text::{LayoutJob, TextFormat};
 use egui::{Color32, DragValue, RichText, Slider, Stroke};
-use tessera_engine::loader::card::Conditioning;
+use std::ops::Range;
+
+use tessera_engine::loader::card::{Conditioning, ModelCard};
 use tessera_engine::pipeline::MAX_CANDIDATES;
 
 use crate::editor::app::EditorApp;
@@ -14,11 +16,8 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         ui.label("Load a model to set up generation.");
         return;
     };
-    let guidance_possible = match &card.conditioning {
-        Conditioning::None => false,
-        Conditioning::Class { null_class, .. } => null_class.is_some(),
-        Conditioning::Text { .. } => true,
-    };
+    // Class models without a null class can still guide away from a negative class.
+    let guidance_possible = !matches!(card.conditioning, Conditioning::None);
     match &card.conditioning {
         Conditioning::None => {
             ui.label("Condition: none (unconditional model)");
@@ -65,6 +64,9 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         Slider::new(&mut s.guidance_scale, 0.0..=10.0).text("guidance scale"),
     )
     .on_disabled_hover_text("this model was not trained with a dropped condition");
+    negative_ui(app, ui, &card);
+    strength_ui(app, ui, card.levels());
+    let s = &mut app.settings;
     ui.horizontal(|ui| {
         ui.label("Preset");
         for p in Preset::ALL {
@@ -105,7 +107,133 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         );
         ui.add(Slider::new(&mut s.feather_px, 0..=64).text("feather px"));
         ui.add(Slider::new(&mut s.token_threshold, 0.0..=1.0).text("token threshold"));
+        ui.checkbox(&mut s.colour_match, "Colour match")
+            .on_hover_text("Match the fill's colours to the pixels around the mask");
     });
+}
+
+/// The negative prompt (text models) or negative class (class models), enabled with a
+/// guidance scale ≠ 1.
+fn negative_ui(app: &mut EditorApp, ui: &mut egui::Ui, card: &ModelCard) {
+    let enabled = app.settings.guidance_scale != 1.0;
+    let hint = "used with guidance ≠ 1";
+    match &card.conditioning {
+        Conditioning::None => {}
+        Conditioning::Text { .. } => {
+            ui.label("Negative").on_hover_text(
+                "what guidance steers away from (empty = the empty prompt); used with guidance ≠ 1",
+            );
+            let unknown: Vec<Range<usize>> = match &app.model.tokenizer {
+                Some(tok) if enabled && !app.settings.negative_prompt.is_empty() => tok
+                    .encode(&app.settings.negative_prompt)
+                    .map(|e| e.unknown.into_iter().map(|(r, _)| r).collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let mut layouter = |ui: &egui::Ui, text: &dyn egui::TextBuffer, wrap: f32| {
+                layout_underlined(ui, text.as_str(), wrap, &unknown)
+            };
+            ui.add_enabled(
+                enabled,
+                egui::TextEdit::singleline(&mut app.settings.negative_prompt)
+                    .desired_width(f32::INFINITY)
+                    .hint_text(hint)
+                    .layouter(&mut layouter),
+            )
+            .on_disabled_hover_text(hint);
+        }
+        Conditioning::Class {
+            n_classes,
+            class_names,
+            null_class,
+        } => {
+            let name = |c: Option<usize>| match c {
+                Some(c) => class_names
+                    .get(c)
+                    .map(|n| format!("{c}: {n}"))
+                    .unwrap_or_else(|| format!("class {c}")),
+                None if null_class.is_some() => "none (no class)".into(),
+                None => "none (pick one: no null class)".into(),
+            };
+            ui.add_enabled_ui(enabled, |ui| {
+                ui.horizontal(|ui| {
+                    ui.label("Negative class");
+                    egui::ComboBox::from_id_salt("negative_class")
+                        .selected_text(name(app.settings.negative_class))
+                        .show_ui(ui, |ui| {
+                            ui.selectable_value(&mut app.settings.negative_class, None, name(None));
+                            for c in 0..*n_classes {
+                                ui.selectable_value(
+                                    &mut app.settings.negative_class,
+                                    Some(c),
+                                    name(Some(c)),
+                                );
+                            }
+                        });
+                })
+                .response
+                .on_disabled_hover_text(hint);
+            });
+            if !enabled {
+                ui.small(hint);
+            }
+        }
+    }
+}
+
+/// Strength: how many of the T levels an inpainting run redoes.
+fn strength_ui(app: &mut EditorApp, ui: &mut egui::Ui, levels: usize) {
+    if levels < 2 {
+        return;
+    }
+    let mut k = app.settings.redo_levels(levels);
+    let what = if k == levels {
+        "new content"
+    } else if k == 1 {
+        "fine detail only"
+    } else {
+        "keeps the coarse structure"
+    };
+    let label = format!("strength: redo levels {k} of {levels} ({what})");
+    ui.add(Slider::new(&mut k, 1..=levels).text(label))
+        .on_hover_text(
+            "inpainting: T = generate the masked area anew; fewer levels start from the current \
+         content noised to that level (coarse → fine) and keep its structure",
+        );
+    app.settings.strength = (k < levels).then_some(k);
+}
+
+/// Lays out `text` with the byte ranges `unknown` underlined in red (unknown prompt words).
+fn layout_underlined(
+    ui: &egui::Ui,
+    text: &str,
+    wrap: f32,
+    unknown: &[Range<usize>],
+) -> std::sync::Arc<egui::Galley> {
+    let font = egui::TextStyle::Body.resolve(ui.style());
+    let normal = TextFormat::simple(font.clone(), ui.visuals().text_color());
+    let bad = TextFormat {
+        underline: Stroke::new(1.5, Color32::from_rgb(230, 60, 60)),
+        color: Color32::from_rgb(230, 90, 90),
+        ..TextFormat::simple(font, ui.visuals().text_color())
+    };
+    let mut job = LayoutJob::default();
+    let mut at = 0;
+    for r in unknown {
+        if r.start < at
+            || r.end > text.len()
+            || !text.is_char_boundary(r.start)
+            || !text.is_char_boundary(r.end)
+        {
+            continue;
+        }
+        job.append(&text[at..r.start], 0.0, normal.clone());
+        job.append(&text[r.clone()], 0.0, bad.clone());
+        at = r.end;
+    }
+    job.append(&text[at..], 0.0, normal);
+    job.wrap.max_width = wrap;
+    ui.painter().layout_job(job)
 }
 
 fn class_picker(

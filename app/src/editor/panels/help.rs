@@ -27,6 +27,7 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("hold Tab", "show the original image"),
     ("Ctrl+I", "invert the mask"),
     ("Ctrl+D", "clear the mask"),
+    ("Ctrl+M", "reuse the last generation's mask"),
     ("Ctrl+0 / Ctrl+1", "fit / 100 %"),
     ("wheel, Space+drag", "zoom, pan"),
     (
@@ -92,6 +93,9 @@ pub(crate) fn shortcuts(app: &mut EditorApp, ctx: &egui::Context) {
     }
     if pressed(cmd, Key::D) {
         app.mask_op(GlobalOp::Clear);
+    }
+    if pressed(cmd, Key::M) {
+        app.reuse_last_mask();
     }
     if pressed(cmd, Key::Num0) {
         app.canvas.fit();

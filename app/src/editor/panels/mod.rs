@@ -172,6 +172,13 @@ fn mask_menu(app: &mut EditorApp, ui: &mut egui::Ui) {
             app.mask_op(op);
         }
     }
+    let reuse = enabled && app.jobs.last_mask.is_some();
+    if ui
+        .add_enabled(reuse, egui::Button::new("Reuse last mask  Ctrl+M"))
+        .clicked()
+    {
+        app.reuse_last_mask();
+    }
 }
 
 /// The status bar.

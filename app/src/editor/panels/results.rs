@@ -23,11 +23,10 @@ pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         } else {
             "Sample new image"
         };
+        let label = if busy { "Queue  Ctrl+Enter" } else { label };
         if ui
-            .add_enabled(
-                has_model && !busy,
-                egui::Button::new(RichText::new(label).strong()),
-            )
+            .add_enabled(has_model, egui::Button::new(RichText::new(label).strong()))
+            .on_hover_text("While a job runs, Generate adds the request to the queue")
             .clicked()
         {
             app.generate();
@@ -35,11 +34,21 @@ pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         if busy && ui.button("Cancel  Esc").clicked() {
             app.cancel();
         }
+        if busy
+            && !app.jobs.queue.is_empty()
+            && ui
+                .button("Cancel all")
+                .on_hover_text("Cancel the running job and empty the queue")
+                .clicked()
+        {
+            app.cancel_all();
+        }
     });
+    queue_ui(app, ui);
     if let Some((masked, tokens)) = app.preflight()
         && app.model.card.is_some()
     {
-        let levels = app.settings.levels.len();
+        let levels = app.settings.redo_levels(app.settings.levels.len());
         let eta = app
             .jobs
             .secs_per_token
@@ -52,7 +61,7 @@ pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             .unwrap_or_default();
         let text = format!(
             "cost: {masked} masked tokens × {levels} levels ({} passes) × {} candidates = {tokens} token steps{eta}",
-            app.settings.passes(),
+            app.settings.inpaint_passes(),
             app.settings.candidates
         );
         if tokens > EXPENSIVE_TOKENS {
@@ -72,6 +81,47 @@ pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             format!("{} · {}/{} tokens{eta}", r.level_label(), r.done, r.total)
         };
         ui.add(ProgressBar::new(r.fraction()).text(text).animate(true));
+    }
+}
+
+/// The queued requests ("2 queued"), each removable, and results waiting their turn.
+fn queue_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
+    let waiting = app.jobs.waiting.len();
+    if waiting > 0 {
+        ui.small(format!(
+            "{waiting} more result set{} after these (accept or discard to see them)",
+            if waiting == 1 { "" } else { "s" }
+        ));
+    }
+    if app.jobs.queue.is_empty() {
+        return;
+    }
+    let mut remove = None;
+    let mut clear = false;
+    ui.horizontal(|ui| {
+        ui.label(format!("{} queued", app.jobs.queue.len()));
+        if ui.small_button("clear queue").clicked() {
+            clear = true;
+        }
+    });
+    for (i, q) in app.jobs.queue.iter().enumerate() {
+        ui.horizontal(|ui| {
+            if ui.small_button("remove").clicked() {
+                remove = Some(i);
+            }
+            let s = &q.record.settings;
+            let what = match (&q.record.class_name, s.prompt.trim()) {
+                (Some(c), _) => format!("class “{c}”"),
+                (None, "") => "unconditional".to_string(),
+                (None, p) => format!("“{p}”"),
+            };
+            ui.small(format!("{}. {what}, seed {}", i + 1, s.seed));
+        });
+    }
+    if clear {
+        app.jobs.queue.clear();
+    } else if let Some(i) = remove {
+        app.remove_queued(i);
     }
 }
 
@@ -209,6 +259,15 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
 }
 
 pub(super) fn history_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
+    if app.doc.is_some()
+        && app.jobs.last_mask.is_some()
+        && ui
+            .button("Reuse last mask  Ctrl+M")
+            .on_hover_text("Restore the mask of the last generation (undoable)")
+            .clicked()
+    {
+        app.reuse_last_mask();
+    }
     if app.generations.is_empty() {
         ui.label("Accepted results appear here.");
         return;

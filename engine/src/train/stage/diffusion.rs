@@ -4,41 +4,12 @@
 //! `α·KL(q ‖ p) + (1 − α)·CE(p, x_{t−1})` as one weighted negative log-likelihood.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::nn::grad::f32_slice;
 use crate::schedule::Schedule;
 
-/// Runs the forward chain on every grid of `x0` up to level `t` (≥ 1) and returns
-/// `(x_{t−1}, x_t)`. Each level s redraws every token with probability β_s, the replacement
-/// drawn uniformly from `0..k` (it may equal the old token). Two draws per token and level, in
-/// raster order, grid after grid — the order the pipeline's re-noising uses.
-pub fn forward_chain(
-    x0: &[Vec<u32>],
-    t: usize,
-    schedule: &Schedule,
-    k: u32,
-    rng: &mut ChaCha8Rng,
-) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let mut prev = x0.to_vec();
-    let mut cur = x0.to_vec();
-    for s in 1..=t {
-        let beta = schedule.beta(s) as f64;
-        prev.clone_from(&cur);
-        for grid in cur.iter_mut() {
-            for tok in grid.iter_mut() {
-                let redraw = rng.random::<f64>() < beta;
-                let replacement = rng.random_range(0..k);
-                if redraw {
-                    *tok = replacement;
-                }
-            }
-        }
-    }
-    (prev, cur)
-}
+pub use crate::schedule::forward_chain;
 
 /// The training target of stage t at every position, as rows of `k` weights (flattened
 /// `(rows, k)`): `α·q(x_{t−1} | x_t, x_0) + (1 − α)·onehot(x_{t−1})`. Each row sums to 1.
