@@ -208,7 +208,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "data/runs/classifier")]
     pub classifier: PathBuf,
     /// Classifier training steps (when it is trained).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 3000)]
     pub classifier_steps: usize,
     /// Held-out scenes per measurement (reconstruction, NLL, FID); guidance uses half.
     #[arg(long, default_value_t = 256)]

@@ -8,6 +8,7 @@ use egui_kittest::Harness;
 use image::{Rgba, RgbaImage};
 use tessera::editor::canvas::{Canvas, CanvasSettings, View};
 use tessera::editor::document::{Document, MaskEdit, Overlay, PixelRect, TokenGrid};
+use tessera::editor::keymap::Keymap;
 use tessera::editor::mask_ops::{self, Brush, GlobalOp, PaintMode};
 use tessera::editor::tools::{Tool, ToolState};
 
@@ -34,7 +35,7 @@ impl TestApp {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui) {
-        self.tools.handle_keys(ui.ctx());
+        self.tools.handle_keys(ui.ctx(), &Keymap::default());
         let out = self
             .canvas
             .ui(ui, &mut self.doc, &mut self.tools, &self.settings);
@@ -278,6 +279,14 @@ fn wheel_zooms_at_the_pointer_and_space_drag_pans() {
     h.key_press_modifiers(Modifiers::COMMAND, Key::Num1);
     h.run();
     assert_eq!(h.state().canvas.zoom(), 1.0);
+    // Presets zoom about the view centre.
+    let centre = h.state().canvas.view().center;
+    for (key, zoom) in [(Key::Num2, 2.0), (Key::Num3, 4.0), (Key::Num4, 8.0)] {
+        h.key_press_modifiers(Modifiers::COMMAND, key);
+        h.run();
+        assert_eq!(h.state().canvas.zoom(), zoom);
+        assert!((h.state().canvas.view().center - centre).length() < 1e-3);
+    }
     h.key_press_modifiers(Modifiers::COMMAND, Key::Num0);
     h.run();
     assert!((h.state().canvas.zoom() - fitted).abs() < 1e-4);

@@ -11,7 +11,10 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use image::RgbaImage;
 use tessera::editor::files::{Dialogs, Purpose};
+use tessera::editor::keymap::Action;
 use tessera::editor::project;
+use tessera::editor::settings::Config;
+use tessera::editor::tools::Tool;
 use tessera::editor::{EditorApp, EditorOptions};
 
 /// Answers dialogs from a queue (None = the user cancelled).
@@ -153,6 +156,7 @@ fn open_paint_generate_accept_undo_redo() {
     }
     h.get_by_label("Generate  Ctrl+Enter").click();
     h.step();
+    h.step();
     assert!(h.state().jobs.busy(), "the job runs in the background");
     run_until(&mut h, "the job", |a| !a.jobs.busy());
     {
@@ -275,6 +279,7 @@ fn bad_images_show_an_error_and_keep_the_document() {
     assert_eq!(h.state().doc.as_ref().unwrap().image, original);
     h.get_by_label("Dismiss").click();
     h.step();
+    h.step();
     assert!(h.state().errors().is_empty());
 }
 
@@ -322,7 +327,106 @@ fn hotkey_sheet_lists_shortcuts() {
     h.key_press(egui::Key::F1);
     h.step();
     h.get_by_label("Keyboard shortcuts");
-    h.get_by_label("Ctrl+Shift+Z / Ctrl+Y");
+    // Every action of the keymap, with each of its keys.
+    h.get_by_label("redo");
+    h.get_by_label("Ctrl+Shift+Z");
+    h.get_by_label("Ctrl+Y");
+    h.get_by_label("zoom to 800 %");
+    h.get_by_label("Ctrl+4");
+}
+
+#[test]
+fn hotkeys_are_rebound_in_the_sheet_and_remembered() {
+    let s = Setup::new();
+    let mut h = harness(s.options(None));
+    h.step();
+    h.key_press(egui::Key::F1);
+    h.step();
+    // Click the eraser's key and press a new one.
+    h.get_by_label("E").click();
+    h.step();
+    h.step();
+    h.get_by_label("press keys…");
+    h.key_press(egui::Key::X);
+    h.step();
+    h.step();
+    h.get_by_label("X");
+    assert_eq!(h.state().config.hotkeys.text(Action::ToolEraser), "X");
+    assert!(h.state().show_help, "the sheet stays open");
+    // The new key selects the eraser, the old one no longer does.
+    h.key_press(egui::Key::E);
+    h.step();
+    assert_eq!(h.state().tools.tool, Tool::Brush);
+    h.key_press(egui::Key::X);
+    h.step();
+    assert_eq!(h.state().tools.tool, Tool::Eraser);
+    // A key another action has is refused, naming that action; the press does nothing else.
+    h.get_by_label("X").click();
+    h.step();
+    h.step();
+    h.key_press(egui::Key::B);
+    h.step();
+    h.step();
+    assert_eq!(h.state().config.hotkeys.text(Action::ToolEraser), "X");
+    assert_eq!(h.state().tools.tool, Tool::Eraser);
+    let last = h.state().messages.last().expect("a message").text.clone();
+    assert!(last.contains("brush tool"), "{last}");
+    // Esc cancels a change.
+    h.get_by_label("X").click();
+    h.step();
+    h.step();
+    h.key_press(egui::Key::Escape);
+    h.step();
+    h.step();
+    h.get_by_label("X");
+    // Remembered in config.json; a new editor starts with it.
+    let dir = s.dir.path().join("config");
+    let saved = Config::load(&dir);
+    assert_eq!(saved.hotkeys.text(Action::ToolEraser), "X");
+    let mut h2 = harness(s.options(None));
+    h2.step();
+    h2.key_press(egui::Key::X);
+    h2.step();
+    assert_eq!(h2.state().tools.tool, Tool::Eraser);
+    // Reset to defaults.
+    h.get_by_label("Reset to defaults").click();
+    h.step();
+    h.step();
+    assert!(h.state().config.hotkeys.is_default());
+    assert!(Config::load(&dir).hotkeys.is_default());
+}
+
+#[test]
+fn zoom_presets_keep_the_view_centre() {
+    let s = Setup::new();
+    let mut h = harness(s.options(None));
+    let (path, _) = s.image("photo.png", 640, 480);
+    open_via_dialog(&mut h, &s.dialogs, &path);
+    h.step();
+    let centre = h.state().canvas.view().center;
+    for (key, zoom) in [
+        (egui::Key::Num2, 2.0),
+        (egui::Key::Num3, 4.0),
+        (egui::Key::Num4, 8.0),
+        (egui::Key::Num1, 1.0),
+    ] {
+        h.key_press_modifiers(Modifiers::COMMAND, key);
+        h.step();
+        assert_eq!(h.state().canvas.zoom(), zoom, "{key:?}");
+        let moved = h.state().canvas.view().center - centre;
+        assert!(moved.length() < 1e-3, "{key:?}: {moved:?}");
+    }
+    // The View menu has them too.
+    h.get_by_label("View").click();
+    h.step();
+    h.step();
+    h.get_by_label("400 %  Ctrl+3").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().canvas.zoom(), 4.0);
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Num0);
+    h.step();
+    assert!(h.state().canvas.zoom() < 4.0, "fit");
 }
 
 #[test]
@@ -360,6 +464,7 @@ fn save_asks_before_replacing_and_projects_reopen() {
     run_until(&mut h, "the dialog", |a| a.confirm.is_some());
     h.get_by_label("Cancel").click();
     h.step();
+    h.step();
     assert!(h.state().confirm.is_none());
     // A project to a new path, then reopened.
     let proj = s.dir.path().join("c.tessera");
@@ -375,6 +480,7 @@ fn save_asks_before_replacing_and_projects_reopen() {
     h.state_mut().ask(Purpose::SaveProject);
     run_until(&mut h, "the dialog", |a| a.confirm.is_some());
     h.get_by_label("Replace").click();
+    h.step();
     h.step();
     run_until(&mut h, "the save", |a| !a.background_busy());
     assert!(h.state().errors().is_empty(), "{:?}", h.state().errors());
@@ -500,6 +606,7 @@ fn cancel_all_empties_the_queue() {
     }
     h.step();
     h.get_by_label("Cancel all").click();
+    h.step();
     h.step();
     assert!(
         h.state().jobs.queue.is_empty(),

@@ -4,7 +4,8 @@
 //! otherwise through egui textures ([`fallback`]); input handling is shared.
 //!
 //! Navigation: wheel zooms at the pointer (Ctrl+wheel and pinch too), touchpad two-finger
-//! scroll pans, Space+drag and middle-drag pan, Ctrl+0 fits, Ctrl+1 shows 100 %.
+//! scroll pans, Space+drag and middle-drag pan, Ctrl+0 fits, Ctrl+1/2/3/4 zoom to
+//! 100/200/400/800 % about the view centre (keys from the [`Keymap`]).
 //! Tools: left drag paints with the active tool, right drag does the opposite (erases with
 //! the brush, removes a rectangle/lasso/fill region), Escape cancels the current stroke.
 //! Every finished stroke or shape is returned as one [`MaskEdit`].
@@ -14,13 +15,14 @@ mod gpu;
 mod view;
 
 use egui::{
-    Color32, CursorIcon, Event, Key, KeyboardShortcut, Modifiers, MouseWheelSource, MouseWheelUnit,
-    PointerButton, Pos2, Rect, Sense, Stroke,
+    Color32, CursorIcon, Event, Key, Modifiers, MouseWheelSource, MouseWheelUnit, PointerButton,
+    Pos2, Rect, Sense, Stroke,
 };
 
 pub use view::{View, ZOOM_RANGE};
 
 use super::document::{Document, MaskEdit, PixelRect};
+use super::keymap::{Action, Keymap};
 use super::mask_ops::{self, Brush, FillRule, PaintMode, StrokeRecorder};
 use super::tools::{Tool, ToolState};
 
@@ -110,6 +112,8 @@ pub struct Canvas {
     size: (u32, u32),
     fit_pending: bool,
     last_rect: Option<(Rect, f32)>,
+    /// Bindings of its zoom keys.
+    keys: Keymap,
 }
 
 impl Canvas {
@@ -126,6 +130,7 @@ impl Canvas {
             size: (0, 0),
             fit_pending: true,
             last_rect: None,
+            keys: Keymap::default(),
         }
     }
 
@@ -153,8 +158,34 @@ impl Canvas {
 
     /// 100 %: one image pixel per screen pixel, keeping the centre.
     pub fn actual_size(&mut self) {
-        self.view.zoom = 1.0;
-        self.fit_pending = false;
+        self.zoom_to(1.0);
+    }
+
+    /// Zooms to `zoom` (1 = 100 %, clamped to [`ZOOM_RANGE`]) about the view centre.
+    pub fn zoom_to(&mut self, zoom: f32) {
+        if zoom.is_finite() {
+            self.view.zoom = zoom.clamp(ZOOM_RANGE.0, ZOOM_RANGE.1);
+            self.fit_pending = false;
+        }
+    }
+
+    /// Fits or zooms to a preset as `action` says; false for other actions.
+    pub fn zoom_action(&mut self, action: Action) -> bool {
+        match action {
+            Action::ZoomFit => self.fit(),
+            a => match a.zoom_level() {
+                Some(z) => self.zoom_to(z),
+                None => return false,
+            },
+        }
+        true
+    }
+
+    /// Uses `keys` for its own zoom keys (fit, 100 % … 800 %) from now on.
+    pub fn set_keymap(&mut self, keys: &Keymap) {
+        if self.keys != *keys {
+            self.keys = keys.clone();
+        }
     }
 
     /// Current zoom (framebuffer pixels per image pixel).
@@ -291,20 +322,14 @@ impl Canvas {
     }
 
     fn shortcuts(&mut self, ctx: &egui::Context, doc: &mut Document) {
-        let fit = KeyboardShortcut::new(Modifiers::COMMAND, Key::Num0);
-        let actual = KeyboardShortcut::new(Modifiers::COMMAND, Key::Num1);
-        let (fit, actual, escape) = ctx.input_mut(|i| {
+        let (zooms, escape) = ctx.input_mut(|i| {
             (
-                i.consume_shortcut(&fit),
-                i.consume_shortcut(&actual),
+                self.keys.consume(i, false, Action::is_zoom),
                 self.gesture.is_some() && i.consume_key(Modifiers::NONE, Key::Escape),
             )
         });
-        if fit {
-            self.fit();
-        }
-        if actual {
-            self.actual_size();
+        for action in zooms {
+            self.zoom_action(action);
         }
         if escape && let Some(Gesture::Stroke { rec, .. }) = self.gesture.take() {
             rec.cancel(doc);

@@ -7,6 +7,7 @@ pub mod document;
 pub mod files;
 pub mod history;
 pub mod jobs;
+pub mod keymap;
 pub mod mask_ops;
 pub mod panels;
 pub mod project;

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use egui::{Color32, Key, Modifiers, PointerButton, Pos2, Rect, Stroke};
+use egui::{Color32, Key, PointerButton, Pos2, Rect, Stroke};
 use image::GrayImage;
 use tessera_engine::segment::{Point, SegmentEvent, SegmentWorker, WEIGHTS_FILE, WEIGHTS_SOURCE};
 
@@ -19,6 +19,7 @@ use super::canvas::Canvas;
 use super::document::{Document, MaskEdit, PixelRect};
 use super::files::Purpose;
 use super::history::{Change, History};
+use super::keymap::Action;
 use super::mask_ops::{self, PaintMode};
 use super::tools::{Tool, ToolState};
 
@@ -453,27 +454,27 @@ fn preview_texture(ctx: &egui::Context, mask: &GrayImage) -> egui::TextureHandle
     ctx.load_texture("select-object-preview", img, egui::TextureOptions::NEAREST)
 }
 
-/// Enter applies and Esc drops the points while the tool has points (before the app's own
-/// Enter/Esc shortcuts).
+/// The accept keys (Enter) apply and the cancel keys (Esc) drop the points while the tool
+/// has points (before the app's own accept/cancel shortcuts).
 pub(crate) fn keys(app: &mut EditorApp, ctx: &egui::Context) {
     if app.tools.tool != Tool::Select
         || app.select.points.is_empty()
         || app.confirm.is_some()
         || ctx.egui_wants_keyboard_input()
+        || super::panels::capturing(ctx)
     {
         return;
     }
-    let (enter, esc) = ctx.input_mut(|i| {
-        (
-            i.consume_key(Modifiers::NONE, Key::Enter),
-            i.consume_key(Modifiers::NONE, Key::Escape),
-        )
+    let actions = ctx.input_mut(|i| {
+        app.config
+            .hotkeys
+            .consume(i, false, |a| matches!(a, Action::Accept | Action::Cancel))
     });
-    if enter {
-        apply(app);
-    }
-    if esc {
-        app.select.clear();
+    for action in actions {
+        match action {
+            Action::Accept => apply(app),
+            _ => app.select.clear(),
+        }
     }
 }
 
@@ -540,17 +541,21 @@ pub(crate) fn options_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         }
     }
     let has_points = !app.select.points.is_empty();
+    let (accept, cancel) = (
+        app.config.hotkeys.text(Action::Accept),
+        app.config.hotkeys.text(Action::Cancel),
+    );
     ui.horizontal(|ui| {
         if ui
             .add_enabled(has_points, egui::Button::new("Apply"))
-            .on_hover_text("Enter")
+            .on_hover_text(accept)
             .clicked()
         {
             apply(app);
         }
         if ui
             .add_enabled(has_points, egui::Button::new("Clear"))
-            .on_hover_text("Esc")
+            .on_hover_text(cancel)
             .clicked()
         {
             app.select.clear();

@@ -1,9 +1,11 @@
 //! Generation settings (what the guidance panel edits and a job is built from) and the editor's
-//! small persistent configuration (recent files, overlay colour).
+//! small persistent configuration (recent files, overlay colour, hotkeys).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::keymap::Keymap;
 use tessera_engine::inpaint::WindowOptions;
 use tessera_engine::loader::card::{Condition, Conditioning, ModelCard, class_prompt};
 use tessera_engine::pipeline::{ChainRequest, default_chains};
@@ -378,6 +380,10 @@ pub struct Config {
     pub mask_opacity: f32,
     /// Last model opened.
     pub last_model: Option<PathBuf>,
+    /// Hotkeys: action name → `"Ctrl+Shift+Z"`-style keys (one string or a list). Missing
+    /// actions keep their defaults; bad entries are skipped (see
+    /// [`Keymap::take_problems`]).
+    pub hotkeys: Keymap,
 }
 
 impl Default for Config {
@@ -387,6 +393,7 @@ impl Default for Config {
             mask_colour: [255, 40, 80],
             mask_opacity: 0.45,
             last_model: None,
+            hotkeys: Keymap::default(),
         }
     }
 }
@@ -444,5 +451,29 @@ mod tests {
         assert_eq!(c.recent.len(), MAX_RECENT);
         assert_eq!(c.recent[0], Path::new("/x/12.png"));
         assert_eq!(c.recent.iter().filter(|p| p.ends_with("12.png")).count(), 1);
+    }
+
+    #[test]
+    fn hotkeys_round_trip_through_the_config_file() {
+        use crate::editor::keymap::{Action, Binding};
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.hotkeys
+            .set(Action::Zoom200, 0, Binding::parse("Alt+2").unwrap())
+            .unwrap();
+        c.save(dir.path()).unwrap();
+        let mut back = Config::load(dir.path());
+        assert_eq!(back, c);
+        assert!(back.hotkeys.take_problems().is_empty());
+        // An old config without hotkeys gets the defaults; a bad entry keeps the rest.
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"mask_opacity": 0.5, "hotkeys": {"undo": "Ctrl+Nope"}}"#,
+        )
+        .unwrap();
+        let mut old = Config::load(dir.path());
+        assert_eq!(old.mask_opacity, 0.5);
+        assert!(old.hotkeys.is_default());
+        assert_eq!(old.hotkeys.take_problems().len(), 1);
     }
 }

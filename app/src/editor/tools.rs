@@ -1,9 +1,11 @@
 //! The mask tools and their settings: which tool is active, the brush size each tool
 //! remembers, hardness, fill tolerance and lasso fill rule; the palette UI and the hotkeys
-//! (`[` `]` size, B brush, E eraser, U rectangle, L lasso, F fill, S select object).
+//! (from the [`Keymap`]; by default `[` `]` size, B brush, E eraser, U rectangle, L lasso,
+//! F fill, S select object).
 
-use egui::{Key, Modifiers};
+use egui::Key;
 
+use super::keymap::{Action, Keymap};
 use super::mask_ops::{Brush, FillRule};
 
 /// A mask tool.
@@ -47,7 +49,7 @@ impl Tool {
         }
     }
 
-    /// Key that selects it.
+    /// Key that selects it by default ([`Action::defaults`] of its action).
     pub fn key(self) -> Key {
         match self {
             Tool::Brush => Key::B,
@@ -162,11 +164,12 @@ impl ToolState {
         self.set_size((s / 1.2).round().min(s - 1.0));
     }
 
-    /// The tool palette and the settings of the current tool.
-    pub fn ui(&mut self, ui: &mut egui::Ui) {
+    /// The tool palette and the settings of the current tool; tooltips name the keys of
+    /// `keys`.
+    pub fn ui(&mut self, ui: &mut egui::Ui, keys: &Keymap) {
         ui.horizontal_wrapped(|ui| {
             for tool in Tool::ALL {
-                let text = format!("{} ({})", tool.help(), tool.key().name());
+                let text = format!("{} ({})", tool.help(), keys.text(Action::for_tool(tool)));
                 ui.selectable_value(&mut self.tool, tool, tool.label())
                     .on_hover_text(text);
             }
@@ -177,7 +180,12 @@ impl ToolState {
                 .logarithmic(true)
                 .suffix(" px")
                 .text("Size");
-            if ui.add(slider).on_hover_text("[ and ] change it").changed() {
+            let hint = format!(
+                "{} and {} change it",
+                keys.text(Action::BrushSmaller),
+                keys.text(Action::BrushLarger)
+            );
+            if ui.add(slider).on_hover_text(hint).changed() {
                 self.set_size(size);
             }
             ui.add(egui::Slider::new(&mut self.hardness, 0.0..=1.0).text("Hardness"));
@@ -197,30 +205,35 @@ impl ToolState {
         }
     }
 
-    /// Tool hotkeys; ignored while a text field has keyboard focus.
-    pub fn handle_keys(&mut self, ctx: &egui::Context) {
+    /// Tool hotkeys (tool keys, smaller/larger brush) as bound in `keys`; ignored while a
+    /// text field has keyboard focus.
+    pub fn handle_keys(&mut self, ctx: &egui::Context, keys: &Keymap) {
         if ctx.egui_wants_keyboard_input() {
             return;
         }
-        ctx.input_mut(|input| {
-            for tool in Tool::ALL {
-                if input.consume_key(Modifiers::NONE, tool.key()) {
-                    self.tool = tool;
+        let actions = ctx.input_mut(|input| {
+            keys.consume(input, false, |a| {
+                a.tool().is_some() || matches!(a, Action::BrushSmaller | Action::BrushLarger)
+            })
+        });
+        for action in actions {
+            match action {
+                Action::BrushSmaller => self.shrink_size(),
+                Action::BrushLarger => self.grow_size(),
+                a => {
+                    if let Some(tool) = a.tool() {
+                        self.tool = tool;
+                    }
                 }
             }
-            if input.consume_key(Modifiers::NONE, Key::OpenBracket) {
-                self.shrink_size();
-            }
-            if input.consume_key(Modifiers::NONE, Key::CloseBracket) {
-                self.grow_size();
-            }
-        });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use egui::Modifiers;
 
     #[test]
     fn sizes_are_remembered_per_tool() {
@@ -268,7 +281,8 @@ mod tests {
             events: vec![press(Key::L), press(Key::CloseBracket)],
             ..Default::default()
         };
-        let mut out = ctx.run_ui(input, |ui| t.handle_keys(ui.ctx()));
+        let keys = Keymap::default();
+        let mut out = ctx.run_ui(input, |ui| t.handle_keys(ui.ctx(), &keys));
         out.textures_delta.clear();
         assert_eq!(t.tool, Tool::Lasso);
         assert_eq!(t.size_of(Tool::Lasso), 48.0);

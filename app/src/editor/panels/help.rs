@@ -1,136 +1,268 @@
-//! The hotkey sheet and the shortcuts themselves.
+//! The hotkey sheet (which also rebinds keys) and the shortcuts themselves, both from the
+//! [`Keymap`] in the config.
 
-use egui::{Key, KeyboardShortcut, Modifiers};
+use egui::{Event, Key, Modifiers, RichText};
 
 use crate::editor::app::EditorApp;
 use crate::editor::files::Purpose;
+use crate::editor::keymap::{Action, Binding};
 use crate::editor::mask_ops::GlobalOp;
 
-/// Every shortcut: (keys, what it does). The tool keys are handled by the tool state.
-pub const SHORTCUTS: &[(&str, &str)] = &[
-    ("Ctrl+O", "open an image or project"),
-    ("Ctrl+S", "save the project"),
-    (
-        "Ctrl+Shift+S",
-        "export the image (PNG with parameters, JPEG, WebP)",
-    ),
+/// What the sheet lists besides the keymap's actions: (keys, what they do); not remappable.
+pub const FIXED_SHORTCUTS: &[(&str, &str)] = &[
     ("Ctrl+V", "paste an image from the clipboard"),
-    (
-        "Ctrl+Z",
-        "undo (strokes, mask operations, accepted results)",
-    ),
-    ("Ctrl+Shift+Z / Ctrl+Y", "redo"),
-    ("Ctrl+Enter", "generate"),
-    ("Esc", "cancel the running job / discard the results"),
-    ("Enter", "accept the selected candidate"),
-    ("← / →", "previous / next candidate"),
-    ("hold Tab", "show the original image"),
-    ("Ctrl+I", "invert the mask"),
-    ("Ctrl+D", "clear the mask"),
-    ("Ctrl+M", "reuse the last generation's mask"),
-    ("Ctrl+0 / Ctrl+1", "fit / 100 %"),
     ("wheel, Space+drag", "zoom, pan"),
     (
-        "B E U L F S",
-        "brush, eraser, rectangle, lasso, fill, select object",
+        "select object: click / right-click",
+        "include / exclude a point; accept applies, cancel drops them",
     ),
-    (
-        "S: click / right-click, Enter, Esc",
-        "select object: include / exclude a point, apply, cancel",
-    ),
-    ("[ / ]", "smaller / larger brush"),
-    ("F1 or ?", "this sheet"),
 ];
 
-pub(super) fn window(open: &mut bool, ctx: &egui::Context) {
+/// The sheet's state between frames (kept in egui's memory).
+#[derive(Clone, Default)]
+struct Sheet {
+    /// Binding slot waiting for a key combination: (action, slot).
+    capture: Option<(Action, usize)>,
+    /// Outcome of the last change.
+    message: Option<String>,
+}
+
+fn sheet_id() -> egui::Id {
+    egui::Id::unique("tessera-hotkey-sheet")
+}
+
+fn sheet(ctx: &egui::Context) -> Sheet {
+    ctx.data(|d| d.get_temp(sheet_id()).unwrap_or_default())
+}
+
+fn set_sheet(ctx: &egui::Context, s: Sheet) {
+    ctx.data_mut(|d| d.insert_temp(sheet_id(), s));
+}
+
+/// Whether the sheet is waiting for a new key combination (then every key goes to it).
+pub(crate) fn capturing(ctx: &egui::Context) -> bool {
+    sheet(ctx).capture.is_some()
+}
+
+/// While the sheet waits for a combination: takes this frame's keys, binds the first press
+/// (Esc cancels; a combination another action has is refused). Returns whether it waited.
+fn capture(app: &mut EditorApp, ctx: &egui::Context) -> bool {
+    let mut st = sheet(ctx);
+    let Some((action, slot)) = st.capture else {
+        return false;
+    };
+    if !app.show_help {
+        st.capture = None;
+        set_sheet(ctx, st);
+        return false;
+    }
+    let press = ctx.input_mut(|i| {
+        let mut press = None;
+        i.events.retain(|e| match e {
+            Event::Key {
+                key,
+                modifiers,
+                pressed,
+                ..
+            } => {
+                if *pressed && press.is_none() {
+                    press = Binding::from_press(*modifiers, *key);
+                }
+                false
+            }
+            Event::Text(_) => false,
+            _ => true,
+        });
+        press
+    });
+    let Some(binding) = press else {
+        return true;
+    };
+    st.capture = None;
+    if binding == Binding::new(Modifiers::NONE, Key::Escape) {
+        st.message = None;
+    } else {
+        match app.config.hotkeys.set(action, slot, binding) {
+            Ok(()) => {
+                let text = app.config.hotkeys.text(action);
+                st.message = Some(format!("{}: {text}", action.label()));
+                app.save_config();
+            }
+            Err(other) => {
+                let text = format!(
+                    "{binding} is already used for “{}”; not changed",
+                    other.label()
+                );
+                app.info(text.clone());
+                st.message = Some(text);
+            }
+        }
+    }
+    set_sheet(ctx, st);
+    true
+}
+
+/// The hotkey sheet: every action with its keys (click one to change it).
+pub(super) fn window(app: &mut EditorApp, ctx: &egui::Context) {
+    let mut open = app.show_help;
+    let mut st = sheet(ctx);
     egui::Window::new("Keyboard shortcuts")
-        .open(open)
+        .open(&mut open)
         .collapsible(false)
         .resizable(false)
         .show(ctx, |ui| {
-            egui::Grid::new("shortcuts")
+            ui.style_mut().wrap_mode = Some(egui::TextWrapMode::Extend);
+            ui.label("Click a key to change it (Esc cancels); right-click removes it, + adds one.");
+            let half = Action::ALL.len().div_ceil(2);
+            ui.horizontal_top(|ui| {
+                for (col, actions) in Action::ALL.chunks(half).enumerate() {
+                    egui::Grid::new(("shortcuts", col))
+                        .num_columns(2)
+                        .striped(true)
+                        .show(ui, |ui| {
+                            for &action in actions {
+                                ui.label(action.label());
+                                ui.horizontal(|ui| bindings_ui(app, &mut st, ui, action));
+                                ui.end_row();
+                            }
+                        });
+                    if col == 0 {
+                        ui.add_space(24.0);
+                    }
+                }
+            });
+            ui.separator();
+            egui::Grid::new("fixed-shortcuts")
                 .num_columns(2)
-                .striped(true)
                 .show(ui, |ui| {
-                    for (k, v) in SHORTCUTS {
+                    for (k, v) in FIXED_SHORTCUTS {
                         ui.monospace(*k);
                         ui.label(*v);
                         ui.end_row();
                     }
                 });
+            ui.separator();
+            ui.horizontal(|ui| {
+                let reset = egui::Button::new("Reset to defaults");
+                if ui
+                    .add_enabled(!app.config.hotkeys.is_default(), reset)
+                    .clicked()
+                {
+                    app.config.hotkeys.reset();
+                    st.capture = None;
+                    st.message = Some("all keys reset to the defaults".into());
+                    app.save_config();
+                }
+                if let Some(m) = &st.message {
+                    ui.label(m);
+                }
+            });
         });
+    app.show_help = open;
+    if !open {
+        st.capture = None;
+    }
+    set_sheet(ctx, st);
 }
 
-/// Applies this frame's keyboard shortcuts.
-pub(crate) fn shortcuts(app: &mut EditorApp, ctx: &egui::Context) {
-    let cmd = Modifiers::COMMAND;
-    let sc = |m: Modifiers, k: Key| KeyboardShortcut::new(m, k);
-    let typing = ctx.egui_wants_keyboard_input();
-    let pressed = |m: Modifiers, k: Key| ctx.input_mut(|i| i.consume_shortcut(&sc(m, k)));
-    if pressed(cmd | Modifiers::SHIFT, Key::Z) || pressed(cmd, Key::Y) {
-        app.redo();
+/// One action's binding buttons and the + button.
+fn bindings_ui(app: &mut EditorApp, st: &mut Sheet, ui: &mut egui::Ui, action: Action) {
+    let bindings = app.config.hotkeys.bindings(action).to_vec();
+    for slot in 0..=bindings.len() {
+        let waiting = st.capture == Some((action, slot));
+        let text = match (waiting, bindings.get(slot)) {
+            (true, _) => "press keys…".to_string(),
+            (false, Some(b)) => b.to_string(),
+            (false, None) => "+".to_string(),
+        };
+        let button = egui::Button::new(RichText::new(text).monospace()).selected(waiting);
+        let hover = if slot < bindings.len() {
+            "Click, then press the new keys; right-click removes"
+        } else {
+            "Add a key"
+        };
+        let r = ui.add(button).on_hover_text(hover);
+        if r.clicked() {
+            st.capture = if waiting { None } else { Some((action, slot)) };
+        }
+        if r.secondary_clicked() && slot < bindings.len() {
+            app.config.hotkeys.remove(action, slot);
+            st.message = Some(format!("{}: removed {}", action.label(), bindings[slot]));
+            app.save_config();
+        }
     }
-    if pressed(cmd, Key::Z) {
-        app.undo();
-    }
-    if pressed(cmd | Modifiers::SHIFT, Key::S) {
-        app.ask(Purpose::SaveImage);
-    }
-    if pressed(cmd, Key::S) {
-        match app.project_path.clone() {
+}
+
+/// Runs `action` (everything but the tool keys and the hold keys).
+fn run(app: &mut EditorApp, action: Action) {
+    match action {
+        Action::Open => app.ask(Purpose::OpenImage),
+        Action::SaveProject => match app.project_path.clone() {
             Some(p) => app.act(Purpose::SaveProject, p),
             None => app.ask(Purpose::SaveProject),
+        },
+        Action::ExportImage => app.ask(Purpose::SaveImage),
+        Action::Undo => app.undo(),
+        Action::Redo => app.redo(),
+        Action::Generate => app.generate(),
+        Action::Cancel => {
+            if app.confirm.is_some() {
+                app.confirm = None;
+            } else if app.jobs.busy() {
+                app.cancel();
+            } else if app.jobs.results.is_some() {
+                app.discard();
+            }
         }
-    }
-    if pressed(cmd, Key::O) {
-        app.ask(Purpose::OpenImage);
-    }
-    if pressed(cmd, Key::Enter) {
-        app.generate();
-    }
-    if pressed(cmd, Key::I) {
-        app.mask_op(GlobalOp::Invert);
-    }
-    if pressed(cmd, Key::D) {
-        app.mask_op(GlobalOp::Clear);
-    }
-    if pressed(cmd, Key::M) {
-        app.reuse_last_mask();
-    }
-    if pressed(cmd, Key::Num0) {
-        app.canvas.fit();
-    }
-    if pressed(cmd, Key::Num1) {
-        app.canvas.actual_size();
-    }
-    if pressed(Modifiers::NONE, Key::F1) {
-        app.show_help = !app.show_help;
-    }
-    if pressed(Modifiers::NONE, Key::Escape) {
-        if app.confirm.is_some() {
-            app.confirm = None;
-        } else if app.jobs.busy() {
-            app.cancel();
-        } else if app.jobs.results.is_some() {
-            app.discard();
+        Action::Accept | Action::PreviousCandidate | Action::NextCandidate => {
+            let Some(res) = &app.jobs.results else {
+                return;
+            };
+            let (sel, n) = (res.selected, res.levels.len());
+            match action {
+                Action::Accept => app.accept(sel),
+                _ if n == 0 => {}
+                Action::NextCandidate => app.select_candidate((sel + 1) % n),
+                _ => app.select_candidate((sel + n - 1) % n),
+            }
         }
+        Action::InvertMask => app.mask_op(GlobalOp::Invert),
+        Action::ClearMask => app.mask_op(GlobalOp::Clear),
+        Action::ReuseMask => app.reuse_last_mask(),
+        Action::Help => app.show_help = !app.show_help,
+        a if a.is_zoom() => {
+            app.canvas.zoom_action(a);
+        }
+        _ => {}
+    }
+}
+
+/// Applies this frame's keyboard shortcuts, as bound in the config's keymap (and hands the
+/// keys to the hotkey sheet while it waits for a new combination).
+pub(crate) fn shortcuts(app: &mut EditorApp, ctx: &egui::Context) {
+    for p in app.config.hotkeys.take_problems() {
+        app.error(p);
+    }
+    app.canvas.set_keymap(&app.config.hotkeys);
+    if capture(app, ctx) {
+        return;
+    }
+    let typing = ctx.egui_wants_keyboard_input();
+    let results = app.jobs.results.is_some();
+    let actions = ctx.input_mut(|i| {
+        app.config.hotkeys.consume(i, typing, |a| match a {
+            Action::Accept | Action::PreviousCandidate | Action::NextCandidate => results,
+            Action::ShowOriginal | Action::BrushSmaller | Action::BrushLarger => false,
+            a => a.tool().is_none(),
+        })
+    });
+    for action in actions {
+        run(app, action);
     }
     if typing {
         return;
     }
-    if pressed(Modifiers::SHIFT, Key::Questionmark) || pressed(Modifiers::NONE, Key::Questionmark) {
-        app.show_help = !app.show_help;
-    }
-    if let Some(res) = &app.jobs.results {
-        let (sel, n) = (res.selected, res.levels.len());
-        if pressed(Modifiers::NONE, Key::Enter) {
-            app.accept(sel);
-        } else if pressed(Modifiers::NONE, Key::ArrowRight) && n > 0 {
-            app.select_candidate((sel + 1) % n);
-        } else if pressed(Modifiers::NONE, Key::ArrowLeft) && n > 0 {
-            app.select_candidate((sel + n - 1) % n);
-        }
-    }
-    app.canvas_settings.show_original = ctx.input(|i| i.key_down(Key::Tab));
-    app.tools.handle_keys(ctx);
+    app.canvas_settings.show_original =
+        ctx.input(|i| app.config.hotkeys.held(i, Action::ShowOriginal));
+    app.tools.handle_keys(ctx, &app.config.hotkeys);
 }

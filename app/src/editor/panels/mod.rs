@@ -12,10 +12,11 @@ use egui::{Panel, RichText, ScrollArea};
 
 use super::app::{Confirm, EditorApp};
 use super::files::Purpose;
+use super::keymap::Action;
 use super::mask_ops::GlobalOp;
 
-pub use help::SHORTCUTS;
-pub(crate) use help::shortcuts;
+pub use help::FIXED_SHORTCUTS;
+pub(crate) use help::{capturing, shortcuts};
 
 /// Candidate thumbnails, keyed by candidate, rebuilt when a new level arrives.
 #[derive(Default)]
@@ -113,11 +114,18 @@ pub(crate) fn menu_bar(app: &mut EditorApp, ui: &mut egui::Ui) {
             });
             ui.menu_button("Mask", |ui| mask_menu(app, ui));
             ui.menu_button("View", |ui| {
-                if ui.button("Fit  Ctrl+0").clicked() {
-                    app.canvas.fit();
-                }
-                if ui.button("100 %  Ctrl+1").clicked() {
-                    app.canvas.actual_size();
+                let zooms = [
+                    ("Fit", Action::ZoomFit),
+                    ("100 %", Action::Zoom100),
+                    ("200 %", Action::Zoom200),
+                    ("400 %", Action::Zoom400),
+                    ("800 %", Action::Zoom800),
+                ];
+                for (label, action) in zooms {
+                    let text = format!("{label}  {}", app.config.hotkeys.text(action));
+                    if ui.button(text.trim_end()).clicked() {
+                        app.canvas.zoom_action(action);
+                    }
                 }
                 ui.checkbox(&mut app.canvas_settings.show_token_grid, "Token grid");
                 ui.horizontal(|ui| {
@@ -213,7 +221,7 @@ pub(crate) fn left_panel(app: &mut EditorApp, ui: &mut egui::Ui) {
         .default_size(150.0)
         .show(ui, |ui| {
             ui.heading("Tools");
-            app.tools.ui(ui);
+            app.tools.ui(ui, &app.config.hotkeys);
             if app.tools.tool == crate::editor::tools::Tool::Select {
                 crate::editor::segment::options_ui(app, ui);
             }
@@ -325,6 +333,6 @@ pub(crate) fn windows(app: &mut EditorApp, ctx: &egui::Context) {
         }
     }
     if app.show_help {
-        help::window(&mut app.show_help, ctx);
+        help::window(app, ctx);
     }
 }
