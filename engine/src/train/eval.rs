@@ -22,7 +22,7 @@ use super::stage::{StageBatch, StageTrainConfig, stage_nll};
 use super::vqgan::psnr;
 use crate::inpaint::{PresetMask, Window, composite, known_tokens, token_mask};
 use crate::loader::Model;
-use crate::loader::card::Condition;
+use crate::loader::card::{Condition, Conditioning};
 use crate::pipeline::{ChainRequest, Silent, run_chain};
 use crate::sampler::LevelParams;
 use crate::text::PromptTokenizer;
@@ -254,6 +254,15 @@ pub fn evaluate(
     }
 
     // Guidance: inpaint the largest emoji's box with a requested category.
+    if tokenizer.is_none()
+        && matches!(&card.conditioning, Conditioning::Text { class_names, .. } if !class_names.is_empty())
+    {
+        // Class words are text: without the tokenizer the "class-guided" runs would silently
+        // be unguided ones.
+        return Err(Error::Input(
+            "evaluating a text model with class words needs its tokenizer".into(),
+        ));
+    }
     let classes = classifier.config().classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6775_6964);
     let gscenes = val.scenes(cfg.seed ^ 1, 0, cfg.guidance, res);
@@ -264,7 +273,7 @@ pub fn evaluate(
         let prompt = &names[want][rng.random_range(0..names[want].len())];
         let masked = Masked::new(model, scene, scene_mask(scene, SceneMask::Item(0)))?;
         let kinds = [
-            condition_of(card, None, want, "")?,
+            condition_of(card, tokenizer, want, "")?,
             condition_of(card, tokenizer, usize::MAX, prompt)?,
             Condition::None,
         ];
@@ -417,7 +426,7 @@ pub fn contact_sheet(
                 2.0,
                 seed,
             )?,
-            target.fill(model, condition_of(card, None, want, "")?, 2.0, seed)?,
+            target.fill(model, condition_of(card, tokenizer, want, "")?, 2.0, seed)?,
             target.fill(model, Condition::None, 1.0, seed)?,
         ];
         for (c, img) in cells.iter().enumerate() {
