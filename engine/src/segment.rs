@@ -17,18 +17,16 @@ mod tiny_vit;
 mod transformer;
 mod worker;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Shape, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
-use candle_nn::var_builder::SimpleBackend;
 use image::{GrayImage, RgbImage};
 
 pub use sam::{IMAGE_SIZE, Sam};
 pub use worker::{SegmentEvent, SegmentWorker};
 
-use crate::loader::backend::{unwrap, wrap};
+use crate::loader::backend::{Checked, Source, unwrap};
 use crate::{Error, Result};
 
 /// Name of the released MobileSAM weights file.
@@ -75,13 +73,7 @@ impl Segmenter {
 
     /// Loads the weights at `path` onto `device`.
     pub fn load_on(path: &Path, device: &Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| Error::bad_file(path, format!("not a readable safetensors file: {e}")))?;
-        let backend = MapBackend {
-            tensors,
-            path: path.to_path_buf(),
-        };
+        let backend = Checked::new(Source::safetensors(path.to_path_buf())?, None);
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let sam = Sam::new_tiny(vb).map_err(unwrap)?;
         Ok(Self::from_sam(sam, device))
@@ -215,51 +207,4 @@ pub fn resized_size(w: u32, h: u32) -> (usize, usize) {
     let scale = IMAGE_SIZE as f64 / f64::from(w.max(h));
     let r = |v: u32| ((f64::from(v) * scale + 0.5) as usize).clamp(1, IMAGE_SIZE);
     (r(w), r(h))
-}
-
-/// Tensors read from a safetensors file, checked against the shapes the network asks for.
-struct MapBackend {
-    tensors: HashMap<String, Tensor>,
-    path: PathBuf,
-}
-
-impl MapBackend {
-    fn find(&self, name: &str) -> candle_core::Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| {
-            wrap(Error::MissingKey {
-                path: self.path.clone(),
-                key: name.to_owned(),
-            })
-        })
-    }
-}
-
-impl SimpleBackend for MapBackend {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        _init: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = self.find(name)?;
-        if t.dims() != shape.dims() {
-            return Err(wrap(Error::ShapeMismatch {
-                path: self.path.clone(),
-                key: name.to_owned(),
-                expected: shape.dims().to_vec(),
-                found: t.dims().to_vec(),
-            }));
-        }
-        t.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.find(name)?.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
 }

@@ -171,6 +171,8 @@ pub struct EditorApp {
     pub(crate) ctx: egui::Context,
     pub(crate) class_filter: String,
     pub(crate) prompt_check: Option<(String, tessera_engine::text::Encoded)>,
+    /// The same for the negative prompt.
+    pub(crate) negative_check: Option<(String, tessera_engine::text::Encoded)>,
     pub(crate) thumbs: super::panels::Thumbs,
     pub(crate) config_dir: Option<PathBuf>,
     pub(crate) done_tx: Sender<Done>,
@@ -248,6 +250,7 @@ impl EditorApp {
             ctx,
             class_filter: String::new(),
             prompt_check: None,
+            negative_check: None,
             thumbs: Default::default(),
             config_dir: opts.config_dir,
             done_tx,

@@ -453,6 +453,7 @@ impl EditorApp {
         self.model.warnings = warnings;
         self.model.path = path.clone();
         self.prompt_check = None;
+        self.negative_check = None;
         self.grid_rev = None;
         if let Some(p) = path {
             self.config.last_model = Some(p);

@@ -31,6 +31,29 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// Maps the safetensors file at `path`: [`Error::Io`] when it is missing, [`Error::BadFile`]
+    /// when it is not a readable safetensors file (truncated, something else).
+    pub fn safetensors(path: PathBuf) -> crate::Result<Self> {
+        if !path.is_file() {
+            return Err(Error::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "weights file missing"),
+            ));
+        }
+        // SAFETY: the file is mapped read-only; Tessera never writes a weights file in place
+        // (imports and exports go to a fresh file or folder that is renamed), so the mapping
+        // is not mutated.
+        #[allow(unsafe_code)]
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
+            .map_err(|e| Error::bad_file(&path, format!("not a readable safetensors file: {e}")))?;
+        Ok(Source::Safetensors {
+            st: Arc::new(st),
+            path,
+        })
+    }
+}
+
 /// Tensors recorded while a network was built: (parameter name, tensor as loaded).
 pub type Recorder = Arc<Mutex<Vec<(String, Tensor)>>>;
 

@@ -3,9 +3,6 @@
 //! official parameter names (dotted module paths), without checkpoint prefixes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use candle_core::safetensors::MmapedSafetensors;
 
 use super::Part;
 use super::backend::Source;
@@ -66,21 +63,6 @@ impl Folder {
     }
 
     pub(crate) fn source(&self, part: Part) -> Result<Source> {
-        let path = self.weights_path(part)?;
-        if !path.is_file() {
-            return Err(Error::io(
-                &path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "weights file missing"),
-            ));
-        }
-        // SAFETY: the file is mapped read-only; Tessera never writes a model folder in place
-        // (imports are written to a fresh folder and renamed), so the mapping is not mutated.
-        #[allow(unsafe_code)]
-        let st = unsafe { MmapedSafetensors::new(&path) }
-            .map_err(|e| Error::bad_file(&path, format!("not a readable safetensors file: {e}")))?;
-        Ok(Source::Safetensors {
-            st: Arc::new(st),
-            path,
-        })
+        Source::safetensors(self.weights_path(part)?)
     }
 }

@@ -123,11 +123,19 @@ fn negative_ui(app: &mut EditorApp, ui: &mut egui::Ui, card: &ModelCard) {
             ui.label("Negative").on_hover_text(
                 "what guidance steers away from (empty = the empty prompt); used with guidance ≠ 1",
             );
-            let unknown: Vec<Range<usize>> = match &app.model.tokenizer {
-                Some(tok) if enabled && !app.settings.negative_prompt.is_empty() => tok
+            // Re-encode only when the negative prompt changed.
+            let stale = app
+                .negative_check
+                .as_ref()
+                .is_none_or(|(p, _)| *p != app.settings.negative_prompt);
+            if stale && let Some(tok) = &app.model.tokenizer {
+                let enc = tok
                     .encode(&app.settings.negative_prompt)
-                    .map(|e| e.unknown.into_iter().map(|(r, _)| r).collect())
-                    .unwrap_or_default(),
+                    .unwrap_or_default();
+                app.negative_check = Some((app.settings.negative_prompt.clone(), enc));
+            }
+            let unknown: Vec<Range<usize>> = match &app.negative_check {
+                Some((_, e)) if enabled => e.unknown.iter().map(|(r, _)| r.clone()).collect(),
                 _ => Vec::new(),
             };
             let mut layouter = |ui: &egui::Ui, text: &dyn egui::TextBuffer, wrap: f32| {
@@ -308,30 +316,7 @@ fn prompt_box(app: &mut EditorApp, ui: &mut egui::Ui, context_len: usize) {
         .map(|(_, e)| e.unknown.iter().map(|(r, _)| r.clone()).collect())
         .unwrap_or_default();
     let mut layouter = |ui: &egui::Ui, text: &dyn egui::TextBuffer, wrap: f32| {
-        let text = text.as_str();
-        let font = egui::TextStyle::Body.resolve(ui.style());
-        let normal = TextFormat::simple(font.clone(), ui.visuals().text_color());
-        let bad = TextFormat {
-            underline: Stroke::new(1.5, Color32::from_rgb(230, 60, 60)),
-            color: Color32::from_rgb(230, 90, 90),
-            ..TextFormat::simple(font, ui.visuals().text_color())
-        };
-        let mut job = LayoutJob::default();
-        let mut at = 0;
-        for r in &unknown {
-            if r.start < at || r.end > text.len() || !text.is_char_boundary(r.start) {
-                continue;
-            }
-            if !text.is_char_boundary(r.end) {
-                continue;
-            }
-            job.append(&text[at..r.start], 0.0, normal.clone());
-            job.append(&text[r.clone()], 0.0, bad.clone());
-            at = r.end;
-        }
-        job.append(&text[at..], 0.0, normal);
-        job.wrap.max_width = wrap;
-        ui.painter().layout_job(job)
+        layout_underlined(ui, text.as_str(), wrap, &unknown)
     };
     ui.add(
         egui::TextEdit::multiline(&mut app.settings.prompt)
