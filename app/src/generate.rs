@@ -344,9 +344,11 @@ fn chain_request(
     }
     req.candidates = args.candidates;
     req.seed = args.seed;
-    let temps = per_level(&args.temperature, t, 1.0, "temperature")?;
-    let ks = per_level(&args.top_k, t, 0, "top-k")?;
-    let ps = per_level(&args.top_p, t, 1.0, "top-p")?;
+    // Unset values take the card's recommendation (the network's own distribution if none).
+    let rec = card.sampling.unwrap_or_default();
+    let temps = per_level(&args.temperature, t, rec.temperature, "temperature")?;
+    let ks = per_level(&args.top_k, t, rec.top_k.unwrap_or(0), "top-k")?;
+    let ps = per_level(&args.top_p, t, rec.top_p.unwrap_or(1.0), "top-p")?;
     req.levels = (0..t)
         .map(|i| LevelParams {
             temperature: temps[i],

@@ -213,6 +213,22 @@ pub struct EvalArgs {
     /// Held-out scenes per measurement (reconstruction, NLL, FID); guidance uses half.
     #[arg(long, default_value_t = 256)]
     pub n: usize,
+    /// Generated images per FID (default: `--n`; 0 skips FID).
+    #[arg(long)]
+    pub fid: Option<usize>,
+    /// Classifier-free guidance scale of the class- and text-guided inpaintings.
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance_scale: f32,
+    /// Sampling temperature of every level (with --top-k/--top-p unset: the card's
+    /// recommended sampling, else 1).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Top-k truncation of every level (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Top-p (nucleus) truncation of every level (1 = off).
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -231,11 +247,34 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     use tessera_engine::train::classifier::{Classifier, ClassifierTrainConfig, train_classifier};
     use tessera_engine::train::eval::{EvalConfig, contact_sheet, evaluate};
 
+    if !(args.guidance_scale.is_finite() && args.guidance_scale >= 0.0) {
+        anyhow::bail!(
+            "--guidance-scale must be a finite number ≥ 0, got {}",
+            args.guidance_scale
+        );
+    }
+    // Sampling given on the command line replaces the card's recommendation.
+    let explicit = (args.temperature.is_some() || args.top_k.is_some() || args.top_p.is_some())
+        .then(|| tessera_engine::sampler::LevelParams {
+            temperature: args.temperature.unwrap_or(1.0),
+            top_k: args.top_k.filter(|&k| k > 0),
+            top_p: args.top_p.filter(|&p| p != 1.0),
+        });
+    if let Some(Err(e)) = explicit.map(|s| s.validate()) {
+        anyhow::bail!("{e}");
+    }
     let recipe = load_recipe(&args.recipe)?;
     let set = load_set(&args.data, args.fixture)?;
     let source = ModelSource::open(&args.model)
         .with_context(|| format!("cannot open the model {}", args.model.display()))?;
     let model = source.load(&ModelLoad::default())?;
+    let sampling = explicit.unwrap_or_else(|| model.card.sampling.unwrap_or_default());
+    eprintln!(
+        "sampling: temperature {}, top-k {}, top-p {}",
+        sampling.temperature,
+        sampling.top_k.map_or("off".into(), |k| k.to_string()),
+        sampling.top_p.map_or("off".into(), |p| p.to_string())
+    );
     let tokenizer = PromptTokenizer::for_model(&args.model, &model.card)?;
     let val = recipe::val_scenes(&set, &recipe)?;
     let device = candle_core::Device::Cpu;
@@ -283,7 +322,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         recon: args.n,
         nll: args.n,
         guidance: (args.n / 2).max(1),
-        fid: args.n,
+        fid: args.fid.unwrap_or(args.n),
+        guidance_scale: args.guidance_scale,
+        sampling,
         ..EvalConfig::default()
     };
     let report = evaluate(
@@ -302,14 +343,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.sheet {
-        let sheet = contact_sheet(
-            &model,
-            &val,
-            tokenizer.as_ref(),
-            args.sheet_rows,
-            3,
-            cfg.seed,
-        )?;
+        let sheet = contact_sheet(&model, &val, tokenizer.as_ref(), args.sheet_rows, 3, &cfg)?;
         let mut png = Vec::new();
         sheet.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
         write_atomic(path, &png).map_err(anyhow::Error::msg)?;

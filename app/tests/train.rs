@@ -132,6 +132,18 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
         let v = v.as_f64().unwrap();
         assert!(v > 0.0 && v < 8.0, "{report}");
     }
+    let uncond = report["nll_bits_uncond"].as_array().unwrap();
+    assert_eq!(uncond.len(), 2, "{report}");
+    assert!(
+        uncond
+            .iter()
+            .all(|v| v.as_f64().is_some_and(|v| v > 0.0 && v < 8.0)),
+        "{report}"
+    );
+    assert!(
+        text.contains("sampling: temperature 1, top-k off, top-p off"),
+        "the card recommends nothing, so the network's own distribution: {text}"
+    );
     let sheet = image::open(&sheet).unwrap();
     assert!(sheet.width() > sheet.height(), "4 columns, 2 rows");
 }
@@ -167,4 +179,22 @@ fn a_bad_recipe_file_is_named() {
     ]);
     assert!(!ok);
     assert!(text.contains("at least 2 levels"), "{text}");
+}
+
+#[test]
+fn eval_refuses_bad_sampling_settings_before_any_work() {
+    for args in [
+        &["eval", "--guidance-scale=-1"][..],
+        &["eval", "--top-p", "1.5"][..],
+        &["eval", "--temperature", "0"][..],
+    ] {
+        let (ok, text) = tessera(args);
+        assert!(!ok, "{args:?} must fail: {text}");
+        assert!(
+            text.contains("guidance-scale")
+                || text.contains("top-p")
+                || text.contains("temperature"),
+            "{args:?}: {text}"
+        );
+    }
 }

@@ -82,8 +82,8 @@ pub struct Start {
 }
 
 impl ChainRequest {
-    /// Defaults for `card`: no condition, no guidance (negative: none), one candidate, seed 0, default
-    /// [`LevelParams`] per level, temperature at every level, one pass per stage, no known
+    /// Defaults for `card`: no condition, no guidance (negative: none), one candidate, seed 0, the
+    /// card's recommended [`LevelParams`] (else the defaults) per level, temperature at every level, one pass per stage, no known
     /// tokens, start from x_T.
     pub fn new(card: &ModelCard) -> Self {
         let t = card.levels();
@@ -93,7 +93,7 @@ impl ChainRequest {
             negative: Condition::None,
             candidates: 1,
             seed: 0,
-            levels: vec![LevelParams::default(); t],
+            levels: vec![card.sampling.unwrap_or_default(); t],
             encdec_temperature: true,
             chains: vec![1; t],
             known: None,

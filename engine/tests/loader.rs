@@ -334,3 +334,47 @@ fn lazy_model_loads_one_stage_at_a_time_and_samples_the_same() {
     );
     assert!(report.unwrap().passed());
 }
+
+#[test]
+fn card_sampling_recommendation_is_the_request_default_and_checked() {
+    use tessera_engine::pipeline::ChainRequest;
+    use tessera_engine::sampler::LevelParams;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("model");
+    let case = golden().join("uncond_geometric");
+    let card = import(
+        &case.join("sampling.yaml"),
+        &folder,
+        &ImportOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    // Official releases carry no recommendation: their own distribution at every level.
+    assert_eq!(card.sampling, None);
+    let req = ChainRequest::new(&card);
+    assert!(req.levels.iter().all(|l| *l == LevelParams::default()));
+
+    let card_path = folder.join("model.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    assert!(
+        json.get("sampling").is_none(),
+        "no recommendation, nothing written"
+    );
+    json["sampling"] = serde_json::json!({"temperature": 0.9, "top_k": null, "top_p": 0.8});
+    std::fs::write(&card_path, json.to_string()).unwrap();
+    let card = ModelSource::open(&folder).unwrap().card().clone();
+    let want = LevelParams {
+        temperature: 0.9,
+        top_k: None,
+        top_p: Some(0.8),
+    };
+    assert_eq!(card.sampling, Some(want));
+    assert_eq!(ChainRequest::new(&card).levels, vec![want; card.levels()]);
+
+    // A recommendation outside the valid ranges is refused with the reason.
+    json["sampling"]["top_p"] = serde_json::json!(1.5);
+    std::fs::write(&card_path, json.to_string()).unwrap();
+    let err = ModelSource::open(&folder).unwrap_err().to_string();
+    assert!(err.contains("sampling") && err.contains("top-p"), "{err}");
+}

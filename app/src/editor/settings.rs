@@ -149,13 +149,12 @@ impl GenSettings {
     pub fn fit_card(&mut self, card: &ModelCard) {
         let chains = default_chains(card);
         if self.levels.len() != card.levels() {
+            let rec = recommended(card);
             self.levels = chains
                 .iter()
-                .map(|&c| LevelSetting {
-                    temperature: 1.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    chains: c,
+                .map(|&chains| LevelSetting {
+                    chains,
+                    ..rec.clone()
                 })
                 .collect();
         }
@@ -183,7 +182,7 @@ impl GenSettings {
         }
     }
 
-    /// Applies a preset to every level.
+    /// Applies a preset to every level; Default is the card's recommended sampling, if any.
     pub fn apply_preset(&mut self, preset: Preset, card: &ModelCard) {
         let t = card.levels();
         let chains = default_chains(card);
@@ -196,7 +195,10 @@ impl GenSettings {
                     1.0
                 };
                 let (temperature, top_k, top_p, chains) = match preset {
-                    Preset::Default => (1.0, 0, 1.0, chains[level - 1]),
+                    Preset::Default => {
+                        let r = recommended(card);
+                        (r.temperature, r.top_k, r.top_p, chains[level - 1])
+                    }
                     Preset::Conservative => (0.85, 100, 1.0, chains[level - 1]),
                     Preset::Creative => (1.0 + 0.2 * coarse, 0, 0.95, chains[level - 1]),
                     Preset::Fast => (1.0, 0, 1.0, 1),
@@ -424,9 +426,48 @@ impl Config {
     }
 }
 
+/// The card's recommended sampling as a level setting (one chain; the network's own
+/// distribution when the card has none).
+fn recommended(card: &ModelCard) -> LevelSetting {
+    let s = card.sampling.unwrap_or_default();
+    LevelSetting {
+        temperature: s.temperature,
+        top_k: s.top_k.unwrap_or(0),
+        top_p: s.top_p.unwrap_or(1.0),
+        chains: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cards_recommended_sampling_is_the_default_preset() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model");
+        let mut card = tessera_engine::loader::ModelSource::open(&dir)
+            .unwrap()
+            .card()
+            .clone();
+        let want = LevelParams {
+            temperature: 0.9,
+            top_k: Some(50),
+            top_p: Some(0.8),
+        };
+        card.sampling = Some(want);
+        let mut s = GenSettings::for_card(&card);
+        let req = s.chain_request(&card, None, 1).unwrap();
+        assert_eq!(req.levels, vec![want; card.levels()]);
+        s.apply_preset(Preset::Creative, &card);
+        assert_ne!(s.chain_request(&card, None, 1).unwrap().levels, req.levels);
+        s.apply_preset(Preset::Default, &card);
+        assert_eq!(s.chain_request(&card, None, 1).unwrap().levels, req.levels);
+        // Without a recommendation: the network's own distribution.
+        card.sampling = None;
+        let s = GenSettings::for_card(&card);
+        let req = s.chain_request(&card, None, 1).unwrap();
+        assert!(req.levels.iter().all(|l| *l == LevelParams::default()));
+    }
 
     #[test]
     fn seed_modes_advance() {

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gpt::GptConfig;
+use crate::sampler::LevelParams;
 use crate::schedule::Schedule;
 use crate::vqgan::VqganConfig;
 use crate::xtransformer::XTransformerConfig;
@@ -46,6 +47,11 @@ pub struct ModelCard {
     /// License of the weights.
     #[serde(default)]
     pub license: String,
+    /// Sampling settings its authors recommend for every level, the default of the editor,
+    /// the command line and `tessera eval`; absent = the network's own distribution (as the
+    /// official releases are sampled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<LevelParams>,
 }
 
 fn default_dtype() -> String {
@@ -293,6 +299,9 @@ impl ModelCard {
 
     /// Checks that the stages fit together; the message says what does not.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(Err(e)) = self.sampling.map(|s| s.validate()) {
+            return Err(format!("sampling: {e}"));
+        }
         let t_max = self.levels();
         if t_max == 0 {
             return Err("the model has no stages".into());

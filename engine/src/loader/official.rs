@@ -394,6 +394,7 @@ impl Release {
             dtype: "f32".into(),
             provenance: format!("official release, manifest {}", manifest.display()),
             license: "see the official release".into(),
+            sampling: None,
         };
         card.validate().map_err(|e| Error::config(&manifest, e))?;
         Ok(Self {

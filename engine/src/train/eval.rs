@@ -41,6 +41,9 @@ pub struct EvalConfig {
     pub fid: usize,
     /// Classifier-free guidance scale for the guided runs.
     pub guidance_scale: f32,
+    /// Sampling settings of every level (temperature, top-k, top-p) for all generations.
+    #[serde(default)]
+    pub sampling: LevelParams,
     /// Seed of scenes, requested categories and sampling.
     pub seed: u64,
 }
@@ -53,6 +56,7 @@ impl Default for EvalConfig {
             guidance: 96,
             fid: 256,
             guidance_scale: 2.0,
+            sampling: LevelParams::default(),
             seed: 2024,
         }
     }
@@ -71,6 +75,10 @@ pub struct EvalReport {
     pub code_perplexity: f64,
     /// Held-out NLL per level (index t − 1), bits per token.
     pub nll_bits: Vec<f64>,
+    /// The same held-out NLL with every condition dropped: the gap to `nll_bits` is what
+    /// the condition tells each level (zero means the stage ignores it).
+    #[serde(default)]
+    pub nll_bits_uncond: Vec<f64>,
     /// Guidance accuracy.
     pub guidance: GuidanceReport,
     /// FID of unconditional samples vs held-out scenes (classifier features).
@@ -129,8 +137,15 @@ impl<'a> Masked<'a> {
     }
 
     /// One inpainting under `cond`.
-    fn fill(&self, model: &Model, cond: Condition, scale: f32, seed: u64) -> Result<RgbImage> {
-        let req = request(model, cond, scale, seed, Some(self.known.clone()));
+    fn fill(
+        &self,
+        model: &Model,
+        cond: Condition,
+        scale: f32,
+        level: LevelParams,
+        seed: u64,
+    ) -> Result<RgbImage> {
+        let req = request(model, cond, scale, level, seed, Some(self.known.clone()));
         let grids = run_chain(model, &req, &mut Silent)?;
         let generated = decode(model, &grids.last().expect("x_0")[0])?;
         Ok(composite(
@@ -147,6 +162,7 @@ fn request(
     model: &Model,
     condition: Condition,
     scale: f32,
+    level: LevelParams,
     seed: u64,
     known: Option<Vec<Option<u32>>>,
 ) -> ChainRequest {
@@ -157,7 +173,7 @@ fn request(
         negative: Condition::None,
         candidates: 1,
         seed,
-        levels: vec![LevelParams::default(); t],
+        levels: vec![level; t],
         encdec_temperature: true,
         chains: vec![1; t],
         known,
@@ -231,6 +247,7 @@ pub fn evaluate(
         .map(|s| condition_of(card, tokenizer, s.class, &s.caption))
         .collect::<Result<_>>()?;
     let mut nll_bits = Vec::new();
+    let mut nll_bits_uncond = Vec::new();
     for t in 1..=card.levels() {
         let stage_cfg = StageTrainConfig {
             level: t,
@@ -249,8 +266,19 @@ pub fn evaluate(
             .collect();
         let net = model.stage(t)?;
         let bits = stage_nll(&net, &stage_cfg, &card.schedule, &batches, cfg.seed)?;
-        log(&format!("stage {t}: held-out NLL {bits:.3} bits/token"));
+        let dropped: Vec<StageBatch> = batches
+            .iter()
+            .map(|b| StageBatch {
+                x0: b.x0.clone(),
+                conds: vec![Condition::None; b.x0.len()],
+            })
+            .collect();
+        let bits_uncond = stage_nll(&net, &stage_cfg, &card.schedule, &dropped, cfg.seed)?;
+        log(&format!(
+            "stage {t}: held-out NLL {bits:.3} bits/token ({bits_uncond:.3} without the condition)"
+        ));
         nll_bits.push(bits);
+        nll_bits_uncond.push(bits_uncond);
     }
 
     // Guidance: inpaint the largest emoji's box with a requested category.
@@ -283,7 +311,7 @@ pub fn evaluate(
             } else {
                 cfg.guidance_scale
             };
-            let out = masked.fill(model, cond, scale, cfg.seed + i as u64)?;
+            let out = masked.fill(model, cond, scale, cfg.sampling, cfg.seed + i as u64)?;
             let x = batch_to_tensor(&[out], &dev)?;
             if classifier.predict(&x)?[0] == want {
                 hits[k] += 1;
@@ -320,6 +348,7 @@ pub fn evaluate(
                 model,
                 Condition::None,
                 1.0,
+                cfg.sampling,
                 cfg.seed + 10_000 + i as u64,
                 None,
             );
@@ -338,6 +367,7 @@ pub fn evaluate(
                 model,
                 Condition::None,
                 1.0,
+                cfg.sampling,
                 cfg.seed + 20_000 + i as u64,
             )?);
         }
@@ -355,6 +385,7 @@ pub fn evaluate(
         n_embed: card.vqgan.n_embed,
         code_perplexity: entropy.exp(),
         nll_bits,
+        nll_bits_uncond,
         guidance,
         fid_uncond,
         fid_upper_half,
@@ -378,15 +409,17 @@ fn prompts_by_class(view: &SceneGen, classes: usize) -> Vec<Vec<String>> {
 }
 
 /// A contact sheet: one row per scene — the masked input (mask in red), then text-guided,
-/// class-guided and unconditional inpaintings — each cell `scale`× enlarged.
+/// class-guided and unconditional inpaintings — each cell `scale_px`× enlarged; sampled with
+/// `cfg`'s seed, guidance scale and sampling settings.
 pub fn contact_sheet(
     model: &Model,
     val: &SceneGen,
     tokenizer: Option<&PromptTokenizer>,
     rows: usize,
     scale_px: u32,
-    seed: u64,
+    cfg: &EvalConfig,
 ) -> Result<RgbImage> {
+    let (seed, g, level) = (cfg.seed, cfg.guidance_scale, cfg.sampling);
     let card = &model.card;
     let res = card.resolution() as u32;
     let classes = super::data::class_names().len();
@@ -423,11 +456,18 @@ pub fn contact_sheet(
             target.fill(
                 model,
                 condition_of(card, tokenizer, usize::MAX, &prompt)?,
-                2.0,
+                g,
+                level,
                 seed,
             )?,
-            target.fill(model, condition_of(card, tokenizer, want, "")?, 2.0, seed)?,
-            target.fill(model, Condition::None, 1.0, seed)?,
+            target.fill(
+                model,
+                condition_of(card, tokenizer, want, "")?,
+                g,
+                level,
+                seed,
+            )?,
+            target.fill(model, Condition::None, 1.0, level, seed)?,
         ];
         for (c, img) in cells.iter().enumerate() {
             let big =

@@ -26,6 +26,7 @@ use super::vqgan::{VqganProgress, VqganTrainConfig, train_vqgan};
 use crate::loader::card::{
     CARD_FILE, CARD_FORMAT, Condition, Conditioning, ModelCard, VQGAN_FILE, class_prompt,
 };
+use crate::sampler::LevelParams;
 use crate::schedule::Schedule;
 use crate::text::{PromptTokenizer, train_word_level};
 use crate::vqgan::{Vqgan, VqganConfig};
@@ -88,6 +89,9 @@ pub struct Recipe {
     pub ckpt_every: usize,
     /// Store the stage weights as f16 (half the size; computed in f32 after loading).
     pub export_f16: bool,
+    /// Sampling settings written into the card as its recommendation (chosen by
+    /// `tessera eval`; see the README).
+    pub sampling: Option<LevelParams>,
 }
 
 impl Default for Recipe {
@@ -121,6 +125,7 @@ impl Default for Recipe {
             ema_decay: 0.999,
             ckpt_every: 100,
             export_f16: true,
+            sampling: None,
         }
     }
 }
@@ -175,6 +180,9 @@ impl Recipe {
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(format!("recipe: {m}")));
+        if let Some(Err(e)) = self.sampling.map(|s| s.validate()) {
+            return bad(format!("sampling: {e}"));
+        }
         if self.levels < 2 {
             return bad(format!("needs at least 2 levels, got {}", self.levels));
         }
@@ -456,6 +464,7 @@ pub fn run(
             recipe.name
         ),
         license: "MIT (weights); training images: Microsoft Fluent Emoji (MIT), see NOTICE".into(),
+        sampling: recipe.sampling,
     };
     write_json(&tmp.join(CARD_FILE), &card)?;
     if out.exists() {
