@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tessera::editor::files::write_atomic;
 use tessera_engine::train::data::{EmojiSet, LoadOptions};
 use tessera_engine::train::recipe::{self, Recipe, TrainEvent};
@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// Where the finished model folder goes.
     #[arg(long, default_value = "assets/model")]
     pub out: PathBuf,
+    /// Stages trained at the same time, each on its share of the cores (default: one per
+    /// core; a stage step barely gains from a second thread). The model does not depend on it.
+    #[arg(long, default_value_t = recipe::default_jobs())]
+    pub jobs: usize,
     /// Replace an existing model folder at --out.
     #[arg(long)]
     pub force: bool,
@@ -81,7 +85,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         began.elapsed().as_secs_f64()
     );
     let mut ui = Bars::new();
-    let card = recipe::run(&recipe, &set, &args.work, &args.out, args.force, &mut |e| {
+    let opts = recipe::RunOptions {
+        overwrite: args.force,
+        jobs: args.jobs,
+    };
+    let card = recipe::run(&recipe, &set, &args.work, &args.out, &opts, &mut |e| {
         ui.event(e)
     })
     .context("training failed (rerun the same command to resume)")?;
@@ -96,62 +104,101 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// One progress bar per phase; quiet lines when stderr is not a terminal.
+/// One progress bar per phase (per stage when stages train side by side); quiet lines when
+/// stderr is not a terminal. Each phase's time is printed when it ends.
 struct Bars {
-    bar: Option<ProgressBar>,
+    multi: MultiProgress,
+    /// Label of the running single phase (VQGAN, pool, classifier).
     phase: String,
-    phase_began: Instant,
+    tracks: Vec<Track>,
+}
+
+/// One phase's bar.
+struct Track {
+    label: String,
+    bar: ProgressBar,
+    began: Instant,
     last_line: Instant,
+    done: bool,
+}
+
+impl Track {
+    fn end(&mut self, multi: &MultiProgress) {
+        if !self.done {
+            self.done = true;
+            self.bar.finish();
+            let line = format!(
+                "{}: {:.1} min",
+                self.label,
+                self.began.elapsed().as_secs_f64() / 60.0
+            );
+            multi.suspend(|| eprintln!("{line}"));
+        }
+    }
 }
 
 impl Bars {
     fn new() -> Self {
         Self {
-            bar: None,
+            multi: MultiProgress::new(),
             phase: String::new(),
-            phase_began: Instant::now(),
-            last_line: Instant::now(),
+            tracks: Vec::new(),
         }
     }
 
+    /// Ends every open bar.
     fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish();
+        for t in &mut self.tracks {
+            t.end(&self.multi);
         }
-        if !self.phase.is_empty() {
-            eprintln!(
-                "{}: {:.1} min",
-                self.phase,
-                self.phase_began.elapsed().as_secs_f64() / 60.0
-            );
+        self.tracks.clear();
+    }
+
+    fn track(&mut self, label: &str, len: usize) -> &mut Track {
+        let i = match self.tracks.iter().position(|t| t.label == label) {
+            Some(i) => i,
+            None => {
+                let bar = self.multi.add(ProgressBar::new(len as u64));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>8} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(label.to_string());
+                self.tracks.push(Track {
+                    label: label.to_string(),
+                    bar,
+                    began: Instant::now(),
+                    last_line: Instant::now(),
+                    done: false,
+                });
+                self.tracks.len() - 1
+            }
+        };
+        &mut self.tracks[i]
+    }
+
+    fn update_track(&mut self, label: &str, pos: usize, len: usize, msg: String) {
+        let multi = self.multi.clone();
+        let t = self.track(label, len);
+        t.bar.set_length(len as u64);
+        t.bar.set_position(pos as u64);
+        if t.bar.is_hidden() && (t.last_line.elapsed().as_secs() >= 30 || pos == len) {
+            eprintln!("{label} {pos}/{len} {msg}");
+            t.last_line = Instant::now();
+        }
+        t.bar.set_message(msg);
+        if pos == len {
+            t.end(&multi);
         }
     }
 
-    fn bar(&mut self, len: usize) -> &ProgressBar {
-        self.bar.get_or_insert_with(|| {
-            let bar = ProgressBar::new(len as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>8} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
-            bar
-        })
-    }
-
+    /// Progress of the running single phase.
     fn update(&mut self, pos: usize, len: usize, msg: String) {
-        let phase = self.phase.clone();
-        let bar = self.bar(len);
-        bar.set_prefix(phase);
-        bar.set_length(len as u64);
-        bar.set_position(pos as u64);
-        bar.set_message(msg.clone());
-        if bar.is_hidden() && (self.last_line.elapsed().as_secs() >= 30 || pos == len) {
-            eprintln!("{} {pos}/{len} {msg}", self.phase);
-            self.last_line = Instant::now();
-        }
+        let label = self.phase.clone();
+        self.update_track(&label, pos, len, msg);
     }
 
     fn event(&mut self, e: TrainEvent) -> bool {
@@ -162,8 +209,10 @@ impl Bars {
                     eprintln!("{name}: found in the work folder");
                     self.phase.clear();
                 } else {
+                    if name.starts_with("stages") {
+                        eprintln!("{name}");
+                    }
                     self.phase = name;
-                    self.phase_began = Instant::now();
                 }
             }
             TrainEvent::Vqgan(p) => self.update(
@@ -174,7 +223,8 @@ impl Bars {
                     p.rec_loss, p.psnr, p.used_codes
                 ),
             ),
-            TrainEvent::Stage { progress: p, .. } => self.update(
+            TrainEvent::Stage { level, progress: p } => self.update_track(
+                &format!("stage {level}"),
                 p.step,
                 p.steps,
                 format!(

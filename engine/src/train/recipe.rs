@@ -13,15 +13,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::data::{EmojiSet, SceneConfig, SceneGen, batch_to_tensor, class_names};
-use super::stage::{
-    NetworkSize, StageBatch, StageProgress, StageTrainConfig, input_vocab, stage_network,
-    train_stage,
-};
+use super::stage::{NetworkSize, StageProgress, StageTrainConfig, input_vocab, stage_network};
 use super::vqgan::{VqganProgress, VqganTrainConfig, train_vqgan};
 use crate::loader::card::{
     CARD_FILE, CARD_FORMAT, Condition, Conditioning, ModelCard, VQGAN_FILE, class_prompt,
@@ -31,6 +26,9 @@ use crate::schedule::Schedule;
 use crate::text::{PromptTokenizer, train_word_level};
 use crate::vqgan::{Vqgan, VqganConfig};
 use crate::{Error, Result};
+
+mod stages;
+use stages::{StageData, train_stages};
 
 /// File name of the tokenizer in the work and model folders.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -262,18 +260,42 @@ pub struct Pool {
     pub captions: Vec<String>,
 }
 
+/// How [`run`] runs; none of it changes the trained model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Replace an existing model folder.
+    pub overwrite: bool,
+    /// Stages trained at the same time (each on its share of the threads); 1 trains them in
+    /// order on all threads.
+    pub jobs: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            overwrite: false,
+            jobs: default_jobs(),
+        }
+    }
+}
+
+/// One stage per core: a stage step barely gains from a second thread (see [`stages`]).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Runs (or resumes) every phase of `recipe` on `set`: work files in `work`, the model folder
-/// written to `out` (which must not exist unless `overwrite`).
+/// written to `out` (which must not exist unless `opts.overwrite`).
 pub fn run(
     recipe: &Recipe,
     set: &EmojiSet,
     work: &Path,
     out: &Path,
-    overwrite: bool,
+    opts: &RunOptions,
     events: &mut dyn FnMut(TrainEvent) -> bool,
 ) -> Result<ModelCard> {
     recipe.validate()?;
-    if out.exists() && !overwrite {
+    if out.exists() && !opts.overwrite {
         return Err(Error::Input(format!(
             "{} exists; pass --force to replace it",
             out.display()
@@ -360,11 +382,8 @@ pub fn run(
     let positions = pool.tokens[0].len();
     let vocab = input_vocab(meta.n_used, recipe.levels, &conditioning, text_vocab);
     let prefix_len = 1 + conditioning.len();
-    let mut stage_cards = Vec::new();
-    let mut trained_stages = Vec::new();
-    for t in 1..=recipe.levels {
-        let dir = work.join(format!("stage{t}"));
-        let cfg = StageTrainConfig {
+    let cfgs: Vec<StageTrainConfig> = (1..=recipe.levels)
+        .map(|t| StageTrainConfig {
             level: t,
             levels: recipe.levels,
             network: stage_network(
@@ -387,47 +406,15 @@ pub fn run(
             ckpt_every: recipe.ckpt_every,
             seed: recipe.seed.wrapping_mul(1000).wrapping_add(t as u64),
             ..StageTrainConfig::default()
-        };
-        events(TrainEvent::Phase {
-            name: format!("stage {t}"),
-            done: false,
-        });
-        let seed = cfg.seed;
-        let batch = cfg.batch;
-        let part_drop = recipe.part_drop;
-        let mut data = |step: usize| -> Result<StageBatch> {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(step as u64);
-            let mut b = StageBatch::default();
-            for _ in 0..batch {
-                let i = rng.random_range(0..pool.tokens.len());
-                b.x0.push(pool.tokens[i].clone());
-                // Some rows keep only the class word or only the caption, so that either
-                // guides on its own (dropping both is the trainer's `cond_drop`).
-                let u: f32 = rng.random();
-                let which = if u < part_drop {
-                    1
-                } else if u < 2.0 * part_drop {
-                    2
-                } else {
-                    0
-                };
-                b.conds.push(conds[i][which].clone());
-            }
-            Ok(b)
-        };
-        let mut report = |p: &StageProgress| {
-            events(TrainEvent::Stage {
-                level: t,
-                progress: *p,
-            })
-        };
-        let trained = train_stage(&cfg, &schedule, &mut data, &dir, &mut report)?;
-        if trained.step < cfg.steps {
-            return Err(Error::Cancelled);
-        }
-        trained_stages.push(trained);
-    }
+        })
+        .collect();
+    let data = StageData {
+        pool: &pool,
+        conds: &conds,
+        part_drop: recipe.part_drop,
+    };
+    let trained_stages = train_stages(&cfgs, &schedule, &data, work, opts.jobs, events)?;
+    let mut stage_cards = Vec::new();
 
     // 4. Export.
     events(TrainEvent::Phase {
