@@ -21,33 +21,33 @@ fn tessera(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `tessera train` of the smoke recipe on the fixture, into `work` and `out`.
+fn train_smoke(work: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let data = fixture();
+    let mut args = vec![
+        "train",
+        "--recipe",
+        "smoke",
+        "--fixture",
+        "--data",
+        data.to_str().unwrap(),
+        "--work",
+        work.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tessera(&args)
+}
+
 #[test]
 fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     let out = dir.path().join("model");
-    let data = fixture();
-    let args = |force: bool| {
-        let mut a = vec![
-            "train",
-            "--recipe",
-            "smoke",
-            "--fixture",
-            "--data",
-            data.to_str().unwrap(),
-            "--work",
-            work.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        if force {
-            a.push("--force");
-        }
-        a.into_iter().map(String::from).collect::<Vec<_>>()
-    };
     let run = |force: bool| {
-        let a = args(force);
-        tessera(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        let extra: &[&str] = if force { &["--force"] } else { &[] };
+        train_smoke(&work, &out, extra)
     };
 
     let (ok, text) = run(false);
@@ -106,7 +106,7 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
         "smoke",
         "--fixture",
         "--data",
-        data.to_str().unwrap(),
+        fixture().to_str().unwrap(),
         "--classifier",
         dir.path().join("cls").to_str().unwrap(),
         "--classifier-steps",
@@ -202,23 +202,10 @@ fn eval_refuses_bad_sampling_settings_before_any_work() {
 #[test]
 fn stages_trained_side_by_side_equal_stages_trained_in_turn() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fixture();
     let train = |jobs: &str, name: &str| {
         let out = dir.path().join(name);
-        let (ok, text) = tessera(&[
-            "train",
-            "--recipe",
-            "smoke",
-            "--fixture",
-            "--data",
-            data.to_str().unwrap(),
-            "--work",
-            dir.path().join(format!("work-{name}")).to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--jobs",
-            jobs,
-        ]);
+        let work = dir.path().join(format!("work-{name}"));
+        let (ok, text) = train_smoke(&work, &out, &["--jobs", jobs]);
         assert!(ok, "--jobs {jobs}: {text}");
         (out, text)
     };

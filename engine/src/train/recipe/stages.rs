@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use super::{Pool, TrainEvent};
 use crate::loader::card::Condition;
 use crate::schedule::Schedule;
-use crate::train::stage::{StageBatch, StageTrainConfig, TrainedStage, train_stage};
+use crate::train::stage::{StageBatch, StageProgress, StageTrainConfig, TrainedStage, train_stage};
 use crate::{Error, Result};
 
 /// What every stage trains on: the pool and, per scene, the full condition, the class word
@@ -76,16 +76,12 @@ pub(super) fn train_stages(
                 name: format!("stage {}", cfg.level),
                 done: false,
             });
-            let mut data_fn =
-                |step: usize| -> Result<StageBatch> { Ok(data.batch(cfg.seed, cfg.batch, step)) };
-            let mut report = |p: &crate::train::stage::StageProgress| {
+            let trained = train_one(cfg, schedule, data, work, &mut |p| {
                 events(TrainEvent::Stage {
                     level: cfg.level,
                     progress: *p,
                 })
-            };
-            let dir = work.join(format!("stage{}", cfg.level));
-            let trained = train_stage(cfg, schedule, &mut data_fn, &dir, &mut report)?;
+            })?;
             if trained.step < cfg.steps {
                 return Err(Error::Cancelled);
             }
@@ -133,12 +129,8 @@ pub(super) fn train_stages(
                     }
                     let i = order[k];
                     let cfg = &cfgs[i];
-                    let tx = tx.clone();
                     let result = pool.install(|| {
-                        let mut data_fn = |step: usize| -> Result<StageBatch> {
-                            Ok(data.batch(cfg.seed, cfg.batch, step))
-                        };
-                        let mut report = |p: &crate::train::stage::StageProgress| {
+                        train_one(cfg, schedule, data, work, &mut |p| {
                             // A closed channel means the caller is gone: stop too.
                             let sent = tx
                                 .send(TrainEvent::Stage {
@@ -147,9 +139,7 @@ pub(super) fn train_stages(
                                 })
                                 .is_ok();
                             sent && !stop.load(Ordering::SeqCst)
-                        };
-                        let dir = work.join(format!("stage{}", cfg.level));
-                        train_stage(cfg, schedule, &mut data_fn, &dir, &mut report)
+                        })
                     });
                     let failed = !matches!(&result, Ok(t) if t.step >= cfg.steps);
                     if failed {
@@ -184,4 +174,18 @@ pub(super) fn train_stages(
         return Err(Error::Cancelled);
     }
     Ok(out)
+}
+
+/// Trains (or resumes) one stage in `work/stage{t}` on the pool's batches.
+fn train_one(
+    cfg: &StageTrainConfig,
+    schedule: &Schedule,
+    data: &StageData<'_>,
+    work: &Path,
+    report: &mut dyn FnMut(&StageProgress) -> bool,
+) -> Result<TrainedStage> {
+    let mut batches =
+        |step: usize| -> Result<StageBatch> { Ok(data.batch(cfg.seed, cfg.batch, step)) };
+    let dir = work.join(format!("stage{}", cfg.level));
+    train_stage(cfg, schedule, &mut batches, &dir, report)
 }
