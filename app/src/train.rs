@@ -223,6 +223,11 @@ impl Bars {
                     p.rec_loss, p.psnr, p.used_codes
                 ),
             ),
+            TrainEvent::Decoder(p) => self.update(
+                p.step,
+                p.steps,
+                format!("mse {:.5} psnr {:.2} dB", p.mse, p.psnr),
+            ),
             TrainEvent::Stage { level, progress: p } => self.update_track(
                 &format!("stage {level}"),
                 p.step,

@@ -68,6 +68,17 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
         work.join("stage2/metrics.jsonl").is_file(),
         "no metrics log:\n{text}"
     );
+    // The model carries the VQGAN with the fine-tuned decoder, not the one the pool came from.
+    assert!(work.join("decoder/metrics.jsonl").is_file(), "{text}");
+    let shipped = std::fs::read(out.join("vqgan.safetensors")).unwrap();
+    assert_eq!(
+        shipped,
+        std::fs::read(work.join("vqgan-tuned.safetensors")).unwrap()
+    );
+    assert_ne!(
+        shipped,
+        std::fs::read(work.join("vqgan.safetensors")).unwrap()
+    );
 
     // The model folder is never replaced without --force.
     let (ok, text) = run(false);
@@ -77,6 +88,7 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     assert!(ok, "{text}");
     assert!(text.contains("vqgan: found in the work folder"), "{text}");
     assert!(text.contains("pool: found in the work folder"), "{text}");
+    assert!(text.contains("decoder: found in the work folder"), "{text}");
 
     // The trained model samples through the ordinary command line, with a prompt.
     let png = dir.path().join("sample.png");

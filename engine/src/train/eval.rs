@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::classifier::Classifier;
 use super::classifier::fid;
-use super::data::{Scene, SceneGen, SceneMask, batch_to_tensor, scene_mask};
+use super::data::{Background, Scene, SceneGen, SceneMask, batch_to_tensor, scene_mask};
 use super::recipe::condition_of;
 use super::stage::{StageBatch, StageTrainConfig, stage_nll};
 use super::vqgan::psnr;
@@ -67,6 +67,10 @@ impl Default for EvalConfig {
 pub struct EvalReport {
     /// Mean PSNR (dB) of held-out reconstructions.
     pub psnr_db: f64,
+    /// The same per background kind (`solid`, `gradient`, `stripes`, `checks`, `noise`):
+    /// (scenes, mean PSNR), to show where the reconstruction error lies.
+    #[serde(default)]
+    pub psnr_by_background: std::collections::BTreeMap<String, (usize, f64)>,
     /// Distinct codes the held-out scenes use.
     pub codes_used: usize,
     /// Codebook size.
@@ -205,6 +209,7 @@ pub fn evaluate(
     // VQGAN.
     let scenes = val.scenes(cfg.seed, 0, cfg.recon.max(cfg.nll), res);
     let mut psnr_sum = 0.0;
+    let mut by_background: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
     let mut counts = vec![0usize; card.vqgan.n_embed];
     let mut grids: Vec<Vec<u32>> = Vec::new();
     for chunk in scenes.chunks(32) {
@@ -212,8 +217,14 @@ pub fn evaluate(
         let x = batch_to_tensor(&images, &dev)?;
         let tokens = model.vqgan.encode_tokens(&x)?;
         let rec = model.vqgan.decode_tokens(&tokens)?;
-        for i in 0..chunk.len() {
-            psnr_sum += psnr(&x.get(i)?, &rec.get(i)?.to_dtype(DType::F32)?)?;
+        for (i, scene) in chunk.iter().enumerate() {
+            let p = psnr(&x.get(i)?, &rec.get(i)?.to_dtype(DType::F32)?)?;
+            psnr_sum += p;
+            let kind = by_background
+                .entry(background_kind(&scene.background).into())
+                .or_default();
+            kind.0 += 1;
+            kind.1 += p;
         }
         for row in tokens.to_vec2::<u32>()? {
             for &tk in &row {
@@ -232,6 +243,9 @@ pub fn evaluate(
         })
         .sum();
     let psnr_db = psnr_sum / scenes.len() as f64;
+    for (n, sum) in by_background.values_mut() {
+        *sum /= *n as f64;
+    }
     let codes_used = counts.iter().filter(|&&c| c > 0).count();
     log(&format!(
         "vqgan: PSNR {psnr_db:.2} dB over {} held-out scenes; {codes_used} of {} codes used \
@@ -240,6 +254,12 @@ pub fn evaluate(
         card.vqgan.n_embed,
         entropy.exp()
     ));
+
+    let kinds: Vec<String> = by_background
+        .iter()
+        .map(|(k, (n, p))| format!("{k} {p:.2} ({n})"))
+        .collect();
+    log(&format!("vqgan: PSNR by background: {}", kinds.join(", ")));
 
     // NLL per stage.
     let conds: Vec<Condition> = scenes
@@ -381,6 +401,7 @@ pub fn evaluate(
 
     Ok(EvalReport {
         psnr_db,
+        psnr_by_background: by_background,
         codes_used,
         n_embed: card.vqgan.n_embed,
         code_perplexity: entropy.exp(),
@@ -390,6 +411,17 @@ pub fn evaluate(
         fid_uncond,
         fid_upper_half,
     })
+}
+
+/// Short name of a background's kind.
+fn background_kind(b: &Background) -> &'static str {
+    match b {
+        Background::Solid(..) => "solid",
+        Background::Gradient(..) => "gradient",
+        Background::Stripes(..) => "stripes",
+        Background::Checks(..) => "checks",
+        Background::Noise(..) => "noise",
+    }
 }
 
 /// Emoji names of each category in the view, as prompts.

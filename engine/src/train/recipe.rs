@@ -3,6 +3,8 @@
 //! Phases, each leaving its result in the work folder so that a rerun skips or resumes it:
 //! 1. `vqgan/` — the first stage on fresh scenes of the training split; exported to
 //!    `vqgan.safetensors` with its remap table;
+//!    `decoder/` — then, with the encoder and codebook frozen, the decoder fine-tuned on whole
+//!    images for PSNR, exported to `vqgan-tuned.safetensors` (the tokens do not change);
 //! 2. `pool.safetensors` + `captions.txt` — a fixed pool of training scenes encoded to x_0
 //!    token grids, with their classes and captions; `tokenizer.json` trained on the captions;
 //! 3. `stage{t}/` — one run per level with the official objective, on grids of the pool;
@@ -17,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{EmojiSet, SceneConfig, SceneGen, batch_to_tensor, class_names};
 use super::stage::{NetworkSize, StageProgress, StageTrainConfig, input_vocab, stage_network};
-use super::vqgan::{VqganProgress, VqganTrainConfig, train_vqgan};
+use super::vqgan::{
+    DecoderProgress, DecoderTuneConfig, VqganProgress, VqganTrainConfig, train_vqgan, tune_decoder,
+};
 use crate::loader::card::{
     CARD_FILE, CARD_FORMAT, Condition, Conditioning, ModelCard, VQGAN_FILE, class_prompt,
 };
@@ -36,6 +40,8 @@ const POOL_FILE: &str = "pool.safetensors";
 const CAPTIONS_FILE: &str = "captions.txt";
 const RECIPE_FILE: &str = "recipe.json";
 const VQGAN_META: &str = "vqgan.json";
+/// The VQGAN with the fine-tuned decoder (same encoder, codebook and remap table).
+const VQGAN_TUNED: &str = "vqgan-tuned.safetensors";
 
 /// Everything that defines a trained model. `Default` is the model Tessera ships.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +61,8 @@ pub struct Recipe {
     pub seed: u64,
     /// The first stage's run.
     pub vqgan: VqganTrainConfig,
+    /// The decoder fine-tune after the VQGAN run (`steps` 0: none).
+    pub decoder: DecoderTuneConfig,
     /// T, the number of levels.
     pub levels: usize,
     /// `redraw_prob` of the schedule (`geometric`, `alphacum:…`, …).
@@ -107,6 +115,7 @@ impl Default for Recipe {
             val_fraction: 0.1,
             seed: 1,
             vqgan: VqganTrainConfig::default(),
+            decoder: DecoderTuneConfig::default(),
             levels: 3,
             schedule: "geometric".into(),
             size: NetworkSize::default(),
@@ -155,6 +164,14 @@ impl Recipe {
             description: "A smoke-test model trained for a few steps; it generates noise.".into(),
             res: 32,
             vqgan,
+            decoder: DecoderTuneConfig {
+                steps: 3,
+                batch: 2,
+                warmup: 1,
+                ckpt_every: 2,
+                log_every: 1,
+                ..DecoderTuneConfig::default()
+            },
             levels: 2,
             size: NetworkSize {
                 dim: 32,
@@ -224,6 +241,8 @@ pub enum TrainEvent {
     },
     /// A VQGAN step.
     Vqgan(VqganProgress),
+    /// A decoder fine-tune step.
+    Decoder(DecoderProgress),
     /// A stage step.
     Stage {
         /// Its level.
@@ -338,6 +357,38 @@ pub fn run(
     let meta: VqganMeta = read_json(&meta_path)?;
     let vqgan = load_vqgan(&vq_path, &meta)?;
 
+    // 1b. Decoder fine-tune.
+    let tuned_path = work.join(VQGAN_TUNED);
+    if recipe.decoder.steps > 0 {
+        let done = tuned_path.is_file();
+        events(TrainEvent::Phase {
+            name: "decoder".into(),
+            done,
+        });
+        if !done {
+            let seed = recipe.seed ^ 0x4445_434f_4445;
+            let n = recipe.decoder.batch;
+            let res = recipe.res;
+            let mut data = |step: usize| -> Result<Tensor> {
+                let batch = scenes.scenes(seed, (step * n) as u64, n, res);
+                let images: Vec<_> = batch.into_iter().map(|s| s.image).collect();
+                batch_to_tensor(&images, &Device::Cpu)
+            };
+            let mut report = |p: &DecoderProgress| {
+                events(TrainEvent::Decoder(p.clone()));
+            };
+            tune_decoder(
+                &recipe.vqgan,
+                &recipe.decoder,
+                &vq_path,
+                &mut data,
+                &work.join("decoder"),
+                &tuned_path,
+                &mut report,
+            )?;
+        }
+    }
+
     // 2. Pool and tokenizer.
     let pool = pool(recipe, &scenes, &vqgan, work, events)?;
     let tok_path = work.join(TOKENIZER_FILE);
@@ -434,7 +485,12 @@ pub fn run(
         card.parameters = trained.parameters();
         stage_cards.push(card);
     }
-    copy(&vq_path, &tmp.join(VQGAN_FILE))?;
+    let vq_export = if recipe.decoder.steps > 0 {
+        &tuned_path
+    } else {
+        &vq_path
+    };
+    copy(vq_export, &tmp.join(VQGAN_FILE))?;
     copy(&tok_path, &tmp.join(TOKENIZER_FILE))?;
     let card = ModelCard {
         format: CARD_FORMAT.into(),

@@ -16,6 +16,7 @@ mod disc;
 mod model;
 mod ops;
 mod run;
+mod tune;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,6 +31,7 @@ use crate::vqgan::{DdConfig, Vqgan, VqganConfig};
 use crate::{Error, Result};
 use model::VqModel;
 use run::Run;
+pub use tune::{DecoderProgress, DecoderTuneConfig, tune_decoder};
 
 const CKPT_FILE: &str = "ckpt.safetensors";
 const CONFIG_FILE: &str = "config.json";

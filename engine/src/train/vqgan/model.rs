@@ -392,6 +392,21 @@ impl VqModel {
             .forward(&conv2d(zq, &self.post_quant_conv, 1, (0, 0))?)
     }
 
+    /// Quantized latents (B, embed_dim, h, w) of images (B, 3, H, W), without gradient to the
+    /// encoder or the codebook.
+    pub fn quantized(&self, x: &Tensor) -> Result<Tensor> {
+        let z = conv2d(&self.encoder.forward(x)?, &self.quant_conv, 1, (0, 0))?.detach();
+        let (b, e, h, w) = z.dims4()?;
+        let rows = z.permute((0, 2, 3, 1))?.reshape((b * h * w, e))?;
+        let idx = self.nearest(&rows)?;
+        self.embedding
+            .detach()
+            .index_select(&idx, 0)?
+            .reshape((b, h, w, e))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
+    }
+
     /// Pre-quantization latents of images (B, 3, H, W) as detached rows (B·h·w, embed_dim).
     pub fn encode_rows(&self, x: &Tensor) -> Result<Tensor> {
         let z = conv2d(&self.encoder.forward(x)?, &self.quant_conv, 1, (0, 0))?.detach();

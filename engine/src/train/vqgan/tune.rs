@@ -1,0 +1,237 @@
+//! Decoder fine-tuning: the trained encoder and codebook stay frozen, so every token, the remap
+//! table and everything trained on the tokens stay valid, while the decoder trains further on
+//! whole images with a squared-error loss — what PSNR measures — instead of the main run's L1
+//! on crops plus the adversarial term.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use super::adam::Adam;
+use super::model::VqModel;
+use super::{VqganTrainConfig, lock, psnr, save_atomic};
+use crate::{Error, Result};
+
+const CKPT_FILE: &str = "ckpt.safetensors";
+const CONFIG_FILE: &str = "config.json";
+const METRICS_FILE: &str = "metrics.jsonl";
+const USED: &str = "quantize.used";
+
+/// Hyper-parameters of the decoder fine-tune. `Default` is what Tessera ships.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecoderTuneConfig {
+    /// Optimizer steps (0: no fine-tune).
+    pub steps: usize,
+    /// Whole images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub lr_end: f64,
+    /// Linear warm-up steps (the moments start from zero).
+    pub warmup: usize,
+    /// Checkpoint interval in steps (0: only at the end).
+    pub ckpt_every: usize,
+    /// Metrics-log interval in steps.
+    pub log_every: usize,
+}
+
+impl Default for DecoderTuneConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1500,
+            batch: 8,
+            lr: 1e-4,
+            lr_end: 1e-5,
+            warmup: 50,
+            ckpt_every: 250,
+            log_every: 10,
+        }
+    }
+}
+
+impl DecoderTuneConfig {
+    /// Learning rate at `step`: linear warm-up, then cosine decay to `lr_end`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup).max(1);
+        let p = ((step - self.warmup) as f64 / span as f64).min(1.0);
+        self.lr_end + 0.5 * (self.lr - self.lr_end) * (1.0 + (std::f64::consts::PI * p).cos())
+    }
+}
+
+/// State reported after each fine-tune step (also the lines of `metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecoderProgress {
+    /// Steps done (1 after the first step).
+    pub step: usize,
+    /// Steps in the run.
+    pub steps: usize,
+    /// Mean squared error of this batch (images in [-1, 1]): the loss.
+    pub mse: f64,
+    /// PSNR (dB) of this batch's reconstructions.
+    pub psnr: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Seconds of training in this process.
+    pub elapsed_s: f64,
+    /// Estimated seconds left.
+    pub eta_s: f64,
+}
+
+/// Fine-tunes (or resumes fine-tuning) the decoder of the VQGAN exported at `start` (trained
+/// with `vq`), writing the whole VQGAN with the new decoder to `out` (atomically).
+///
+/// `data(step)` returns the batch for `step`: (B, 3, R, R) f32 in [-1, 1]. `dir` holds the
+/// checkpoint, `config.json` and `metrics.jsonl`; a run found there is resumed (its config must
+/// match).
+pub fn tune_decoder(
+    vq: &VqganTrainConfig,
+    cfg: &DecoderTuneConfig,
+    start: &Path,
+    data: &mut dyn FnMut(usize) -> Result<Tensor>,
+    dir: &Path,
+    out: &Path,
+    progress: &mut dyn FnMut(&DecoderProgress),
+) -> Result<()> {
+    if cfg.steps == 0 || cfg.batch == 0 {
+        return Err(Error::Input(
+            "decoder fine-tune: steps and batch must be positive".into(),
+        ));
+    }
+    let dev = Device::Cpu;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let varmap = VarMap::new();
+    let model = VqModel::new(&varmap, &vq.vqgan_config(), vq.beta, &dev)?;
+    let exported =
+        candle_core::safetensors::load(start, &dev).map_err(|e| Error::bad_file(start, e))?;
+    let used = exported
+        .get(USED)
+        .ok_or_else(|| Error::MissingKey {
+            path: start.to_path_buf(),
+            key: USED.into(),
+        })?
+        .clone();
+    set_vars(&varmap, &exported, "", start)?;
+    let mut opt = Adam::new(&varmap, vq.betas[0], vq.betas[1], 0.0)?;
+    let mut step = 0usize;
+    let cfg_path = dir.join(CONFIG_FILE);
+    let ckpt = dir.join(CKPT_FILE);
+    if ckpt.is_file() {
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let saved: DecoderTuneConfig =
+            serde_json::from_str(&text).map_err(|e| Error::config(&cfg_path, e))?;
+        if &saved != cfg {
+            return Err(Error::config(
+                &cfg_path,
+                "the checkpoint in this folder was trained with another configuration",
+            ));
+        }
+        let t =
+            candle_core::safetensors::load(&ckpt, &dev).map_err(|e| Error::bad_file(&ckpt, e))?;
+        set_vars(&varmap, &t, "g.", &ckpt)?;
+        opt.load_state("opt.", &t)
+            .map_err(|e| Error::bad_file(&ckpt, e))?;
+        step = t
+            .get("state.step")
+            .ok_or_else(|| Error::MissingKey {
+                path: ckpt.clone(),
+                key: "state.step".into(),
+            })?
+            .to_vec1::<i64>()?
+            .first()
+            .copied()
+            .unwrap_or(0) as usize;
+    } else {
+        let text = serde_json::to_string_pretty(cfg).map_err(|e| Error::config(&cfg_path, e))?;
+        std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
+    }
+    let save = |step: usize, opt: &Adam| -> Result<()> {
+        let mut t: HashMap<String, Tensor> = lock(&varmap)?
+            .iter()
+            .map(|(k, v)| (format!("g.{k}"), v.as_tensor().detach()))
+            .collect();
+        opt.state("opt.", &mut t);
+        t.insert(
+            "state.step".into(),
+            Tensor::from_vec(vec![step as i64], 1, &dev)?,
+        );
+        save_atomic(&t, &ckpt)
+    };
+    let log_path = dir.join(METRICS_FILE);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
+    let started = Instant::now();
+    let first = step;
+    while step < cfg.steps {
+        let x = data(step)?.to_device(&dev)?.to_dtype(DType::F32)?;
+        let lr = cfg.lr_at(step);
+        // The encoder and codebook see no gradient: the codes are those the stages train on.
+        let xrec = model.decode(&model.quantized(&x)?)?;
+        let mse = (&xrec - &x)?.sqr()?.mean_all()?;
+        opt.step(&mse.backward()?, lr, step as u64 + 1)?;
+        step += 1;
+        let elapsed_s = started.elapsed().as_secs_f64();
+        let p = DecoderProgress {
+            step,
+            steps: cfg.steps,
+            mse: mse.to_scalar::<f32>()? as f64,
+            psnr: psnr(&xrec, &x)?,
+            lr,
+            elapsed_s,
+            eta_s: elapsed_s / (step - first) as f64 * (cfg.steps - step) as f64,
+        };
+        if step.is_multiple_of(cfg.log_every.max(1)) || step == cfg.steps {
+            let line = serde_json::to_string(&p).map_err(|e| Error::config(&log_path, e))?;
+            writeln!(log, "{line}").map_err(|e| Error::io(&log_path, e))?;
+        }
+        if (cfg.ckpt_every > 0 && step.is_multiple_of(cfg.ckpt_every)) || step == cfg.steps {
+            save(step, &opt)?;
+        }
+        progress(&p);
+    }
+    let mut tensors: HashMap<String, Tensor> = lock(&varmap)?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    tensors.insert(USED.into(), used);
+    save_atomic(&tensors, out)
+}
+
+/// Sets every variable of `varmap` from `{prefix}{name}` in `from` (read from `path`), naming
+/// a missing key or both shapes of a mismatch.
+fn set_vars(
+    varmap: &VarMap,
+    from: &HashMap<String, Tensor>,
+    prefix: &str,
+    path: &Path,
+) -> Result<()> {
+    for (k, v) in lock(varmap)?.iter() {
+        let key = format!("{prefix}{k}");
+        let src = from.get(&key).ok_or_else(|| Error::MissingKey {
+            path: path.to_path_buf(),
+            key: key.clone(),
+        })?;
+        if src.dims() != v.dims() {
+            return Err(Error::ShapeMismatch {
+                path: path.to_path_buf(),
+                key,
+                expected: v.dims().to_vec(),
+                found: src.dims().to_vec(),
+            });
+        }
+        v.set(&src.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
