@@ -334,13 +334,7 @@ pub fn run(
     });
     if !done {
         let seed = recipe.seed ^ 0x56_5147_414e;
-        let n = recipe.vqgan.batch;
-        let res = recipe.res;
-        let mut data = |step: usize| -> Result<Tensor> {
-            let batch = scenes.scenes(seed, (step * n) as u64, n, res);
-            let images: Vec<_> = batch.into_iter().map(|s| s.image).collect();
-            batch_to_tensor(&images, &Device::Cpu)
-        };
+        let mut data = scene_batches(&scenes, seed, recipe.vqgan.batch, recipe.res);
         let mut report = |p: &VqganProgress| {
             events(TrainEvent::Vqgan(p.clone()));
         };
@@ -367,13 +361,7 @@ pub fn run(
         });
         if !done {
             let seed = recipe.seed ^ 0x4445_434f_4445;
-            let n = recipe.decoder.batch;
-            let res = recipe.res;
-            let mut data = |step: usize| -> Result<Tensor> {
-                let batch = scenes.scenes(seed, (step * n) as u64, n, res);
-                let images: Vec<_> = batch.into_iter().map(|s| s.image).collect();
-                batch_to_tensor(&images, &Device::Cpu)
-            };
+            let mut data = scene_batches(&scenes, seed, recipe.decoder.batch, recipe.res);
             let mut report = |p: &DecoderProgress| {
                 events(TrainEvent::Decoder(p.clone()));
             };
@@ -515,6 +503,20 @@ pub fn run(
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     Ok(card)
+}
+
+/// Batch `step` of `n` fresh training scenes (B, 3, res, res), drawn from (seed, step).
+fn scene_batches<'a>(
+    scenes: &'a SceneGen<'_>,
+    seed: u64,
+    n: usize,
+    res: u32,
+) -> impl FnMut(usize) -> Result<Tensor> + 'a {
+    move |step| {
+        let batch = scenes.scenes(seed, (step * n) as u64, n, res);
+        let images: Vec<_> = batch.into_iter().map(|s| s.image).collect();
+        batch_to_tensor(&images, &Device::Cpu)
+    }
 }
 
 /// The conditioning of a recipe's model: the class word and the caption as text tokens.

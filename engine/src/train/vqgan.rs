@@ -168,13 +168,46 @@ impl VqganTrainConfig {
 
     /// Learning rate at `step`: linear warm-up, then cosine decay to `lr_end`.
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup {
-            return self.lr * (step + 1) as f64 / self.warmup as f64;
-        }
-        let span = self.steps.saturating_sub(self.warmup).max(1);
-        let p = ((step - self.warmup) as f64 / span as f64).min(1.0);
-        self.lr_end + 0.5 * (self.lr - self.lr_end) * (1.0 + (std::f64::consts::PI * p).cos())
+        cosine_lr(step, self.warmup, self.steps, self.lr, self.lr_end)
     }
+}
+
+/// Linear warm-up to `lr` over `warmup` steps, then cosine decay to `lr_end` at `steps`.
+fn cosine_lr(step: usize, warmup: usize, steps: usize, lr: f64, lr_end: f64) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    let span = steps.saturating_sub(warmup).max(1);
+    let p = ((step - warmup) as f64 / span as f64).min(1.0);
+    lr_end + 0.5 * (lr - lr_end) * (1.0 + (std::f64::consts::PI * p).cos())
+}
+
+/// With a checkpoint in `dir` (`resume`), checks that it was trained with `cfg`; otherwise
+/// records `cfg` there. Returns the metrics log, opened for appending.
+fn start_run<C>(dir: &Path, cfg: &C, resume: bool) -> Result<std::fs::File>
+where
+    C: Serialize + serde::de::DeserializeOwned + PartialEq,
+{
+    let cfg_path = dir.join(CONFIG_FILE);
+    if resume {
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let saved: C = serde_json::from_str(&text).map_err(|e| Error::config(&cfg_path, e))?;
+        if &saved != cfg {
+            return Err(Error::config(
+                &cfg_path,
+                "the checkpoint in this folder was trained with another configuration",
+            ));
+        }
+    } else {
+        let text = serde_json::to_string_pretty(cfg).map_err(|e| Error::config(&cfg_path, e))?;
+        std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
+    }
+    let log_path = dir.join(METRICS_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))
 }
 
 /// State reported after each step (also the lines of `metrics.jsonl`).
@@ -306,29 +339,13 @@ pub fn train_vqgan(
 ) -> Result<TrainedVqgan> {
     let dev = Device::Cpu;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let cfg_path = dir.join(CONFIG_FILE);
     let mut run = Run::new(cfg, &dev)?;
-    if dir.join(CKPT_FILE).is_file() {
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let saved: VqganTrainConfig =
-            serde_json::from_str(&text).map_err(|e| Error::config(&cfg_path, e))?;
-        if &saved != cfg {
-            return Err(Error::config(
-                &cfg_path,
-                "the checkpoint in this folder was trained with another configuration",
-            ));
-        }
+    let resume = dir.join(CKPT_FILE).is_file();
+    let mut log = start_run(dir, cfg, resume)?;
+    if resume {
         run.load(dir, &dev)?;
-    } else {
-        let text = serde_json::to_string_pretty(cfg).map_err(|e| Error::config(&cfg_path, e))?;
-        std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
     }
     let log_path = dir.join(METRICS_FILE);
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, e))?;
     let started = Instant::now();
     let first = run.step;
     while run.step < cfg.steps {

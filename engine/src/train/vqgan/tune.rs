@@ -14,12 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
 use super::model::VqModel;
-use super::{VqganTrainConfig, lock, psnr, save_atomic};
+use super::{
+    CKPT_FILE, METRICS_FILE, VqganTrainConfig, cosine_lr, lock, psnr, save_atomic, start_run,
+};
 use crate::{Error, Result};
 
-const CKPT_FILE: &str = "ckpt.safetensors";
-const CONFIG_FILE: &str = "config.json";
-const METRICS_FILE: &str = "metrics.jsonl";
 const USED: &str = "quantize.used";
 
 /// Hyper-parameters of the decoder fine-tune. `Default` is what Tessera ships.
@@ -59,12 +58,7 @@ impl Default for DecoderTuneConfig {
 impl DecoderTuneConfig {
     /// Learning rate at `step`: linear warm-up, then cosine decay to `lr_end`.
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup {
-            return self.lr * (step + 1) as f64 / self.warmup as f64;
-        }
-        let span = self.steps.saturating_sub(self.warmup).max(1);
-        let p = ((step - self.warmup) as f64 / span as f64).min(1.0);
-        self.lr_end + 0.5 * (self.lr - self.lr_end) * (1.0 + (std::f64::consts::PI * p).cos())
+        cosine_lr(step, self.warmup, self.steps, self.lr, self.lr_end)
     }
 }
 
@@ -123,18 +117,10 @@ pub fn tune_decoder(
     set_vars(&varmap, &exported, "", start)?;
     let mut opt = Adam::new(&varmap, vq.betas[0], vq.betas[1], 0.0)?;
     let mut step = 0usize;
-    let cfg_path = dir.join(CONFIG_FILE);
     let ckpt = dir.join(CKPT_FILE);
-    if ckpt.is_file() {
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let saved: DecoderTuneConfig =
-            serde_json::from_str(&text).map_err(|e| Error::config(&cfg_path, e))?;
-        if &saved != cfg {
-            return Err(Error::config(
-                &cfg_path,
-                "the checkpoint in this folder was trained with another configuration",
-            ));
-        }
+    let resume = ckpt.is_file();
+    let mut log = start_run(dir, cfg, resume)?;
+    if resume {
         let t =
             candle_core::safetensors::load(&ckpt, &dev).map_err(|e| Error::bad_file(&ckpt, e))?;
         set_vars(&varmap, &t, "g.", &ckpt)?;
@@ -150,9 +136,6 @@ pub fn tune_decoder(
             .first()
             .copied()
             .unwrap_or(0) as usize;
-    } else {
-        let text = serde_json::to_string_pretty(cfg).map_err(|e| Error::config(&cfg_path, e))?;
-        std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
     }
     let save = |step: usize, opt: &Adam| -> Result<()> {
         let mut t: HashMap<String, Tensor> = lock(&varmap)?
@@ -167,11 +150,6 @@ pub fn tune_decoder(
         save_atomic(&t, &ckpt)
     };
     let log_path = dir.join(METRICS_FILE);
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, e))?;
     let started = Instant::now();
     let first = step;
     while step < cfg.steps {
