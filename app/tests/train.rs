@@ -79,6 +79,12 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
         shipped,
         std::fs::read(work.join("vqgan.safetensors")).unwrap()
     );
+    // The smoke recipe's decoder is deeper than its encoder; the card says so.
+    let (enc, dec) = (
+        &card["vqgan"]["ddconfig"]["num_res_blocks"],
+        &card["vqgan"]["decoder_ddconfig"]["num_res_blocks"],
+    );
+    assert_eq!((enc.as_u64(), dec.as_u64()), (Some(1), Some(2)), "{card}");
 
     // The model folder is never replaced without --force.
     let (ok, text) = run(false);

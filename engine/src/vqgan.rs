@@ -30,6 +30,11 @@ pub struct VqganConfig {
     pub n_embed: usize,
     /// Encoder/decoder architecture.
     pub ddconfig: DdConfig,
+    /// Tessera extension, absent from every official release: the decoder's own architecture
+    /// when it differs from the encoder's (a deeper decoder fine-tuned behind a frozen encoder
+    /// and codebook). `None`: taming's single `ddconfig` for both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_ddconfig: Option<DdConfig>,
 }
 
 /// Mirrors `ddconfig`, the `Encoder`/`Decoder` hyper-parameters.
@@ -81,50 +86,75 @@ impl VqganConfig {
         self.ddconfig.resolution / self.downsample_factor()
     }
 
+    /// The decoder's architecture: [`Self::decoder_ddconfig`] if set, else `ddconfig`.
+    pub fn decoder_dd(&self) -> &DdConfig {
+        self.decoder_ddconfig.as_ref().unwrap_or(&self.ddconfig)
+    }
+
     /// Rejects configurations the architecture cannot be built from (instead of panicking later).
     fn validate(&self) -> Result<()> {
-        let dd = &self.ddconfig;
-        if dd.ch_mult.is_empty() || dd.ch_mult.len() > 16 {
-            candle_core::bail!(
-                "vqgan: ch_mult must have 1 to 16 entries, got {:?}",
-                dd.ch_mult
-            );
-        }
-        let sizes = [
-            self.embed_dim,
-            self.n_embed,
-            dd.z_channels,
-            dd.ch,
-            dd.in_channels,
-            dd.out_ch,
-        ];
-        if sizes.contains(&0) {
-            candle_core::bail!(
-                "vqgan: embed_dim, n_embed, z_channels, ch, in_channels and out_ch must be positive"
-            );
-        }
-        if dd.double_z {
-            // quant_conv takes z_channels inputs, so taming's VQModel cannot run with double_z.
-            candle_core::bail!("vqgan: double_z = true is not supported by VQModel");
-        }
-        let g = dd.norm_groups;
-        if g == 0 || !dd.ch.is_multiple_of(g) {
-            candle_core::bail!(
-                "vqgan: ch = {} must be a multiple of norm_groups = {g}",
-                dd.ch
-            );
-        }
-        for &m in &dd.ch_mult {
-            if m == 0 || !(dd.ch * m).is_multiple_of(g) {
+        validate_dd(&self.ddconfig, self.embed_dim, self.n_embed)?;
+        if let Some(dec) = &self.decoder_ddconfig {
+            validate_dd(dec, self.embed_dim, self.n_embed)
+                .map_err(|e| candle_core::Error::Msg(format!("decoder_ddconfig: {e}")))?;
+            let dd = &self.ddconfig;
+            if dec.ch_mult.len() != dd.ch_mult.len() || dec.resolution != dd.resolution {
                 candle_core::bail!(
-                    "vqgan: ch * ch_mult must be a positive multiple of norm_groups = {g} \
-                     (GroupNorm), got {}",
-                    dd.ch * m
+                    "vqgan: decoder_ddconfig must keep the encoder's resolution ({}) and number \
+                     of levels ({}), got {} and {}",
+                    dd.resolution,
+                    dd.ch_mult.len(),
+                    dec.resolution,
+                    dec.ch_mult.len()
                 );
             }
         }
         Ok(())
     }
+}
+
+/// Checks one `ddconfig` (with the codebook sizes of its VQGAN).
+fn validate_dd(dd: &DdConfig, embed_dim: usize, n_embed: usize) -> Result<()> {
+    if dd.ch_mult.is_empty() || dd.ch_mult.len() > 16 {
+        candle_core::bail!(
+            "vqgan: ch_mult must have 1 to 16 entries, got {:?}",
+            dd.ch_mult
+        );
+    }
+    let sizes = [
+        embed_dim,
+        n_embed,
+        dd.z_channels,
+        dd.ch,
+        dd.in_channels,
+        dd.out_ch,
+    ];
+    if sizes.contains(&0) {
+        candle_core::bail!(
+            "vqgan: embed_dim, n_embed, z_channels, ch, in_channels and out_ch must be positive"
+        );
+    }
+    if dd.double_z {
+        // quant_conv takes z_channels inputs, so taming's VQModel cannot run with double_z.
+        candle_core::bail!("vqgan: double_z = true is not supported by VQModel");
+    }
+    let g = dd.norm_groups;
+    if g == 0 || !dd.ch.is_multiple_of(g) {
+        candle_core::bail!(
+            "vqgan: ch = {} must be a multiple of norm_groups = {g}",
+            dd.ch
+        );
+    }
+    for &m in &dd.ch_mult {
+        if m == 0 || !(dd.ch * m).is_multiple_of(g) {
+            candle_core::bail!(
+                "vqgan: ch * ch_mult must be a positive multiple of norm_groups = {g} \
+                     (GroupNorm), got {}",
+                dd.ch * m
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The VQGAN: encoder, quantizer with remap table, decoder.
@@ -155,9 +185,11 @@ impl Vqgan {
         cfg.validate()?;
         let dd = &cfg.ddconfig;
         let encoder = Encoder::new(vb.pp("encoder"), dd)?;
-        let decoder = Decoder::new(vb.pp("decoder"), dd)?;
+        let dec = cfg.decoder_dd();
+        let decoder = Decoder::new(vb.pp("decoder"), dec)?;
         let quant_conv = Conv::new(vb.pp("quant_conv"), dd.z_channels, cfg.embed_dim, 1)?;
-        let post_quant_conv = Conv::new(vb.pp("post_quant_conv"), cfg.embed_dim, dd.z_channels, 1)?;
+        let post_quant_conv =
+            Conv::new(vb.pp("post_quant_conv"), cfg.embed_dim, dec.z_channels, 1)?;
         let qvb = vb.pp("quantize");
         let embedding = qvb
             .pp("embedding")

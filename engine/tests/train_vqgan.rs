@@ -15,7 +15,7 @@ use tessera_engine::train::vqgan::{
     DecoderProgress, DecoderTuneConfig, VqganProgress, VqganTrainConfig, psnr, train_vqgan,
     tune_decoder,
 };
-use tessera_engine::vqgan::Vqgan;
+use tessera_engine::vqgan::{Vqgan, VqganConfig};
 
 /// A config small enough for debug builds: 16×16 images, f = 4, 32 codes.
 fn tiny() -> VqganTrainConfig {
@@ -317,6 +317,8 @@ fn decoder_cfg(steps: usize) -> DecoderTuneConfig {
         warmup: 1,
         ckpt_every: 2,
         log_every: 1,
+        num_res_blocks: None,
+        attn_resolutions: None,
     }
 }
 
@@ -327,11 +329,15 @@ fn values(t: &Tensor) -> Vec<f64> {
 }
 
 fn vqgan_of(path: &Path, cfg: &VqganTrainConfig) -> Vqgan {
+    vqgan_with(path, &cfg.vqgan_config())
+}
+
+fn vqgan_with(path: &Path, cfg: &VqganConfig) -> Vqgan {
     let t = exported(path);
     let n = t["quantize.used"].dim(0).unwrap();
     Vqgan::new(
         VarBuilder::from_tensors(t, DType::F32, &Device::Cpu),
-        &cfg.vqgan_config(),
+        cfg,
         n,
     )
     .expect("the engine loads it")
@@ -424,6 +430,85 @@ fn decoder_tune_resumes_exactly_and_checks_its_inputs() {
         }
         other => panic!("expected a missing-key error, got {other:?}"),
     }
+}
+
+#[test]
+fn deeper_decoder_starts_as_the_trained_one_then_improves() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vq = start_vqgan(dir.path());
+    // One more block per level and attention at the 4×4 latent resolution.
+    let deep = |steps, lr| DecoderTuneConfig {
+        lr,
+        lr_end: lr,
+        num_res_blocks: Some(vq.num_res_blocks + 1),
+        attn_resolutions: Some(vec![4]),
+        ..decoder_cfg(steps)
+    };
+    let base = vq.vqgan_config();
+    let tuned_cfg = deep(1, 0.0).tuned_config(&base);
+    let dec = tuned_cfg
+        .decoder_ddconfig
+        .clone()
+        .expect("a decoder of its own");
+    assert_eq!(
+        (dec.num_res_blocks, dec.attn_resolutions.as_slice()),
+        (2, &[4][..])
+    );
+    assert_eq!(
+        tuned_cfg.ddconfig, base.ddconfig,
+        "the encoder keeps its architecture"
+    );
+    assert_eq!(
+        decoder_cfg(1).tuned_config(&base),
+        base,
+        "no override without a change"
+    );
+
+    // With a zero learning rate the export is the warm start: the added blocks are identities.
+    tune(&vq, &deep(1, 0.0), dir.path(), "zero.safetensors", None)
+        .0
+        .expect("fine-tune runs");
+    let t = exported(&dir.path().join("zero.safetensors"));
+    for key in [
+        "decoder.up.0.block.2.conv1.weight",
+        "decoder.up.2.attn.0.q.weight",
+    ] {
+        assert!(t.contains_key(key), "{key} missing from the deeper decoder");
+    }
+    let start = vqgan_of(&dir.path().join("start.safetensors"), &vq);
+    let zero = vqgan_with(&dir.path().join("zero.safetensors"), &tuned_cfg);
+    let x = Tensor::cat(
+        &[shapes(0, 4, vq.resolution), shapes(1, 4, vq.resolution)],
+        0,
+    )
+    .unwrap();
+    let tokens = start.encode_tokens(&x).unwrap();
+    let before = start.decode_tokens(&tokens).unwrap();
+    assert_eq!(
+        values(&before),
+        values(&zero.decode_tokens(&tokens).unwrap()),
+        "the deeper decoder does not start from the trained one's output"
+    );
+
+    // Trained, it keeps the tokens and reconstructs better.
+    tune(&vq, &deep(16, 2e-3), dir.path(), "deep.safetensors", None)
+        .0
+        .expect("fine-tune runs");
+    let tuned = vqgan_with(&dir.path().join("deep.safetensors"), &tuned_cfg);
+    let again = tuned.encode_tokens(&x).unwrap();
+    assert_eq!(
+        tokens.to_vec2::<u32>().unwrap(),
+        again.to_vec2::<u32>().unwrap()
+    );
+    let (p0, p1) = (
+        psnr(&before, &x).unwrap(),
+        psnr(&tuned.decode_tokens(&again).unwrap(), &x).unwrap(),
+    );
+    assert!(p1 > p0 + 1.0, "PSNR {p0:.2} → {p1:.2} dB");
+
+    // A folder holding the old decoder's run is not continued with the deeper one.
+    let (out, _) = tune(&vq, &deep(4, 2e-3), dir.path(), "zero.safetensors", None);
+    assert!(matches!(out, Err(tessera_engine::Error::Config { .. })));
 }
 
 /// Emoji scenes for the measured trial: 1–3 Fluent Emoji sprites on a random two-colour

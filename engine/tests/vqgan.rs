@@ -27,6 +27,7 @@ fn golden_config() -> VqganConfig {
             dropout: 0.0,
             norm_groups: 32,
         },
+        decoder_ddconfig: None,
     }
 }
 
@@ -134,6 +135,65 @@ fn config_parses_official_yaml() {
     let cfg: VqganConfig = serde_yaml::from_value(released).unwrap();
     assert_eq!((cfg.downsample_factor(), cfg.latent_size()), (16, 16));
     assert!(!cfg.ddconfig.double_z);
+}
+
+#[test]
+fn decoder_ddconfig_is_tessera_only_and_checked() {
+    let cfg = golden_config();
+    let json = serde_json::to_value(&cfg).unwrap();
+    assert!(
+        json.get("decoder_ddconfig").is_none(),
+        "official layout kept"
+    );
+
+    // A deeper decoder with attention at 16 as well: its own blocks, the encoder unchanged.
+    let mut deep = cfg.clone();
+    let mut dec = cfg.ddconfig.clone();
+    dec.num_res_blocks = 2;
+    dec.attn_resolutions = vec![8, 16];
+    deep.decoder_ddconfig = Some(dec.clone());
+    let back: VqganConfig = serde_json::from_value(serde_json::to_value(&deep).unwrap()).unwrap();
+    assert_eq!(back, deep);
+    let (varmap, n_used) = random_weights(&deep, 2);
+    let keys: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    let has = |k: &str| keys.iter().any(|x| x == k);
+    assert!(has("decoder.up.0.block.2.conv1.weight") && has("decoder.up.1.attn.2.q.weight"));
+    assert!(!has("encoder.down.0.block.1.conv1.weight") && !has("encoder.down.1.attn.0.q.weight"));
+    let vqgan = Vqgan::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        &deep,
+        n_used,
+    )
+    .unwrap();
+    let tokens = Tensor::new(&[[0u32; 64], [3u32; 64]], &Device::Cpu).unwrap();
+    assert_eq!(
+        vqgan.decode_tokens(&tokens).unwrap().dims(),
+        &[2, 3, 32, 32]
+    );
+
+    // It must keep the encoder's levels and resolution, and be a valid ddconfig itself.
+    for bad in [
+        DdConfig {
+            ch_mult: vec![1, 2],
+            ..dec.clone()
+        },
+        DdConfig {
+            resolution: 64,
+            ..dec.clone()
+        },
+        DdConfig {
+            norm_groups: 5,
+            ..dec.clone()
+        },
+    ] {
+        let mut c = cfg.clone();
+        c.decoder_ddconfig = Some(bad);
+        let err = Vqgan::new(VarBuilder::zeros(DType::F32, &Device::Cpu), &c, 1)
+            .err()
+            .expect("an invalid decoder_ddconfig is refused")
+            .to_string();
+        assert!(err.contains("decoder_ddconfig"), "{err}");
+    }
 }
 
 #[test]

@@ -170,6 +170,8 @@ impl Recipe {
                 warmup: 1,
                 ckpt_every: 2,
                 log_every: 1,
+                // A decoder deeper than the encoder, so the card's decoder_ddconfig is exercised.
+                num_res_blocks: Some(2),
                 ..DecoderTuneConfig::default()
             },
             levels: 2,
@@ -355,6 +357,9 @@ pub fn run(
     let tuned_path = work.join(VQGAN_TUNED);
     if recipe.decoder.steps > 0 {
         let done = tuned_path.is_file();
+        if done {
+            same_decoder_config(&work.join("decoder"), &recipe.decoder, &tuned_path)?;
+        }
         events(TrainEvent::Phase {
             name: "decoder".into(),
             done,
@@ -484,7 +489,11 @@ pub fn run(
         format: CARD_FORMAT.into(),
         name: recipe.name.clone(),
         description: recipe.description.clone(),
-        vqgan: meta.config.clone(),
+        vqgan: if recipe.decoder.steps > 0 {
+            recipe.decoder.tuned_config(&meta.config)
+        } else {
+            meta.config.clone()
+        },
         n_tokens: meta.n_used,
         stages: stage_cards,
         schedule,
@@ -503,6 +512,25 @@ pub fn run(
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     Ok(card)
+}
+
+/// A tuned VQGAN found in the work folder must come from the recipe's decoder fine-tune: the
+/// card describes the decoder by that configuration.
+fn same_decoder_config(dir: &Path, cfg: &DecoderTuneConfig, tuned: &Path) -> Result<()> {
+    let path = dir.join("config.json");
+    let found: DecoderTuneConfig = read_json(&path)?;
+    if &found != cfg {
+        return Err(Error::config(
+            &path,
+            format!(
+                "{} was fine-tuned with another decoder configuration; delete it and {} to \
+                 fine-tune again",
+                tuned.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Batch `step` of `n` fresh training scenes (B, 3, res, res), drawn from (seed, step).

@@ -163,6 +163,7 @@ impl VqganTrainConfig {
                 dropout: 0.0,
                 norm_groups: self.norm_groups,
             },
+            decoder_ddconfig: None,
         }
     }
 

@@ -325,16 +325,16 @@ impl VqModel {
     /// Creates (or, when `varmap` already holds them, reuses) the parameters.
     pub fn new(varmap: &VarMap, cfg: &VqganConfig, beta: f64, dev: &Device) -> Result<Self> {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, dev);
-        let dd = &cfg.ddconfig;
+        let (dd, dec) = (&cfg.ddconfig, cfg.decoder_dd());
         let bound = 1.0 / cfg.n_embed as f64;
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), dd)?,
-            decoder: Decoder::new(vb.pp("decoder"), dd)?,
+            decoder: Decoder::new(vb.pp("decoder"), dec)?,
             quant_conv: conv_param(&vb.pp("quant_conv"), dd.z_channels, cfg.embed_dim, 1)?,
             post_quant_conv: conv_param(
                 &vb.pp("post_quant_conv"),
                 cfg.embed_dim,
-                dd.z_channels,
+                dec.z_channels,
                 1,
             )?,
             embedding: vb.pp("quantize").pp("embedding").get_with_hints(

@@ -3,13 +3,13 @@
 //! whole images with a squared-error loss — what PSNR measures — instead of the main run's L1
 //! on crops plus the adversarial term.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
@@ -17,6 +17,7 @@ use super::model::VqModel;
 use super::{
     CKPT_FILE, METRICS_FILE, VqganTrainConfig, cosine_lr, lock, psnr, save_atomic, start_run,
 };
+use crate::vqgan::{Vqgan, VqganConfig};
 use crate::{Error, Result};
 
 const USED: &str = "quantize.used";
@@ -39,6 +40,15 @@ pub struct DecoderTuneConfig {
     pub ckpt_every: usize,
     /// Metrics-log interval in steps.
     pub log_every: usize,
+    /// The decoder's own `num_res_blocks` (it has one more block per level); `None`: the
+    /// VQGAN's. A deeper decoder starts out as the trained one: its added blocks begin as
+    /// identities (zero last convolution), so the fine-tune starts from the VQGAN's output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_res_blocks: Option<usize>,
+    /// The decoder's own attention resolutions; `None`: the VQGAN's. Added attention blocks
+    /// begin as identities too (zero output projection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_resolutions: Option<Vec<usize>>,
 }
 
 impl Default for DecoderTuneConfig {
@@ -51,6 +61,8 @@ impl Default for DecoderTuneConfig {
             warmup: 50,
             ckpt_every: 250,
             log_every: 10,
+            num_res_blocks: None,
+            attn_resolutions: None,
         }
     }
 }
@@ -59,6 +71,21 @@ impl DecoderTuneConfig {
     /// Learning rate at `step`: linear warm-up, then cosine decay to `lr_end`.
     pub fn lr_at(&self, step: usize) -> f64 {
         cosine_lr(step, self.warmup, self.steps, self.lr, self.lr_end)
+    }
+
+    /// The tuned VQGAN's configuration: `base` with the decoder's own architecture
+    /// (`decoder_ddconfig`) when this fine-tune changes it.
+    pub fn tuned_config(&self, base: &VqganConfig) -> VqganConfig {
+        let mut dec = base.decoder_dd().clone();
+        if let Some(n) = self.num_res_blocks {
+            dec.num_res_blocks = n;
+        }
+        if let Some(a) = &self.attn_resolutions {
+            dec.attn_resolutions = a.clone();
+        }
+        let mut cfg = base.clone();
+        cfg.decoder_ddconfig = (dec != cfg.ddconfig).then_some(dec);
+        cfg
     }
 }
 
@@ -103,8 +130,12 @@ pub fn tune_decoder(
     }
     let dev = Device::Cpu;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let base = vq.vqgan_config();
+    let tuned = cfg.tuned_config(&base);
+    Vqgan::new(VarBuilder::zeros(DType::F32, &dev), &tuned, 1)
+        .map_err(|e| Error::Input(format!("decoder fine-tune: {e}")))?;
     let varmap = VarMap::new();
-    let model = VqModel::new(&varmap, &vq.vqgan_config(), vq.beta, &dev)?;
+    let model = VqModel::new(&varmap, &tuned, vq.beta, &dev)?;
     let exported =
         candle_core::safetensors::load(start, &dev).map_err(|e| Error::bad_file(start, e))?;
     let used = exported
@@ -114,7 +145,7 @@ pub fn tune_decoder(
             key: USED.into(),
         })?
         .clone();
-    set_vars(&varmap, &exported, "", start)?;
+    warm_start(&varmap, &base, vq.beta, &exported, start)?;
     let mut opt = Adam::new(&varmap, vq.betas[0], vq.betas[1], 0.0)?;
     let mut step = 0usize;
     let ckpt = dir.join(CKPT_FILE);
@@ -123,7 +154,7 @@ pub fn tune_decoder(
     if resume {
         let t =
             candle_core::safetensors::load(&ckpt, &dev).map_err(|e| Error::bad_file(&ckpt, e))?;
-        set_vars(&varmap, &t, "g.", &ckpt)?;
+        set_vars(&varmap, &t, "g.", &ckpt, &|_| false)?;
         opt.load_state("opt.", &t)
             .map_err(|e| Error::bad_file(&ckpt, e))?;
         step = t
@@ -187,16 +218,53 @@ pub fn tune_decoder(
     save_atomic(&tensors, out)
 }
 
+/// Sets the variables of the tuned model (`varmap`) from the exported VQGAN `from` (read from
+/// `path`, built with `base`): every tensor of `base` must be there; tensors only the tuned
+/// decoder has (added blocks, attention) keep their initialisation, with the last layer of
+/// each residual branch zeroed so that the branch starts as an identity.
+fn warm_start(
+    varmap: &VarMap,
+    base: &VqganConfig,
+    beta: f64,
+    from: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let base_vars = VarMap::new();
+    VqModel::new(&base_vars, base, beta, &Device::Cpu)?;
+    let base_keys: HashSet<String> = lock(&base_vars)?.keys().cloned().collect();
+    let added = |k: &str| !base_keys.contains(k) && !from.contains_key(k);
+    set_vars(varmap, from, "", path, &added)?;
+    for (k, v) in lock(varmap)?.iter() {
+        let last_of_branch = [
+            ".conv2.weight",
+            ".conv2.bias",
+            ".proj_out.weight",
+            ".proj_out.bias",
+        ]
+        .iter()
+        .any(|s| k.ends_with(s));
+        if added(k) && last_of_branch {
+            v.set(&v.as_tensor().zeros_like()?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Sets every variable of `varmap` from `{prefix}{name}` in `from` (read from `path`), naming
-/// a missing key or both shapes of a mismatch.
+/// a missing key or both shapes of a mismatch; variables whose name `may_lack` accepts may be
+/// absent (they keep their value).
 fn set_vars(
     varmap: &VarMap,
     from: &HashMap<String, Tensor>,
     prefix: &str,
     path: &Path,
+    may_lack: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     for (k, v) in lock(varmap)?.iter() {
         let key = format!("{prefix}{k}");
+        if may_lack(k) && !from.contains_key(&key) {
+            continue;
+        }
         let src = from.get(&key).ok_or_else(|| Error::MissingKey {
             path: path.to_path_buf(),
             key: key.clone(),
