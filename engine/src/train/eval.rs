@@ -248,7 +248,7 @@ pub fn evaluate(
     }
     let codes_used = counts.iter().filter(|&&c| c > 0).count();
     log(&format!(
-        "vqgan: PSNR {psnr_db:.2} dB over {} held-out scenes; {codes_used} of {} codes used \
+        "vqgan: PSNR {psnr_db:.3} dB over {} held-out scenes; {codes_used} of {} codes used \
          (perplexity {:.1})",
         scenes.len(),
         card.vqgan.n_embed,
