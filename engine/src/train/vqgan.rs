@@ -105,7 +105,7 @@ pub struct VqganTrainConfig {
 }
 
 impl Default for VqganTrainConfig {
-    /// The shipped configuration: 64×64 images, f = 4 (16×16 tokens), 512 codes. `ch` = 32
+    /// The shipped configuration: 64×64 images, f = 4 (16×16 tokens), 1024 codes. `ch` = 32
     /// with GroupNorm(8); one res block per level only in the decoder (`num_res_blocks` = 0)
     /// and 32×32 crops for the first 4700 steps keep the run near 30 minutes on two CPU
     /// cores; the adversarial loss runs with the whole-image steps.
