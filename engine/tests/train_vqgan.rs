@@ -433,6 +433,31 @@ fn decoder_tune_resumes_exactly_and_checks_its_inputs() {
 }
 
 #[test]
+fn decoder_tune_config_survives_json() {
+    // A resumed run compares its configuration with the saved one, so every setting must come
+    // back as it went out: `None` included, although the default deepens the decoder.
+    let deep = DecoderTuneConfig {
+        num_res_blocks: Some(2),
+        attn_resolutions: Some(vec![4]),
+        ..decoder_cfg(4)
+    };
+    for cfg in [decoder_cfg(4), DecoderTuneConfig::default(), deep] {
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: DecoderTuneConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cfg, "{json}");
+    }
+    assert_eq!(DecoderTuneConfig::default().num_res_blocks, Some(1));
+    // A hand-written section without the keys: a decoder as deep as the encoder, the other
+    // settings from the default.
+    let partial: DecoderTuneConfig = serde_json::from_str(r#"{"steps": 10}"#).unwrap();
+    assert_eq!(
+        (partial.num_res_blocks, partial.attn_resolutions),
+        (None, None)
+    );
+    assert_eq!(partial.batch, DecoderTuneConfig::default().batch);
+}
+
+#[test]
 fn deeper_decoder_starts_as_the_trained_one_then_improves() {
     let dir = tempfile::tempdir().expect("temp dir");
     let vq = start_vqgan(dir.path());

@@ -43,11 +43,13 @@ pub struct DecoderTuneConfig {
     /// The decoder's own `num_res_blocks` (it has one more block per level); `None`: the
     /// VQGAN's. A deeper decoder starts out as the trained one: its added blocks begin as
     /// identities (zero last convolution), so the fine-tune starts from the VQGAN's output.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// An absent key reads as `None`, not as the default's value, so that `None` survives a
+    /// JSON round trip (a resumed run compares the saved configuration with its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_res_blocks: Option<usize>,
-    /// The decoder's own attention resolutions; `None`: the VQGAN's. Added attention blocks
-    /// begin as identities too (zero output projection).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The decoder's own attention resolutions; `None` (or absent): the VQGAN's. Added
+    /// attention blocks begin as identities too (zero output projection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_resolutions: Option<Vec<usize>>,
 }
 
