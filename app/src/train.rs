@@ -334,11 +334,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let val = recipe::val_scenes(&set, &recipe)?;
     let device = candle_core::Device::Cpu;
 
+    let (train, _) = set.split_with(recipe.split_seed, recipe.val_fraction);
     let weights = args.classifier.join("classifier.safetensors");
     let classifier = if weights.is_file() {
         Classifier::load(&weights, &device)?
     } else {
-        let (train, _) = set.split_with(recipe.split_seed, recipe.val_fraction);
         let cfg = ClassifierTrainConfig {
             res: recipe.res,
             ..ClassifierTrainConfig::default()
@@ -385,6 +385,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let report = evaluate(
         &model,
         &val,
+        &train,
         &classifier,
         tokenizer.as_ref(),
         &cfg,

@@ -158,6 +158,15 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
             .all(|v| v.as_f64().is_some_and(|v| v > 0.0 && v < 8.0)),
         "{report}"
     );
+    // The guidance ceiling is scored on the same scenes: a share of them.
+    let g = &report["guidance"];
+    let n = g["n"].as_f64().unwrap();
+    let hits = g["ceiling_acc"].as_f64().unwrap() * n;
+    assert!(
+        n >= 1.0 && hits >= 0.0 && hits <= n && (hits - hits.round()).abs() < 1e-9,
+        "{report}"
+    );
+    assert!(text.contains("(the ceiling)"), "{text}");
     assert!(
         text.contains("sampling: temperature 1, top-k off, top-p off"),
         "the card recommends nothing, so the network's own distribution: {text}"

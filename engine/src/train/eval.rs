@@ -3,7 +3,8 @@
 //! - VQGAN: reconstruction PSNR of held-out scenes and codebook usage;
 //! - stages: held-out negative log-likelihood per level, bits per token;
 //! - guidance: the category classifier's top-1 agreement with the requested category in
-//!   inpainted regions, for class, text and no guidance (the chance baseline);
+//!   inpainted regions, for class, text and no guidance (the chance baseline), beside the
+//!   ceiling a perfect fill would reach (a training emoji of the category in the region);
 //! - samples: FID in the classifier's feature space for unconditional generation and for
 //!   upper-half completion (the "do we need more steps" comparison runs it per model);
 //! - a contact sheet of masked inputs and inpainted results.
@@ -16,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::classifier::Classifier;
 use super::classifier::fid;
-use super::data::{Background, Scene, SceneGen, SceneMask, batch_to_tensor, scene_mask};
+use super::data::{
+    Background, EmojiView, Scene, SceneGen, SceneMask, batch_to_tensor, composite_over, scene_mask,
+};
 use super::recipe::condition_of;
 use super::stage::{StageBatch, StageTrainConfig, stage_nll};
 use super::vqgan::psnr;
@@ -104,6 +107,11 @@ pub struct GuidanceReport {
     pub text_acc: f64,
     /// No guidance, scored against the same requested categories (the baseline).
     pub uncond_acc: f64,
+    /// The ceiling: a training emoji of the requested category drawn into the box over the
+    /// unguided fill and passed through the VQGAN like a generated one — what a perfect fill
+    /// would score with this classifier (a category without training emoji counts as a miss).
+    #[serde(default)]
+    pub ceiling_acc: f64,
 }
 
 /// A scene with its mask, encoded once and inpainted under several conditions.
@@ -193,10 +201,12 @@ fn decode(model: &Model, grid: &[u32]) -> Result<RgbImage> {
 }
 
 /// Evaluates `model` on held-out scenes (`val`); `classifier` scores categories and gives
-/// the FID features; `tokenizer` encodes captions and prompts (text models).
+/// the FID features; `tokenizer` encodes captions and prompts (text models); `train` (the
+/// training split's emoji) draws the guidance ceiling.
 pub fn evaluate(
     model: &Model,
     val: &SceneGen,
+    train: &EmojiView,
     classifier: &Classifier,
     tokenizer: Option<&PromptTokenizer>,
     cfg: &EvalConfig,
@@ -314,7 +324,13 @@ pub fn evaluate(
     let classes = classifier.config().classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6775_6964);
     let gscenes = val.scenes(cfg.seed ^ 1, 0, cfg.guidance, res);
-    let mut hits = [0usize; 3];
+    let mut hits = [0usize; 4];
+    let mut by_class = vec![Vec::new(); classes];
+    for e in train.iter().filter(|e| e.category < classes) {
+        by_class[e.category].push(e);
+    }
+    // Its own stream, so the requests (and so the other numbers) do not depend on it.
+    let mut ceiling_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6365_696c);
     let names = prompts_by_class(val, classes);
     for (i, scene) in gscenes.iter().enumerate() {
         let want = rng.random_range(0..classes);
@@ -325,6 +341,7 @@ pub fn evaluate(
             condition_of(card, tokenizer, usize::MAX, prompt)?,
             Condition::None,
         ];
+        let mut unguided = None;
         for (k, cond) in kinds.into_iter().enumerate() {
             let scale = if matches!(cond, Condition::None) {
                 1.0
@@ -332,9 +349,29 @@ pub fn evaluate(
                 cfg.guidance_scale
             };
             let out = masked.fill(model, cond, scale, cfg.sampling, cfg.seed + i as u64)?;
-            let x = batch_to_tensor(&[out], &dev)?;
+            let x = batch_to_tensor(std::slice::from_ref(&out), &dev)?;
             if classifier.predict(&x)?[0] == want {
                 hits[k] += 1;
+            }
+            if matches!(k, 2) {
+                unguided = Some(out);
+            }
+        }
+        if let (Some(mut img), false) = (unguided, by_class[want].is_empty()) {
+            let e = by_class[want][ceiling_rng.random_range(0..by_class[want].len())];
+            let b = &scene.boxes[0];
+            composite_over(&mut img, &e.sprite, b.x, b.y, b.size);
+            let x = batch_to_tensor(&[img], &model.device)?;
+            let grid: Vec<u32> = model.vqgan.encode_tokens(&x)?.flatten_all()?.to_vec1()?;
+            let perfect = composite(
+                &scene.image,
+                &masked.mask,
+                &masked.window,
+                &decode(model, &grid)?,
+                0,
+            );
+            if classifier.predict(&batch_to_tensor(&[perfect], &dev)?)?[0] == want {
+                hits[3] += 1;
             }
         }
     }
@@ -345,15 +382,17 @@ pub fn evaluate(
         class_acc: hits[0] as f64 / n,
         text_acc: hits[1] as f64 / n,
         uncond_acc: hits[2] as f64 / n,
+        ceiling_acc: hits[3] as f64 / n,
     };
     log(&format!(
         "guidance ({} scenes, {classes} categories, chance {:.1}%): class {:.1}%, text {:.1}%, \
-         none {:.1}%",
+         none {:.1}%; a training emoji of the category in the box (the ceiling) {:.1}%",
         guidance.n,
         100.0 / classes as f64,
         100.0 * guidance.class_acc,
         100.0 * guidance.text_acc,
-        100.0 * guidance.uncond_acc
+        100.0 * guidance.uncond_acc,
+        100.0 * guidance.ceiling_acc
     ));
 
     // FID.
