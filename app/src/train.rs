@@ -263,7 +263,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "data/runs/classifier")]
     pub classifier: PathBuf,
     /// Classifier training steps (when it is trained).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = tessera_engine::train::classifier::DEFAULT_CLASSIFIER_STEPS)]
     pub classifier_steps: usize,
     /// Held-out scenes per measurement (reconstruction, NLL, FID); guidance uses half.
     #[arg(long, default_value_t = 256)]
