@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_engine::loader::card::{CARD_FILE, Condition, Conditioning, Network};
 use tessera_engine::loader::import::{ImportOptions, import};
-use tessera_engine::loader::{LoadOptions, ModelSource, Stage, build_network};
+use tessera_engine::loader::{LoadOptions, Model, ModelSource, Stage, build_network};
 use tessera_engine::pipeline::{ChainRequest, Silent, run_chain};
 use tessera_engine::schedule::Schedule;
 use tessera_engine::train::stage::{
@@ -350,10 +350,10 @@ fn resume_equals_an_uninterrupted_run() {
     assert_eq!(lines.lines().count(), 6);
 }
 
-#[test]
-fn exported_stages_load_and_sample_through_the_pipeline() {
-    let out = tempfile::tempdir().unwrap();
-    let folder = out.path().join("model");
+/// A 4-class model in `out/model`: the golden `class_custom` release's VQGAN and schedule with
+/// tiny stages trained on [`pattern`], each level's config set by `adjust`.
+fn class_model(out: &std::path::Path, adjust: impl Fn(&mut StageTrainConfig)) -> Model {
+    let folder = out.join("model");
     let opts = ImportOptions {
         dtype: DType::F32,
         overwrite: false,
@@ -375,10 +375,8 @@ fn exported_stages_load_and_sample_through_the_pipeline() {
     let mut stages = Vec::new();
     for t in 1..=levels {
         let mut cfg = tiny(t, levels, k, p, card.conditioning.clone());
-        cfg.steps = 4;
-        cfg.batch = 4;
-        cfg.cond_drop = 0.5;
-        let dir = out.path().join(format!("train{t}"));
+        adjust(&mut cfg);
+        let dir = out.join(format!("train{t}"));
         let trained = train(&cfg, &schedule, &dir, None, &mut Vec::new());
         stages.push(trained.export(&folder).unwrap());
     }
@@ -388,8 +386,21 @@ fn exported_stages_load_and_sample_through_the_pipeline() {
         serde_json::to_string_pretty(&card).unwrap(),
     )
     .unwrap();
-    let source = ModelSource::open(&folder).unwrap();
-    let model = source.load(&LoadOptions::default()).unwrap();
+    ModelSource::open(&folder)
+        .unwrap()
+        .load(&LoadOptions::default())
+        .unwrap()
+}
+
+#[test]
+fn exported_stages_load_and_sample_through_the_pipeline() {
+    let out = tempfile::tempdir().unwrap();
+    let model = class_model(out.path(), |cfg| {
+        cfg.steps = 4;
+        cfg.batch = 4;
+        cfg.cond_drop = 0.5;
+    });
+    let (k, p) = (model.card.n_tokens, model.card.n_positions());
     let mut req = ChainRequest::new(&model.card);
     req.condition = Condition::Class(2);
     req.guidance_scale = 2.0;
@@ -515,43 +526,12 @@ fn trained_class_condition_steers_sampling() {
     // the class too, so the GPT level learns to read the class token late (measured with both
     // levels at 150 steps: 0 of 16 grids follow their class; at 600: 15 of 16).
     let out = tempfile::tempdir().unwrap();
-    let folder = out.path().join("model");
-    let opts = ImportOptions {
-        dtype: DType::F32,
-        overwrite: false,
-    };
-    let mut card = import(
-        &common::golden().join("class_custom/sampling.yaml"),
-        &folder,
-        &opts,
-        &mut |_| {},
-    )
-    .unwrap();
-    let (k, p, levels) = (card.n_tokens, card.n_positions(), card.levels());
-    card.conditioning = Conditioning::Class {
-        n_classes: 4,
-        class_names: vec![],
-        null_class: Some(4),
-    };
-    let schedule = card.schedule.clone();
-    let mut stages = Vec::new();
-    for t in 1..=levels {
-        let mut cfg = tiny(t, levels, k, p, card.conditioning.clone());
-        // Level 1 maps a 70%-clean ramp to the clean one, learnt quickly.
-        cfg.steps = if t == levels { 600 } else { 400 };
+    let model = class_model(out.path(), |cfg| {
+        // Level 1 maps a 70%-clean ramp to the clean one, learnt sooner.
+        cfg.steps = if cfg.level == cfg.levels { 600 } else { 400 };
         cfg.cond_drop = 0.2;
-        let dir = out.path().join(format!("train{t}"));
-        let trained = train(&cfg, &schedule, &dir, None, &mut Vec::new());
-        stages.push(trained.export(&folder).unwrap());
-    }
-    card.stages = stages;
-    std::fs::write(
-        folder.join(CARD_FILE),
-        serde_json::to_string_pretty(&card).unwrap(),
-    )
-    .unwrap();
-    let source = ModelSource::open(&folder).unwrap();
-    let model = source.load(&LoadOptions::default()).unwrap();
+    });
+    let (k, p) = (model.card.n_tokens, model.card.n_positions());
     for scale in [1.0f32, 3.0] {
         let mut hits = Vec::new();
         for c in 0..4 {

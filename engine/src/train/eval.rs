@@ -353,7 +353,7 @@ pub fn evaluate(
             if classifier.predict(&x)?[0] == want {
                 hits[k] += 1;
             }
-            if matches!(k, 2) {
+            if k == 2 {
                 unguided = Some(out);
             }
         }
