@@ -137,8 +137,7 @@ impl<'a> Masked<'a> {
             )));
         }
         let window = Window::covering(res, res);
-        let x = batch_to_tensor(std::slice::from_ref(&scene.image), &model.device)?;
-        let x0: Vec<u32> = model.vqgan.encode_tokens(&x)?.flatten_all()?.to_vec1()?;
+        let x0 = encode(model, &scene.image)?;
         let regen = token_mask(&mask, &window, grid, 0.0);
         Ok(Self {
             scene,
@@ -191,6 +190,12 @@ fn request(
         known,
         start: None,
     }
+}
+
+/// The x_0 grid of one image at the model's resolution.
+fn encode(model: &Model, image: &RgbImage) -> Result<Vec<u32>> {
+    let x = batch_to_tensor(std::slice::from_ref(image), &model.device)?;
+    Ok(model.vqgan.encode_tokens(&x)?.flatten_all()?.to_vec1()?)
 }
 
 fn decode(model: &Model, grid: &[u32]) -> Result<RgbImage> {
@@ -361,13 +366,11 @@ pub fn evaluate(
             let e = by_class[want][ceiling_rng.random_range(0..by_class[want].len())];
             let b = &scene.boxes[0];
             composite_over(&mut img, &e.sprite, b.x, b.y, b.size);
-            let x = batch_to_tensor(&[img], &model.device)?;
-            let grid: Vec<u32> = model.vqgan.encode_tokens(&x)?.flatten_all()?.to_vec1()?;
             let perfect = composite(
                 &scene.image,
                 &masked.mask,
                 &masked.window,
-                &decode(model, &grid)?,
+                &decode(model, &encode(model, &img)?)?,
                 0,
             );
             if classifier.predict(&batch_to_tensor(&[perfect], &dev)?)?[0] == want {
