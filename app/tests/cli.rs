@@ -163,6 +163,42 @@ fn inpaint_writes_result_and_levels() {
 }
 
 #[test]
+fn inpaint_with_quantized_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write_png(&input, 64, 64, |x, y| [(x * 4) as u8, (y * 4) as u8, 90]);
+    let run = |quantize: &str, out: &Path| {
+        tessera(&[
+            "inpaint",
+            "--image",
+            input.to_str().unwrap(),
+            "--mask-preset",
+            "centre-window",
+            "--quantize",
+            quantize,
+            "--seed",
+            "3",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    // The shipped model, every linear layer in Q8_0 (its widths are multiples of 32).
+    let out = dir.path().join("q8.png");
+    let (ok, text) = run("q8_0", &out);
+    assert!(ok, "{text}");
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (64, 64));
+    assert_eq!(
+        img.get_pixel(1, 1).0,
+        [4, 4, 90],
+        "outside the mask nothing changes"
+    );
+    let (ok, text) = run("q3", &dir.path().join("q3.png"));
+    assert!(!ok && text.contains("q8_0 or q4k"), "{text}");
+    assert!(!dir.path().join("q3.png").exists());
+}
+
+#[test]
 fn inpaint_bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.png");

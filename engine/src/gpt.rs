@@ -10,6 +10,7 @@
 //! [`Gpt::step`] decodes incrementally with a preallocated key/value cache ([`GptCache`]) and
 //! applies the same mask rule at absolute positions, so cached decoding equals the full forward.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -103,6 +104,22 @@ impl Block {
         let a = attention(&q, &k, &v, self.attn.scale, mask)?;
         let x = (x + self.attn.proj.forward(&merge_heads(&a)?)?)?;
         &x + self.mlp.forward(&self.ln2.forward(&x)?)?
+    }
+
+    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        Ok(Self {
+            attn: SelfAttention {
+                qkv: self.attn.qkv.quantized(dtype)?,
+                proj: self.attn.proj.quantized(dtype)?,
+                ..self.attn.clone()
+            },
+            mlp: self.mlp.quantized(dtype)?,
+            ..self.clone()
+        })
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.attn.qkv.weight_bytes() + self.attn.proj.weight_bytes() + self.mlp.weight_bytes()
     }
 
     /// The whole sequence at once without a cache (training).
@@ -227,6 +244,29 @@ impl Gpt {
             head: Linear::new(vb.pp("head"), cfg.n_embd, cfg.vocab_size, false)?,
             device: vb.device().clone(),
         })
+    }
+
+    /// This network with the weights of every linear layer (attention, MLP, head) quantized
+    /// to `dtype` (e.g. `Q8_0`, `Q4K`); embeddings and LayerNorms stay as they are. The
+    /// network must compute in f32.
+    pub fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        if self.dtype != DType::F32 {
+            candle_core::bail!("quantizing needs f32 weights, not {:?}", self.dtype)
+        }
+        Ok(Self {
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.quantized(dtype))
+                .collect::<Result<_>>()?,
+            head: self.head.quantized(dtype)?,
+            ..self.clone()
+        })
+    }
+
+    /// Bytes of weight one decoding step reads (every linear layer once).
+    pub fn step_weight_bytes(&self) -> usize {
+        self.blocks.iter().map(Block::weight_bytes).sum::<usize>() + self.head.weight_bytes()
     }
 
     /// The configuration the network was built from.

@@ -13,7 +13,8 @@
 pub mod grad;
 mod skinny;
 
-use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Epsilon of every `nn.LayerNorm` in the ImageBART transformers (PyTorch's default).
@@ -40,13 +41,18 @@ pub fn check_compute_dtype(dtype: DType, device: &Device) -> Result<()> {
 /// replaces three.
 ///
 /// The weight is kept as `Wᵀ` `(in, out)`: a transposed view of the PyTorch tensor for f32
-/// (candle's CPU GEMM is fastest on that layout, above all for the one-row products of
-/// decoding), a contiguous copy for half precision on the CPU (the f16 GEMM is several times
-/// faster on row-major right-hand sides when only a few rows are multiplied).
+/// (candle's CPU GEMM is fastest on that layout; products of 1–16 rows, i.e. decoding, go
+/// through the few-row kernel of `nn/skinny.rs` instead), a contiguous copy for half precision
+/// on the CPU (the f16 GEMM is several times faster on row-major right-hand sides when only a
+/// few rows are multiplied), or a ggml block format ([`Linear::quantized`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `Wᵀ`, `(in, out)`.
+    /// `Wᵀ`, `(in, out)` (for a quantized layer, the dequantized weight is not kept: this is
+    /// an empty placeholder and `quant` holds the weight).
     weight_t: Tensor,
+    /// The weight in a ggml block format (see [`Linear::quantized`]).
+    quant: Option<QMatMul>,
+    out_dim: usize,
     bias: Option<Tensor>,
 }
 
@@ -78,7 +84,62 @@ impl Linear {
             (Device::Cpu, DType::F16 | DType::BF16) => weight.t()?.contiguous()?,
             _ => weight.t()?,
         };
-        Ok(Self { weight_t, bias })
+        Ok(Self {
+            weight_t,
+            quant: None,
+            out_dim,
+            bias,
+        })
+    }
+
+    /// This layer with its weight quantized to the ggml block format `dtype` (e.g. `Q8_0`,
+    /// `Q4K`); the bias stays in f32. The product then runs through candle's quantized kernels
+    /// on f32 activations, reading `dtype`'s bytes per weight instead of 4.
+    ///
+    /// The input width must be a multiple of the format's block (32 for `Q8_0`, 256 for the
+    /// k-quants). Where a k-quant's block does not divide it (the released width 1152) the
+    /// layer falls back to `Q8_0`, and where 32 does not either it stays unquantized, as
+    /// llama.cpp does with such tensors; [`Linear::is_quantized`] tells which.
+    pub fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        if self.quant.is_some() {
+            candle_core::bail!("linear: the layer is already quantized")
+        }
+        let w = self.weight()?.to_dtype(DType::F32)?.contiguous()?;
+        let (out_dim, in_dim) = w.dims2()?;
+        let dtype = if in_dim.is_multiple_of(dtype.block_size()) {
+            dtype
+        } else if in_dim.is_multiple_of(GgmlDType::Q8_0.block_size()) {
+            GgmlDType::Q8_0
+        } else {
+            return Ok(self.clone());
+        };
+        let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
+        Ok(Self {
+            weight_t: Tensor::zeros(0, DType::F32, w.device())?,
+            quant: Some(q),
+            out_dim,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.to_dtype(DType::F32))
+                .transpose()?,
+        })
+    }
+
+    /// Whether the weight is held in a quantized block format.
+    pub fn is_quantized(&self) -> bool {
+        self.quant.is_some()
+    }
+
+    /// Bytes of weight (not bias) a product reads.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.quant {
+            Some(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+            None => self.weight_t.elem_count() * self.weight_t.dtype().size_in_bytes(),
+        }
     }
 
     /// Loads several layers with the same input and concatenates their outputs: the result
@@ -105,7 +166,8 @@ impl Linear {
     /// Few-row f32 products on the CPU through [`skinny::matmul_xwt`]; `None` when the GEMM
     /// is the better choice.
     fn skinny(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
-        if !(2..=16).contains(&rows)
+        if !(1..=16).contains(&rows)
+            || self.quant.is_some()
             || x2.track_op()
             || self.weight_t.track_op()
             || !matches!(x2.device(), Device::Cpu)
@@ -143,14 +205,19 @@ impl Linear {
         self.weight_t.track_op()
     }
 
-    /// The weight in PyTorch layout, `[out, in]` (a view).
+    /// The weight in PyTorch layout, `[out, in]` (a view; dequantized for a quantized layer).
     pub fn weight(&self) -> Result<Tensor> {
-        self.weight_t.t()
+        match &self.quant {
+            Some(QMatMul::QTensor(q)) => q.dequantize(self.weight_t.device()),
+            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.clone()),
+            None => self.weight_t.t(),
+        }
     }
 
     /// Applies the layer to `x` of shape `(…, in)`, giving `(…, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if (x.track_op() || self.weight_t.track_op())
+            && self.quant.is_none()
             && matches!(x.device(), Device::Cpu)
             && x.dtype() == DType::F32
             && self.weight_t.dtype() == DType::F32
@@ -169,16 +236,19 @@ impl Linear {
         };
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-        let y = match self.skinny(&x2, rows)? {
-            Some(y) => y,
-            None => x2.matmul(&self.weight_t)?,
+        let y = match &self.quant {
+            Some(q) => q.forward(&x2.to_dtype(DType::F32)?)?,
+            None => match self.skinny(&x2, rows)? {
+                Some(y) => y,
+                None => x2.matmul(&self.weight_t)?,
+            },
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out_shape = lead.to_vec();
-        out_shape.push(self.weight_t.dim(1)?);
+        out_shape.push(self.out_dim);
         y.reshape(out_shape)
     }
 }
@@ -245,6 +315,19 @@ impl FeedForward {
     /// Applies the block to `(…, dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc_out.forward(&gelu_erf(&self.fc_in.forward(x)?)?)
+    }
+
+    /// The block with both layers quantized (see [`Linear::quantized`]).
+    pub fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        Ok(Self {
+            fc_in: self.fc_in.quantized(dtype)?,
+            fc_out: self.fc_out.quantized(dtype)?,
+        })
+    }
+
+    /// Bytes of weight a forward pass reads.
+    pub fn weight_bytes(&self) -> usize {
+        self.fc_in.weight_bytes() + self.fc_out.weight_bytes()
     }
 }
 

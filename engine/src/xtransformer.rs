@@ -18,6 +18,7 @@
 //! official sampler recomputes the whole decoder for every token; since the decoder is strictly
 //! causal and pre-norm, the cached computation gives the same logits.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -142,6 +143,21 @@ impl Attention {
         }
     }
 
+    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        Ok(Self {
+            q_or_qkv: self.q_or_qkv.quantized(dtype)?,
+            kv: self.kv.as_ref().map(|l| l.quantized(dtype)).transpose()?,
+            to_out: self.to_out.quantized(dtype)?,
+            ..self.clone()
+        })
+    }
+
+    /// Bytes of weight a decoding step reads: the cross-attention's key/value projection is
+    /// applied once per level, not per step.
+    fn step_weight_bytes(&self) -> usize {
+        self.q_or_qkv.weight_bytes() + self.to_out.weight_bytes()
+    }
+
     /// Full (non-cached) self-attention over `x` with an optional additive mask (the encoder:
     /// none; the decoder in training: causal).
     fn self_attend(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -200,6 +216,14 @@ impl EncoderBlock {
         })
     }
 
+    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        Ok(Self {
+            attn: self.attn.quantized(dtype)?,
+            ff: self.ff.quantized(dtype)?,
+            ..self.clone()
+        })
+    }
+
     fn forward(&self, h: &Tensor) -> Result<Tensor> {
         let h = (h + self.attn.self_attend(&self.attn_norm.forward(h)?, None)?)?;
         &h + self.ff.forward(&self.ff_norm.forward(&h)?)?
@@ -231,6 +255,21 @@ impl DecoderBlock {
             ff_norm: LayerNorm::new(f.pp(0), dim)?,
             ff: FeedForward::new(f.pp(1).pp("net.0.0"), f.pp(1).pp("net.2"), dim, 4 * dim)?,
         })
+    }
+
+    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        Ok(Self {
+            self_attn: self.self_attn.quantized(dtype)?,
+            cross_attn: self.cross_attn.quantized(dtype)?,
+            ff: self.ff.quantized(dtype)?,
+            ..self.clone()
+        })
+    }
+
+    fn step_weight_bytes(&self) -> usize {
+        self.self_attn.step_weight_bytes()
+            + self.cross_attn.step_weight_bytes()
+            + self.ff.weight_bytes()
     }
 
     fn step(
@@ -486,6 +525,39 @@ impl XTransformer {
             residual,
             device: vb.device().clone(),
         })
+    }
+
+    /// This network with the weights of every linear layer (attention projections,
+    /// feed-forward, `to_logits`) quantized to `dtype` (e.g. `Q8_0`, `Q4K`); embeddings and
+    /// LayerNorms stay as they are. The network must compute in f32.
+    pub fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        if self.dtype != DType::F32 {
+            candle_core::bail!("quantizing needs f32 weights, not {:?}", self.dtype)
+        }
+        Ok(Self {
+            enc_blocks: self
+                .enc_blocks
+                .iter()
+                .map(|b| b.quantized(dtype))
+                .collect::<Result<_>>()?,
+            dec_blocks: self
+                .dec_blocks
+                .iter()
+                .map(|b| b.quantized(dtype))
+                .collect::<Result<_>>()?,
+            to_logits: self.to_logits.quantized(dtype)?,
+            ..self.clone()
+        })
+    }
+
+    /// Bytes of weight one decoder step reads (the decoder's linear layers and `to_logits`;
+    /// the cross-attention keys/values are computed once per level).
+    pub fn step_weight_bytes(&self) -> usize {
+        self.dec_blocks
+            .iter()
+            .map(DecoderBlock::step_weight_bytes)
+            .sum::<usize>()
+            + self.to_logits.weight_bytes()
     }
 
     /// The configuration the network was built from.

@@ -1041,3 +1041,133 @@ fn perf_released_sizes() -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// quantized weights
+
+/// Mean KL(p‖q) in bits per row between the distributions of logits `p` and `q`
+/// `(…, K)`, and the fraction of rows whose most likely token agrees.
+fn kl_and_agreement(p: &Tensor, q: &Tensor) -> Result<(f32, f32)> {
+    let k = p.dim(candle_core::D::Minus1)?;
+    let p = p.to_dtype(DType::F32)?.reshape(((), k))?;
+    let q = q.to_dtype(DType::F32)?.reshape(((), k))?;
+    let lp = candle_nn::ops::log_softmax(&p, 1)?;
+    let lq = candle_nn::ops::log_softmax(&q, 1)?;
+    let kl = (lp.exp()? * (&lp - &lq)?)?
+        .sum(1)?
+        .mean_all()?
+        .to_scalar::<f32>()?;
+    let same = p
+        .argmax(1)?
+        .eq(&q.argmax(1)?)?
+        .to_dtype(DType::F32)?
+        .mean_all()?
+        .to_scalar::<f32>()?;
+    Ok((kl / std::f32::consts::LN_2, same))
+}
+
+#[test]
+fn quantized_linear_follows_the_f32_product() -> Result<()> {
+    use candle_core::quantized::GgmlDType;
+    use tessera_engine::nn::Linear;
+    let mut rng = Rng(41);
+    let mut rand = |shape: (usize, usize)| {
+        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.uniform()).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    };
+    for (dtype, in_dim, tol) in [(GgmlDType::Q8_0, 96, 0.02), (GgmlDType::Q4K, 256, 0.15)] {
+        let w = rand((40, in_dim))?;
+        let bias = rand((1, 40))?.squeeze(0)?;
+        let x = rand((3, in_dim))?.reshape((1, 3, in_dim))?;
+        let dense = Linear::from_weight(w, Some(bias))?;
+        let quant = dense.quantized(dtype)?;
+        assert!(quant.is_quantized());
+        assert!(
+            quant.weight_bytes() * 3 < dense.weight_bytes(),
+            "{dtype:?}: {} bytes vs {} in f32",
+            quant.weight_bytes(),
+            dense.weight_bytes()
+        );
+        let (a, b) = (dense.forward(&x)?, quant.forward(&x)?);
+        assert_eq!(b.dims(), &[1, 3, 40]);
+        let scale = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let rel = max_abs_diff(&a, &b)? / scale;
+        eprintln!("{dtype:?}: max |Δ| / max |y| = {rel:e}");
+        assert!(rel < tol, "{dtype:?}: relative error {rel} ≥ {tol}");
+        // Dequantized, the weight is the one the product used.
+        let back = quant.weight()?;
+        assert_eq!(back.dims(), &[40, in_dim]);
+        assert!(
+            quant.quantized(dtype).is_err(),
+            "quantizing twice is refused"
+        );
+    }
+    // A width that 256 does not divide falls back from a k-quant to Q8_0 …
+    let dense = Linear::from_weight(rand((8, 96))?, None)?;
+    let q4k = dense.quantized(GgmlDType::Q4K)?;
+    assert!(q4k.is_quantized());
+    assert_eq!(
+        q4k.weight_bytes(),
+        dense.quantized(GgmlDType::Q8_0)?.weight_bytes()
+    );
+    // … and one that 32 does not divide either stays in f32.
+    let dense = Linear::from_weight(rand((8, 48))?, None)?;
+    let kept = dense.quantized(GgmlDType::Q8_0)?;
+    assert!(!kept.is_quantized());
+    assert_eq!(kept.weight_bytes(), dense.weight_bytes());
+    Ok(())
+}
+
+#[test]
+fn golden_q8_0_logits_agree_with_f32() -> Result<()> {
+    use candle_core::quantized::GgmlDType;
+    // The GPT stage of class_custom: every layer's input width is a multiple of 32.
+    let case = "class_custom";
+    let (_, params) = golden_stage_config(case, 2);
+    let cfg: GptConfig = serde_yaml::from_value(params).expect("config");
+    let expected = golden_expected(case)?;
+    let f32_model = Gpt::new(golden_vb(case, 2, DType::F32), &cfg)?;
+    let q8 = f32_model.quantized(GgmlDType::Q8_0)?;
+    assert!(q8.step_weight_bytes() * 3 < f32_model.step_weight_bytes());
+    let idx = &expected["stage2.idx"];
+    let want = &expected["stage2.logits"];
+    let len = idx.dim(1)?;
+    let got = q8.forward(idx)?.narrow(1, 1, len - 1)?;
+    let (kl, same) = kl_and_agreement(want, &got)?;
+    eprintln!("golden {case} stage 2 q8_0: KL {kl:.5} bits/token, top-1 agreement {same:.3}");
+    assert!(kl < 0.01, "KL {kl} bits");
+    assert!(same >= 0.95, "top-1 agreement {same}");
+    let mut chunks = vec![2];
+    chunks.extend(vec![1; len - 2]);
+    // Stepping quantizes each activation row on its own as the forward does, but the f32
+    // rounding differences between the two paths (≈1e-6) can flip an 8-bit rounding, so the
+    // cached steps are held to the same bar against f32, not to the forward's bits.
+    let stepped = gpt_steps(&q8, idx, &chunks)?.narrow(1, 1, len - 1)?;
+    let (kl, same) = kl_and_agreement(want, &stepped)?;
+    eprintln!("  stepped: KL {kl:.5} bits/token, top-1 agreement {same:.3}");
+    assert!(
+        kl < 0.01 && same >= 0.95,
+        "stepped: KL {kl}, agreement {same}"
+    );
+
+    // Its encoder–decoder stage (dim 64, two heads of 64, feed-forward 256).
+    let (_, params) = golden_stage_config(case, 1);
+    let cfg: XTransformerConfig = serde_yaml::from_value(params).expect("config");
+    let f32_model = XTransformer::new(golden_vb(case, 1, DType::F32), &cfg, None)?;
+    let q8 = f32_model.quantized(GgmlDType::Q8_0)?;
+    assert!(q8.step_weight_bytes() * 3 < f32_model.step_weight_bytes());
+    let (src, tgt) = (&expected["stage1.src"], &expected["stage1.tgt"]);
+    let got = q8.forward(src, tgt)?;
+    let (kl, same) = kl_and_agreement(&expected["stage1.logits"], &got)?;
+    eprintln!("golden {case} stage 1 q8_0: KL {kl:.5} bits/token, top-1 agreement {same:.3}");
+    assert!(kl < 0.01, "KL {kl} bits");
+    assert!(same >= 0.95, "top-1 agreement {same}");
+    let stepped = xt_steps(&q8, src, tgt, &vec![1; tgt.dim(1)?])?;
+    let (kl, same) = kl_and_agreement(&expected["stage1.logits"], &stepped)?;
+    eprintln!("  stepped: KL {kl:.5} bits/token, top-1 agreement {same:.3}");
+    assert!(
+        kl < 0.01 && same >= 0.95,
+        "stepped: KL {kl}, agreement {same}"
+    );
+    Ok(())
+}

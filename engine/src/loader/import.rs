@@ -120,6 +120,7 @@ fn write_folder(
         device: Device::Cpu,
         dtype: opts.dtype,
         lazy: false,
+        quantize: None,
     };
     progress("VQGAN");
     let rec = Arc::new(Mutex::new(Vec::new()));

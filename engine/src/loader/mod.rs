@@ -12,6 +12,7 @@ pub mod tessera;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
@@ -33,6 +34,10 @@ pub struct LoadOptions {
     /// and one stage are resident (for released-size models on machines with little memory);
     /// otherwise every stage is loaded up front and kept.
     pub lazy: bool,
+    /// Quantize the linear layers of every stage to this ggml block format as they load
+    /// (`dtype` must then be f32; see [`XTransformer::quantized`]). The VQGAN, embeddings and
+    /// LayerNorms keep their type.
+    pub quantize: Option<GgmlDType>,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +46,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             lazy: false,
+            quantize: None,
         }
     }
 }
@@ -256,7 +262,21 @@ impl ModelSource {
             .ok_or_else(|| Error::Input(format!("the model has no stage {t}")))?;
         let backend = self.backend(Part::Stage(t), record)?;
         let vb = VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone());
-        build_network(&stage.network, vb, &card.schedule.alphats).map_err(backend::unwrap)
+        let net =
+            build_network(&stage.network, vb, &card.schedule.alphats).map_err(backend::unwrap)?;
+        let Some(q) = opts.quantize else {
+            return Ok(net);
+        };
+        if opts.dtype != DType::F32 {
+            return Err(Error::Input(format!(
+                "quantized weights are made from f32 weights, not {:?}",
+                opts.dtype
+            )));
+        }
+        Ok(match net {
+            Stage::EncDec(n) => Stage::EncDec(n.quantized(q)?),
+            Stage::Gpt(n) => Stage::Gpt(n.quantized(q)?),
+        })
     }
 
     /// Loads the VQGAN and every stage (or, with `opts.lazy`, only the VQGAN; stages follow
@@ -309,6 +329,18 @@ pub enum Part {
     Vqgan,
     /// Level t's network.
     Stage(usize),
+}
+
+/// Parses a quantized weight format: `q8_0` (8 bits and a scale per 32 weights) or `q4k`
+/// (4-bit k-quants, 256-weight super-blocks).
+pub fn parse_quantization(s: &str) -> Result<GgmlDType> {
+    match s {
+        "q8_0" => Ok(GgmlDType::Q8_0),
+        "q4k" => Ok(GgmlDType::Q4K),
+        other => Err(Error::Input(format!(
+            "unknown quantization `{other}` (use q8_0 or q4k)"
+        ))),
+    }
 }
 
 /// Parses `f32`, `f16` or `bf16`.

@@ -1,8 +1,10 @@
-//! Products `x · Wᵀ` with few rows (2–16): decoding several candidates at once. candle's GEMM
-//! packs the whole weight for such shapes and costs 3–6× a single-row product; here each
-//! weight row is read once and dotted with every input row while it sits in L1, so the cost
-//! stays close to the memory-bound one-row case. Summation order differs from the GEMM's, so
-//! results agree to rounding (not bit for bit); they are deterministic for a given build.
+//! Products `x · Wᵀ` with few rows (1–16): decoding one or several candidates. candle's GEMM
+//! packs the whole weight for 2–16 rows and costs 3–6× a single-row product, and takes a single
+//! row through a one-thread GEMV that streams the weight at about half the machine's memory
+//! rate. Here each weight row is read once and dotted with every input row while it sits in
+//! L1, and the output columns are split over the threads, so a step runs near the memory wall
+//! (`tessera bench` prints the ratio). Summation order differs from the GEMM's, so results
+//! agree to rounding (not bit for bit); they are deterministic for a given build.
 
 use rayon::prelude::*;
 
