@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 
@@ -94,7 +94,7 @@ pub fn released_vqgan_config() -> VqganConfig {
 /// all map to the kernel's one zero page, so "streaming the weights" would read one cached
 /// page. So the network is built once to learn the shapes, then again from random plain
 /// tensors. Returns the network and its parameter count.
-pub fn random_net<T>(
+fn random_net<T>(
     dtype: DType,
     dev: &Device,
     build: impl Fn(VarBuilder) -> candle_core::Result<T>,
@@ -110,7 +110,7 @@ pub fn random_net<T>(
         .map(|(i, (k, v))| {
             Ok((
                 k.clone(),
-                random_like(v.as_tensor(), i as u64)?.to_dtype(dtype)?,
+                random(v.shape(), dev, i as u64)?.to_dtype(dtype)?,
             ))
         })
         .collect::<candle_core::Result<_>>()?;
@@ -119,12 +119,12 @@ pub fn random_net<T>(
     Ok((net, params))
 }
 
-/// A plain tensor shaped like `t`, uniform in ±0.035 (std ≈ 0.02, the released init scale),
+/// A plain f32 tensor of `shape`, uniform in ±0.035 (std ≈ 0.02, the released init scale),
 /// filled in parallel from a per-tensor xorshift stream (fast: 600 M weights in about a second).
-fn random_like(t: &Tensor, seed: u64) -> candle_core::Result<Tensor> {
+fn random(shape: &Shape, dev: &Device, seed: u64) -> candle_core::Result<Tensor> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    let n = t.elem_count();
+    let n = shape.elem_count();
     let mut v = vec![0f32; n];
     v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         let mut x = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (c as u64 + 1)) | 1;
@@ -135,7 +135,7 @@ fn random_like(t: &Tensor, seed: u64) -> candle_core::Result<Tensor> {
             *e = ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07;
         }
     });
-    Tensor::from_vec(v, t.shape(), t.device())
+    Tensor::from_vec(v, shape, dev)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -200,7 +200,7 @@ impl Usage {
 
 /// The memory wall a batch-1 step is measured against: a streaming read of a buffer far
 /// larger than the caches, on all threads. Machines here are noisy (the rate moved between
-/// 22 and 37 GB/s from one run to the next), so it is measured again beside every timing.
+/// 22 and 48 GB/s from one run to the next), so it is measured again beside every timing.
 struct Machine {
     buf: Vec<f32>,
 }
@@ -254,8 +254,8 @@ impl Machine {
 /// Median time of `x · w` as one plain candle matmul: `x` `(rows, k)`, `w` `(k, n)`, both
 /// contiguous f32 — the reference the engine's products are compared with.
 fn plain_matmul_s(rows: usize, k: usize, n: usize, reps: usize, dev: &Device) -> Result<f64> {
-    let x = random_like(&Tensor::zeros((rows, k), DType::F32, dev)?, 1)?;
-    let w = random_like(&Tensor::zeros((k, n), DType::F32, dev)?, 2)?;
+    let x = random(&(rows, k).into(), dev, 1)?;
+    let w = random(&(k, n).into(), dev, 2)?;
     time(reps.max(3), || x.matmul(&w).map(drop))
 }
 

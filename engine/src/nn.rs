@@ -163,11 +163,10 @@ impl Linear {
         Self::from_weight(weight, bias)
     }
 
-    /// Few-row f32 products on the CPU through [`skinny::matmul_xwt`]; `None` when the GEMM
+    /// Few-row f32 products of a dense layer on the CPU through [`skinny::matmul_xwt`]; `None` when the GEMM
     /// is the better choice.
     fn skinny(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
         if !(1..=16).contains(&rows)
-            || self.quant.is_some()
             || x2.track_op()
             || self.weight_t.track_op()
             || !matches!(x2.device(), Device::Cpu)

@@ -260,6 +260,13 @@ impl ModelSource {
             .stages
             .get(t.wrapping_sub(1))
             .ok_or_else(|| Error::Input(format!("the model has no stage {t}")))?;
+        // Refused before the weights are read, not after.
+        if opts.quantize.is_some() && opts.dtype != DType::F32 {
+            return Err(Error::Input(format!(
+                "quantized weights are made from f32 weights, not {:?}",
+                opts.dtype
+            )));
+        }
         let backend = self.backend(Part::Stage(t), record)?;
         let vb = VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone());
         let net =
@@ -267,12 +274,6 @@ impl ModelSource {
         let Some(q) = opts.quantize else {
             return Ok(net);
         };
-        if opts.dtype != DType::F32 {
-            return Err(Error::Input(format!(
-                "quantized weights are made from f32 weights, not {:?}",
-                opts.dtype
-            )));
-        }
         Ok(match net {
             Stage::EncDec(n) => Stage::EncDec(n.quantized(q)?),
             Stage::Gpt(n) => Stage::Gpt(n.quantized(q)?),
