@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use candle_core::DType;
 use tessera_engine::loader::card::{Conditioning, Network};
-use tessera_engine::loader::import::{ImportOptions, import as import_release};
+use tessera_engine::loader::import::{ImportOptions, import_source};
 use tessera_engine::loader::{LoadOptions, ModelSource};
 use tessera_engine::reference::{self, Measure};
 
@@ -30,8 +30,8 @@ pub fn check_reference(dir: &Path) -> Result<ExitCode> {
     let tmp = std::env::temp_dir().join(format!("tessera-check-{}", std::process::id()));
     let imported_dir = tmp.join("imported");
     let result = (|| -> Result<reference::Report> {
-        import_release(
-            &source.path(),
+        import_source(
+            &source,
             &imported_dir,
             &ImportOptions::default(),
             &mut |_| {},
@@ -72,7 +72,11 @@ pub fn import(manifest: &Path, out: &Path, dtype: DType, force: bool) -> Result<
         dtype,
         overwrite: force,
     };
-    let card = import_release(manifest, out, &opts, &mut |step| {
+    let source = ModelSource::open(manifest)?;
+    for w in source.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let card = import_source(&source, out, &opts, &mut |step| {
         eprintln!("importing {step}…")
     })?;
     println!(

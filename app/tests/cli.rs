@@ -1,13 +1,12 @@
 //! The command line as a user runs it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden")
-}
+mod common;
+use common::{class_custom_with_redraw_prob, copy_tree, golden};
 
 fn tessera(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -20,19 +19,6 @@ fn tessera(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to);
-        } else {
-            std::fs::write(&to, std::fs::read(entry.path()).unwrap()).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -413,4 +399,41 @@ fn negative_class_and_strength_options() {
         .map(|l| serde_json::from_str(l).unwrap())
         .unwrap();
     assert_eq!(started["levels"], serde_json::json!([2, 1]));
+}
+
+#[test]
+fn info_and_import_say_when_config_and_checkpoint_schedules_disagree() {
+    // The golden configs use `alphacum:` and agree with their buffers: no warning.
+    let (ok, text) = tessera(&["info", golden().join("class_custom").to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(!text.contains("warning"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    class_custom_with_redraw_prob(&release, "alphacum:1.0,0.5,0.0");
+    let (ok, text) = tessera(&["info", release.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("warning:").count(), 1, "{text}");
+    assert!(
+        text.contains(
+            "warning: schedule in the configs of stages 1–2: redraw_prob `alphacum:1.0,0.5,0.0` \
+             gives ᾱ = [1, 0.5, 0], but the checkpoint's `alphats`/`alphacum` buffers hold \
+             ᾱ = [1, 0.7, 0]; Tessera uses the buffers"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("schedule ᾱ:   [1.0, 0.7, 0.0]"), "{text}");
+    // The buffers run, so the official outputs are still reproduced; the warning is shown.
+    let (ok, text) = tessera(&["check-reference", release.to_str().unwrap()]);
+    assert!(ok && text.contains("PASS"), "{text}");
+    assert_eq!(text.matches("warning: schedule in").count(), 1, "{text}");
+
+    let out = dir.path().join("imported");
+    let (ok, text) = tessera(&["import", release.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("warning: schedule in").count(), 1, "{text}");
+    // The imported folder carries the buffers the release ran with.
+    let (ok, text) = tessera(&["info", out.to_str().unwrap()]);
+    assert!(ok && !text.contains("warning"), "{text}");
+    assert!(text.contains("schedule ᾱ:   [1.0, 0.7, 0.0]"), "{text}");
 }

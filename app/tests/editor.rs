@@ -17,6 +17,8 @@ use tessera::editor::settings::Config;
 use tessera::editor::tools::Tool;
 use tessera::editor::{EditorApp, EditorOptions};
 
+mod common;
+
 /// Answers dialogs from a queue (None = the user cancelled).
 #[derive(Default)]
 struct FakeDialogs(Mutex<VecDeque<PathBuf>>);
@@ -774,4 +776,22 @@ fn negative_and_strength_settings_reach_the_job() {
         "{}",
         res.record.summary()
     );
+}
+
+#[test]
+fn the_model_panel_says_when_config_and_checkpoint_schedules_disagree() {
+    let s = Setup::new();
+    let release = s.dir.path().join("release");
+    // The spelling Tessera's recipes used before they followed the official code.
+    common::class_custom_with_redraw_prob(&release, "alphacum:0.7,0.0");
+    let mut h = harness(s.options(Some(release)));
+    run_until(&mut h, "the release", |a| a.model.card.is_some());
+    assert_eq!(
+        h.state().model.warnings.len(),
+        1,
+        "{:?}",
+        h.state().model.warnings
+    );
+    h.get_by_label_contains("warning: schedule in the configs of stages 1–2");
+    h.get_by_label_contains("`alphacum:1,0.7,0.0`");
 }

@@ -252,3 +252,53 @@ fn stages_trained_side_by_side_equal_stages_trained_in_turn() {
         assert!(a == b, "{f} differs between --jobs 1 and --jobs 2");
     }
 }
+
+#[test]
+fn every_recipe_in_docs_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/recipes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let recipe: tessera_engine::train::recipe::Recipe =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Err(e) = recipe.validate() {
+            panic!("{}: {e}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 5, "{n} recipes in {}", dir.display());
+}
+
+#[test]
+fn a_recipe_in_the_old_alphacum_spelling_is_refused_with_the_correction() {
+    let (ok, text) = tessera(&["train", "--recipe", "smoke", "--print-recipe"]);
+    assert!(ok, "{text}");
+    let mut recipe: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        recipe["levels"], 2,
+        "the smoke recipe changed; adapt the schedule below"
+    );
+    recipe["schedule"] = "alphacum:0.75,0".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.json");
+    std::fs::write(&path, recipe.to_string()).unwrap();
+    let (ok, text) = tessera(&[
+        "train",
+        "--recipe",
+        path.to_str().unwrap(),
+        "--fixture",
+        "--data",
+        fixture().to_str().unwrap(),
+        "--work",
+        dir.path().join("work").to_str().unwrap(),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("`alphacum:1,0.75,0`"), "{text}");
+    assert!(
+        !dir.path().join("work").exists(),
+        "nothing is written for a bad recipe"
+    );
+}

@@ -378,3 +378,78 @@ fn card_sampling_recommendation_is_the_request_default_and_checked() {
     let err = ModelSource::open(&folder).unwrap_err().to_string();
     assert!(err.contains("sampling") && err.contains("top-p"), "{err}");
 }
+
+#[test]
+fn class_custom_configs_read_to_their_checkpoint_buffers_bit_for_bit() {
+    use tessera_engine::loader::official::read_stage_config;
+    use tessera_engine::schedule::Schedule;
+    let case = golden().join("class_custom");
+    let source = ModelSource::open(&case).unwrap();
+    assert!(source.warnings().is_empty(), "{:?}", source.warnings());
+    let buffers = &source.card().schedule;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for t in 1..=2 {
+        let config = case.join(format!("configs/class_custom-scale{t}.yaml"));
+        let c = read_stage_config(&config).unwrap();
+        let text = c
+            .redraw_prob
+            .expect("class_custom configs give redraw_prob");
+        assert!(text.starts_with("alphacum:"), "{text}");
+        let parsed = Schedule::from_redraw_prob(&text, c.levels).unwrap();
+        assert_eq!(bits(&parsed.alphats), bits(&buffers.alphats), "{text}");
+        assert_eq!(bits(&parsed.alphacum), bits(&buffers.alphacum), "{text}");
+    }
+}
+
+/// A copy of `class_custom` whose stage configs say `redraw_prob: <value>` instead.
+fn class_custom_with(dir: &std::path::Path, redraw_probs: [&str; 2]) {
+    copy_tree(&golden().join("class_custom"), dir);
+    for (t, r) in (1..=2).zip(redraw_probs) {
+        let path = dir.join(format!("configs/class_custom-scale{t}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("redraw_prob:"))
+            .unwrap();
+        let indent = &line[..line.len() - line.trim_start().len()];
+        std::fs::write(
+            &path,
+            text.replace(line, &format!("{indent}redraw_prob: {r}")),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_config_schedule_that_disagrees_with_the_checkpoint_is_reported_and_the_buffers_used() {
+    let dir = tempfile::tempdir().unwrap();
+    // Both stages in the old spelling: one warning for both, with the corrected string.
+    let old = dir.path().join("old");
+    class_custom_with(&old, ["alphacum:0.7,0.0", "alphacum:0.7,0.0"]);
+    let source = ModelSource::open(&old).unwrap();
+    let w = source.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("the configs of stages 1–2"), "{}", w[0]);
+    assert!(w[0].contains("`alphacum:1,0.7,0.0`"), "{}", w[0]);
+    assert!(w[0].contains("ᾱ = [1, 0.7, 0]"), "{}", w[0]);
+    assert!(w[0].contains("Tessera uses"), "{}", w[0]);
+    assert_eq!(source.card().schedule.alphacum, vec![1.0, 0.7, 0.0]);
+
+    // One stage parses to another schedule, the other agrees: only that stage is named.
+    let other = dir.path().join("other");
+    class_custom_with(&other, ["alphacum:1.0,0.7,0.0", "geometric"]);
+    let source = ModelSource::open(&other).unwrap();
+    let w = source.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("class_custom-scale2.yaml (stage 2)"),
+        "{}",
+        w[0]
+    );
+    assert!(w[0].contains("ᾱ = [1, 0.5, 0]"), "{}", w[0]);
+    assert!(w[0].contains("ᾱ = [1, 0.7, 0]"), "{}", w[0]);
+    // The buffers are what runs: the official outputs are still reproduced.
+    let model = source.load(&LoadOptions::default()).unwrap();
+    let report = reference::check(&model, &other.join("expected.safetensors")).unwrap();
+    assert!(report.passed(), "{:?}", report.rows);
+}

@@ -63,11 +63,20 @@ pub fn import(
     opts: &ImportOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<ModelCard> {
-    let source = ModelSource::open(manifest)?;
+    import_source(&ModelSource::open(manifest)?, out, opts, progress)
+}
+
+/// [`import`] of a release already opened (whose [`ModelSource::warnings`] the caller has shown).
+pub fn import_source(
+    source: &ModelSource,
+    out: &Path,
+    opts: &ImportOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ModelCard> {
     if !matches!(source, ModelSource::Official(_)) {
         return Err(Error::Input(format!(
             "{} is already a Tessera model folder",
-            manifest.display()
+            source.path().display()
         )));
     }
     if out.exists() && !opts.overwrite {
@@ -90,7 +99,7 @@ pub fn import(
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = write_folder(&source, &tmp, opts, progress);
+    let result = write_folder(source, &tmp, opts, progress);
     let card = match result {
         Ok(card) => card,
         Err(e) => {

@@ -262,7 +262,7 @@ impl Release {
         let mut stages = Vec::with_capacity(levels);
         let mut vqgan: Option<VqganConfig> = None;
         let mut conditioning = Conditioning::None;
-        let mut redraw_prob = None;
+        let mut redraw_probs = Vec::with_capacity(levels);
         for (i, path) in config_paths.iter().enumerate() {
             let t = i + 1;
             let c = read_stage_config(path)?;
@@ -298,9 +298,7 @@ impl Release {
                     null_class: None,
                 };
             }
-            if redraw_prob.is_none() {
-                redraw_prob = c.redraw_prob;
-            }
+            redraw_probs.push(c.redraw_prob);
         }
         let vqgan = vqgan.ok_or_else(|| Error::config(&manifest, "no stages"))?;
 
@@ -324,30 +322,7 @@ impl Release {
             }
         };
         let buffers = read_schedule(&first)?;
-        let from_config = redraw_prob
-            .as_deref()
-            .map(|r| Schedule::from_redraw_prob(r, levels));
-        let schedule = match (buffers, from_config) {
-            (Some(b), Some(Ok(c))) => {
-                if b.max_abs_diff(&c).is_none_or(|d| d > 1e-6) {
-                    warnings.push(format!(
-                        "the checkpoint's schedule {:?} differs from redraw_prob's {:?}; the \
-                         checkpoint's is used",
-                        b.alphacum, c.alphacum
-                    ));
-                }
-                b
-            }
-            (Some(b), _) => b,
-            (None, Some(Ok(c))) => c,
-            (None, Some(Err(e))) => return Err(Error::config(&config_paths[0], e)),
-            (None, None) => {
-                return Err(Error::config(
-                    &config_paths[0],
-                    "no schedule: neither `alphats`/`alphacum` buffers nor redraw_prob",
-                ));
-            }
-        };
+        let schedule = resolve_schedule(buffers, &redraw_probs, &config_paths, &mut warnings)?;
         drop(first);
 
         if let Conditioning::Class {
@@ -415,6 +390,113 @@ impl Release {
     }
 }
 
+/// "stage 2" or "stages 1–5" / "stages 1, 3" (1-based levels).
+fn stage_list(levels: &[usize]) -> String {
+    match levels {
+        [one] => format!("stage {one}"),
+        [first, .., last] if last - first + 1 == levels.len() => {
+            format!("stages {first}–{last}")
+        }
+        _ => {
+            let list: Vec<String> = levels.iter().map(|l| l.to_string()).collect();
+            format!("stages {}", list.join(", "))
+        }
+    }
+}
+
+/// The schedule a release runs with. The official sampler uses the checkpoints' `alphats` /
+/// `alphacum` buffers whatever the configs say, and so does Tessera; each distinct
+/// `redraw_prob` among the stage configs is read too, and one that gives a different schedule
+/// (or does not parse) becomes one warning naming its stages, both schedules and the one used.
+/// Without buffers, the configs decide and must agree.
+fn resolve_schedule(
+    buffers: Option<Schedule>,
+    redraw_probs: &[Option<String>],
+    config_paths: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Result<Schedule> {
+    let levels = redraw_probs.len();
+    // Distinct redraw_prob texts, in stage order, with the levels that give each.
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, r) in redraw_probs.iter().enumerate() {
+        let Some(r) = r.as_deref() else { continue };
+        match groups.iter_mut().find(|(text, _)| *text == r) {
+            Some((_, stages)) => stages.push(i + 1),
+            None => groups.push((r, vec![i + 1])),
+        }
+    }
+    let config_name = |stages: &[usize]| match stages {
+        [one] => format!(
+            "{} ({})",
+            config_paths[one - 1]
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            stage_list(stages)
+        ),
+        _ => format!("the configs of {}", stage_list(stages)),
+    };
+    let Some(buffers) = buffers else {
+        let mut parsed: Option<Schedule> = None;
+        for (text, stages) in &groups {
+            let path = &config_paths[stages[0] - 1];
+            let s = Schedule::from_redraw_prob(text, levels).map_err(|e| {
+                Error::config(
+                    path,
+                    format!("{e} (and the checkpoint has no `alphats`/`alphacum` buffers)"),
+                )
+            })?;
+            match &parsed {
+                Some(p) if p.max_abs_diff(&s).is_none_or(|d| d > SCHEDULE_TOLERANCE) => {
+                    return Err(Error::config(
+                        path,
+                        format!(
+                            "redraw_prob `{text}` gives {}, other stages' configs give {}, and the \
+                             checkpoint has no `alphats`/`alphacum` buffers to settle it",
+                            s.describe(),
+                            p.describe()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => parsed = Some(s),
+            }
+        }
+        return parsed.ok_or_else(|| {
+            Error::config(
+                &config_paths[0],
+                "no schedule: neither `alphats`/`alphacum` buffers nor redraw_prob",
+            )
+        });
+    };
+    let buffer_names = "the checkpoint's `alphats`/`alphacum` buffers";
+    for (text, stages) in &groups {
+        match Schedule::from_redraw_prob(text, levels) {
+            Ok(c)
+                if buffers
+                    .max_abs_diff(&c)
+                    .is_some_and(|d| d <= SCHEDULE_TOLERANCE) => {}
+            Ok(c) => warnings.push(format!(
+                "schedule in {}: redraw_prob `{text}` gives {}, but {buffer_names} hold {}; \
+                 Tessera uses the buffers, as the official sampler does",
+                config_name(stages),
+                c.describe(),
+                buffers.describe()
+            )),
+            Err(e) => warnings.push(format!(
+                "schedule in {}: {e}; Tessera uses {buffer_names} ({}), as the official sampler \
+                 does",
+                config_name(stages),
+                buffers.describe()
+            )),
+        }
+    }
+    Ok(buffers)
+}
+
+/// Schedules closer than this agree (float32 rounding of the same formula).
+const SCHEDULE_TOLERANCE: f32 = 1e-6;
+
 /// Reads the `alphats` / `alphacum` buffers, if the checkpoint has them.
 fn read_schedule(ckpt: &Checkpoint) -> Result<Option<Schedule>> {
     if !(ckpt.contains("alphats") && ckpt.contains("alphacum")) {
@@ -433,4 +515,98 @@ fn read_schedule(ckpt: &Checkpoint) -> Result<Option<Schedule>> {
     };
     s.validate().map_err(|e| Error::bad_file(ckpt.path(), e))?;
     Ok(Some(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(n: usize) -> Vec<PathBuf> {
+        (1..=n)
+            .map(|t| PathBuf::from(format!("c-scale{t}.yaml")))
+            .collect()
+    }
+
+    fn some(texts: &[&str]) -> Vec<Option<String>> {
+        texts.iter().map(|t| Some(t.to_string())).collect()
+    }
+
+    #[test]
+    fn stage_lists() {
+        assert_eq!(stage_list(&[2]), "stage 2");
+        assert_eq!(stage_list(&[1, 2, 3]), "stages 1–3");
+        assert_eq!(stage_list(&[1, 3]), "stages 1, 3");
+    }
+
+    #[test]
+    fn without_buffers_the_configs_decide_and_must_agree() {
+        let mut w = Vec::new();
+        let s = resolve_schedule(None, &some(&["geometric"; 3]), &paths(3), &mut w).unwrap();
+        assert_eq!(s, Schedule::geometric(3));
+        let s = resolve_schedule(
+            None,
+            &[None, Some("alphacum:1,0.5,0".into())],
+            &paths(2),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(s.alphacum, vec![1.0, 0.5, 0.0]);
+        assert!(w.is_empty(), "{w:?}");
+
+        let e = resolve_schedule(
+            None,
+            &some(&["geometric", "alphacum:1,0.7,0"]),
+            &paths(2),
+            &mut w,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("c-scale2.yaml") && e.contains("ᾱ = [1, 0.7, 0]"),
+            "{e}"
+        );
+        let e = resolve_schedule(None, &some(&["alphacum:0.5,0"; 2]), &paths(2), &mut w)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`alphacum:1,0.5,0`") && e.contains("no `alphats`"),
+            "{e}"
+        );
+        assert!(resolve_schedule(None, &[None, None], &paths(2), &mut w).is_err());
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn buffers_win_and_each_disagreeing_text_is_one_warning() {
+        let buffers = Schedule::from_redraw_prob("alphacum:1,0.5,0.25,0", 3).unwrap();
+        let mut w = Vec::new();
+        let s = resolve_schedule(
+            Some(buffers.clone()),
+            &some(&["geometric", "nonsense", "geometric"]),
+            &paths(3),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(s, buffers);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("stages 1, 3") && w[0].contains("`geometric`"),
+            "{}",
+            w[0]
+        );
+        assert!(w[1].contains("c-scale2.yaml (stage 2)"), "{}", w[1]);
+        assert!(
+            w.iter().all(|m| m.contains("ᾱ = [1, 0.5, 0.25, 0]")),
+            "{w:?}"
+        );
+        w.clear();
+        resolve_schedule(
+            Some(buffers),
+            &some(&["alphacum:1.0,0.5,0.25,0.0"; 3]),
+            &paths(3),
+            &mut w,
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+    }
 }
