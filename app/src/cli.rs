@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::DType;
 use tessera_engine::loader::card::{Conditioning, Network};
 use tessera_engine::loader::import::{ImportOptions, import_source};
-use tessera_engine::loader::{LoadOptions, ModelSource};
+use tessera_engine::loader::{LoadOptions, ModelSource, parse_dtype, parse_quantization};
 use tessera_engine::reference::{self, Measure};
 
 /// `tessera check-reference <dir>`: the release as published, then its imported copy.
@@ -67,9 +67,15 @@ fn print_report(report: &reference::Report) {
 }
 
 /// `tessera import`.
-pub fn import(manifest: &Path, out: &Path, dtype: DType, force: bool) -> Result<()> {
+pub fn import(manifest: &Path, out: &Path, dtype: &str, force: bool) -> Result<()> {
+    let (dtype, quantize) = match dtype {
+        "q8_0" | "q4k" => (DType::F32, Some(parse_quantization(dtype)?)),
+        "f32" | "f16" | "bf16" => (parse_dtype(dtype)?, None),
+        other => bail!("unknown weight type `{other}` (use f32, f16, bf16, q8_0 or q4k)"),
+    };
     let opts = ImportOptions {
         dtype,
+        quantize,
         overwrite: force,
     };
     let source = ModelSource::open(manifest)?;
@@ -163,16 +169,23 @@ pub fn info(model: &Path) -> Result<()> {
         Conditioning::Text { context_len, .. } => format!("text ({context_len} tokens)"),
     };
     println!("conditioning: {cond}");
-    let bytes = match card.dtype.as_str() {
-        "f16" | "bf16" => 2,
-        _ => 4,
-    };
-    let largest = card.stages.iter().map(|s| s.parameters).max().unwrap_or(0);
+    // Quantized stages mix block formats with f32 tensors: their files tell the size.
+    let stage_bytes: Vec<usize> = card
+        .stages
+        .iter()
+        .map(|s| match card.dtype.as_str() {
+            "f16" | "bf16" => s.parameters * 2,
+            "f32" => s.parameters * 4,
+            _ => std::fs::metadata(source.path().join(&s.weights))
+                .map(|m| m.len() as usize)
+                .unwrap_or(s.parameters * 4),
+        })
+        .collect();
     println!(
         "memory:       weights {} for all stages ({}), {} for the largest stage alone",
-        human_bytes(card.transformer_parameters() * bytes),
+        human_bytes(stage_bytes.iter().sum()),
         card.dtype,
-        human_bytes(largest * bytes)
+        human_bytes(stage_bytes.iter().copied().max().unwrap_or(0))
     );
     println!("license:      {}", card.license);
     println!("provenance:   {}", card.provenance);

@@ -41,7 +41,8 @@ enum Command {
         manifest: PathBuf,
         /// Output folder (must not exist unless --force).
         out: PathBuf,
-        /// Storage type of the transformer weights: f32, f16 or bf16.
+        /// Storage type of the transformer weights: f32, f16 or bf16, or the block formats
+        /// q8_0 / q4k (linear layers quantized, stored as GGUF; the VQGAN stays f32).
         #[arg(long, default_value = "f32")]
         dtype: String,
         /// Replace an existing output folder.
@@ -103,8 +104,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dtype,
             force,
         }) => {
-            let dtype = tessera_engine::loader::parse_dtype(&dtype)?;
-            cli::import(&manifest, &out, dtype, force).context("import failed")?;
+            cli::import(&manifest, &out, &dtype, force).context("import failed")?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Info { model }) => {

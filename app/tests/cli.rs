@@ -185,6 +185,76 @@ fn inpaint_with_quantized_stages() {
 }
 
 #[test]
+fn inpaint_on_a_quantized_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = golden().join("class_custom");
+    let q8 = dir.path().join("q8");
+    let (ok, text) = tessera(&[
+        "import",
+        release.to_str().unwrap(),
+        q8.to_str().unwrap(),
+        "--dtype",
+        "q8_0",
+    ]);
+    assert!(ok, "{text}");
+    assert!(q8.join("stage1.gguf").is_file() && q8.join("stage2.gguf").is_file());
+    let (ok, text) = tessera(&["info", q8.to_str().unwrap()]);
+    assert!(ok && text.contains("(q8_0)"), "{text}");
+
+    let input = dir.path().join("in.png");
+    write_png(&input, 32, 32, |x, y| [(x * 8) as u8, (y * 8) as u8, 90]);
+    let run = |model: &Path, extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "inpaint",
+            "--model",
+            model.to_str().unwrap(),
+            "--class",
+            "7",
+            "--image",
+            input.to_str().unwrap(),
+            "--mask-preset",
+            "centre-window",
+            "--seed",
+            "5",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    // The imported blocks are the ones `--quantize q8_0` makes from the release in memory, so
+    // the same seed paints the same picture.
+    let from_import = dir.path().join("import.png");
+    let (ok, text) = run(&q8, &[], &from_import);
+    assert!(ok, "{text}");
+    let in_memory = dir.path().join("memory.png");
+    let (ok, text) = run(&release, &["--quantize", "q8_0"], &in_memory);
+    assert!(ok, "{text}");
+    let (a, b) = (
+        image::open(&from_import).unwrap(),
+        image::open(&in_memory).unwrap(),
+    );
+    assert_eq!(a.to_rgb8().as_raw(), b.to_rgb8().as_raw());
+    let original = image::open(&input).unwrap().to_rgb8();
+    assert_ne!(
+        a.to_rgb8().as_raw(),
+        original.as_raw(),
+        "the window was repainted"
+    );
+    // A stored-quantized model is not quantized again.
+    let (ok, text) = run(&q8, &["--quantize", "q4k"], &dir.path().join("x.png"));
+    assert!(!ok && text.contains("stored quantized (q8_0)"), "{text}");
+    let (ok, text) = tessera(&[
+        "import",
+        release.to_str().unwrap(),
+        dir.path().join("bad").to_str().unwrap(),
+        "--dtype",
+        "q5",
+    ]);
+    assert!(!ok && text.contains("q8_0 or q4k"), "{text}");
+}
+
+#[test]
 fn inpaint_bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.png");

@@ -795,3 +795,30 @@ fn the_model_panel_says_when_config_and_checkpoint_schedules_disagree() {
     h.get_by_label_contains("warning: schedule in the configs of stages 1–2");
     h.get_by_label_contains("`alphacum:1,0.7,0.0`");
 }
+
+#[test]
+fn import_from_the_model_panel_stores_the_chosen_weights() {
+    let s = Setup::new();
+    let release = common::golden().join("class_custom");
+    let mut h = harness(s.options(Some(release)));
+    run_until(&mut h, "the release", |a| a.model.card.is_some());
+    // Choose q8_0 in the panel's menu, then import into a picked folder.
+    h.get_by_label("import weights").click();
+    h.run_steps(3);
+    h.get_by_label("q8_0 — 8-bit, about ¼ the size").click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state().model.import_weights,
+        tessera::editor::files::ImportWeights::Q8_0
+    );
+    let target = s.dir.path().join("models");
+    std::fs::create_dir_all(&target).unwrap();
+    s.dialogs.answer(&target);
+    h.get_by_label("Import into Tessera format…").click();
+    run_until(&mut h, "the imported model", |a| {
+        a.model.importing.is_none() && a.model.card.as_ref().is_some_and(|c| c.dtype == "q8_0")
+    });
+    let out = target.join("class_custom-tessera");
+    assert!(out.join("stage1.gguf").is_file(), "{}", out.display());
+    assert_eq!(h.state().model.path.as_deref(), Some(out.as_path()));
+}

@@ -15,8 +15,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{
-    FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_compute_dtype,
-    check_token_ids, embed, merge_heads, self_attention, split_heads,
+    FeedForward, KvCache, LayerNorm, Linear, MapLinear, attention, causal_mask,
+    check_compute_dtype, check_token_ids, embed, merge_heads, self_attention, split_heads,
 };
 
 /// `model.params.transformer_config.params` of a minGPT stage. The dropout keys
@@ -106,14 +106,14 @@ impl Block {
         &x + self.mlp.forward(&self.ln2.forward(&x)?)?
     }
 
-    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+    fn map_linears(&self, f: &mut MapLinear) -> Result<Self> {
         Ok(Self {
             attn: SelfAttention {
-                qkv: self.attn.qkv.quantized(dtype)?,
-                proj: self.attn.proj.quantized(dtype)?,
+                qkv: f(&self.attn.qkv)?,
+                proj: f(&self.attn.proj)?,
                 ..self.attn.clone()
             },
-            mlp: self.mlp.quantized(dtype)?,
+            mlp: self.mlp.map_linears(f)?,
             ..self.clone()
         })
     }
@@ -253,13 +253,19 @@ impl Gpt {
         if self.dtype != DType::F32 {
             candle_core::bail!("quantizing needs f32 weights, not {:?}", self.dtype)
         }
+        self.map_linears(&mut |l| l.quantized(dtype))
+    }
+
+    /// This network with every linear layer replaced by `f(layer)`, in construction order
+    /// (quantizing, loading stored quantized weights, listing the layers).
+    pub fn map_linears(&self, f: &mut MapLinear) -> Result<Self> {
         Ok(Self {
             blocks: self
                 .blocks
                 .iter()
-                .map(|b| b.quantized(dtype))
+                .map(|b| b.map_linears(f))
                 .collect::<Result<_>>()?,
-            head: self.head.quantized(dtype)?,
+            head: f(&self.head)?,
             ..self.clone()
         })
     }

@@ -34,6 +34,10 @@ pub fn check_compute_dtype(dtype: DType, device: &Device) -> Result<()> {
     }
 }
 
+/// A function from one linear layer to its replacement, applied to every layer of a network
+/// by its `map_linears`.
+pub type MapLinear<'a> = dyn FnMut(&Linear) -> Result<Linear> + 'a;
+
 /// A fully connected layer `y = x Wᵀ (+ b)` with the PyTorch weight layout `[out, in]`.
 ///
 /// Unlike `candle_nn::Linear` it can be built from several PyTorch layers that read the same
@@ -54,6 +58,9 @@ pub struct Linear {
     quant: Option<QMatMul>,
     out_dim: usize,
     bias: Option<Tensor>,
+    /// The parameter prefixes the weight was loaded from (`decoder.layers.0.1.to_q`), one per
+    /// part of a fused layer in output order; empty for a layer built from a bare tensor.
+    names: Vec<String>,
 }
 
 impl Linear {
@@ -65,7 +72,9 @@ impl Linear {
         } else {
             None
         };
-        Self::from_weight(weight, bias)
+        let mut layer = Self::from_weight(weight, bias)?;
+        layer.names = vec![vb.prefix()];
+        Ok(layer)
     }
 
     /// Builds the layer from a PyTorch-layout weight `[out, in]` and an optional bias `[out]`.
@@ -89,6 +98,7 @@ impl Linear {
             quant: None,
             out_dim,
             bias,
+            names: Vec::new(),
         })
     }
 
@@ -106,23 +116,25 @@ impl Linear {
         }
         let w = self.weight()?.to_dtype(DType::F32)?.contiguous()?;
         let (out_dim, in_dim) = w.dims2()?;
-        let dtype = if in_dim.is_multiple_of(dtype.block_size()) {
-            dtype
-        } else if in_dim.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-            GgmlDType::Q8_0
-        } else {
+        let Some(dtype) = Self::block_format(dtype, in_dim) else {
             return Ok(self.clone());
         };
-        let q = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
+        debug_assert_eq!(out_dim, self.out_dim);
+        self.with_blocks(QTensor::quantize(&w, dtype)?)
+    }
+
+    /// This layer computing with the block-format weight `q` (`[out, in]`); the bias in f32.
+    fn with_blocks(&self, q: QTensor) -> Result<Self> {
         Ok(Self {
-            weight_t: Tensor::zeros(0, DType::F32, w.device())?,
-            quant: Some(q),
-            out_dim,
+            weight_t: Tensor::zeros(0, DType::F32, self.weight_t.device())?,
+            quant: Some(QMatMul::from_qtensor(q)?),
+            out_dim: self.out_dim,
             bias: self
                 .bias
                 .as_ref()
                 .map(|b| b.to_dtype(DType::F32))
                 .transpose()?,
+            names: self.names.clone(),
         })
     }
 
@@ -158,9 +170,103 @@ impl Linear {
         } else {
             None
         };
-        let weight = Tensor::cat(&weights, 0)?;
+        let weight = if weights.iter().all(Self::is_placeholder) {
+            // Stored blocks follow; do not materialise zeros the size of the layer.
+            Self::placeholder(vec![out_dim * weights.len(), in_dim], weights[0].device())?
+        } else {
+            Tensor::cat(&weights, 0)?
+        };
         let bias = biases.map(|b| Tensor::cat(&b, 0)).transpose()?;
-        Self::from_weight(weight, bias)
+        let mut layer = Self::from_weight(weight, bias)?;
+        layer.names = vbs.iter().map(|vb| vb.prefix()).collect();
+        Ok(layer)
+    }
+
+    /// A stand-in for a weight whose block-format data is swapped in after the network is built
+    /// ([`Linear::with_stored_quant`]): one f32 zero broadcast to `shape`, so it holds no memory.
+    pub fn placeholder(shape: impl Into<candle_core::Shape>, device: &Device) -> Result<Tensor> {
+        Tensor::zeros((), DType::F32, device)?.broadcast_as(shape)
+    }
+
+    fn is_placeholder(t: &Tensor) -> bool {
+        t.elem_count() > 1 && t.stride().iter().all(|&s| s == 0)
+    }
+
+    /// The parameter names of the weight, `<prefix>.weight`, one per part of a fused layer in
+    /// output order (empty for a layer built with [`Linear::from_weight`]).
+    pub fn weight_names(&self) -> Vec<String> {
+        self.names.iter().map(|n| format!("{n}.weight")).collect()
+    }
+
+    /// The block format a weight of input width `in_dim` is stored in when `dtype` is asked
+    /// for (see [`Linear::quantized`]); `None` when it stays unquantized.
+    pub fn block_format(dtype: GgmlDType, in_dim: usize) -> Option<GgmlDType> {
+        if in_dim.is_multiple_of(dtype.block_size()) {
+            Some(dtype)
+        } else if in_dim.is_multiple_of(GgmlDType::Q8_0.block_size()) {
+            Some(GgmlDType::Q8_0)
+        } else {
+            None
+        }
+    }
+
+    /// This layer with its weight taken from stored quantized blocks instead of the tensor it
+    /// was built with: `find` gives the stored tensor of a weight name, `None` when that weight
+    /// is not stored quantized (the layer is then returned as it is). The parts of a fused
+    /// layer must all be stored, in one format; their rows are concatenated, which is exact
+    /// because a block never spans two rows.
+    pub fn with_stored_quant(
+        &self,
+        find: &mut dyn FnMut(&str) -> Result<Option<QTensor>>,
+    ) -> Result<Self> {
+        let names = self.weight_names();
+        let mut parts = Vec::with_capacity(names.len());
+        for name in &names {
+            parts.push(find(name)?);
+        }
+        if parts.iter().all(Option::is_none) {
+            return Ok(self.clone());
+        }
+        let Some(mut parts) = parts.into_iter().collect::<Option<Vec<QTensor>>>() else {
+            candle_core::bail!("linear {names:?}: only some parts are stored quantized")
+        };
+        let (in_dim, _) = self.weight_t.dims2()?;
+        let dtype = parts[0].dtype();
+        let mut rows = 0;
+        for (name, p) in names.iter().zip(&parts) {
+            let (out, inp) = p.shape().dims2()?;
+            if inp != in_dim || p.dtype() != dtype {
+                candle_core::bail!(
+                    "linear `{name}`: stored as {:?} {:?}, the layer needs [{}, {in_dim}] in \
+                     {dtype:?} like its other parts",
+                    p.dtype(),
+                    p.shape().dims(),
+                    out
+                )
+            }
+            rows += out;
+        }
+        if rows != self.out_dim {
+            candle_core::bail!(
+                "linear {names:?}: stored weights have {rows} rows, the layer {}",
+                self.out_dim
+            )
+        }
+        let q = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            let mut bytes = Vec::new();
+            for p in &parts {
+                bytes.extend_from_slice(&p.data()?);
+            }
+            candle_core::quantized::ggml_file::qtensor_from_ggml(
+                dtype,
+                &bytes,
+                vec![rows, in_dim],
+                self.weight_t.device(),
+            )?
+        };
+        self.with_blocks(q)
     }
 
     /// Few-row f32 products of a dense layer on the CPU through [`skinny::matmul_xwt`]; `None` when the GEMM
@@ -318,9 +424,14 @@ impl FeedForward {
 
     /// The block with both layers quantized (see [`Linear::quantized`]).
     pub fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        self.map_linears(&mut |l| l.quantized(dtype))
+    }
+
+    /// The block with both layers replaced by `f(layer)`.
+    pub fn map_linears(&self, f: &mut MapLinear) -> Result<Self> {
         Ok(Self {
-            fc_in: self.fc_in.quantized(dtype)?,
-            fc_out: self.fc_out.quantized(dtype)?,
+            fc_in: f(&self.fc_in)?,
+            fc_out: f(&self.fc_out)?,
         })
     }
 

@@ -23,8 +23,9 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{
-    FeedForward, KvCache, LayerNorm, Linear, attention, causal_mask, check_compute_dtype,
-    check_token_ids, cross_attention, embed, merge_heads, self_attention, split_heads,
+    FeedForward, KvCache, LayerNorm, Linear, MapLinear, attention, causal_mask,
+    check_compute_dtype, check_token_ids, cross_attention, embed, merge_heads, self_attention,
+    split_heads,
 };
 
 /// x-transformers' `DEFAULT_DIM_HEAD`: the per-head width of every attention layer.
@@ -143,11 +144,11 @@ impl Attention {
         }
     }
 
-    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+    fn map_linears(&self, f: &mut MapLinear) -> Result<Self> {
         Ok(Self {
-            q_or_qkv: self.q_or_qkv.quantized(dtype)?,
-            kv: self.kv.as_ref().map(|l| l.quantized(dtype)).transpose()?,
-            to_out: self.to_out.quantized(dtype)?,
+            q_or_qkv: f(&self.q_or_qkv)?,
+            kv: self.kv.as_ref().map(&mut *f).transpose()?,
+            to_out: f(&self.to_out)?,
             ..self.clone()
         })
     }
@@ -216,10 +217,10 @@ impl EncoderBlock {
         })
     }
 
-    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+    fn map_linears(&self, f: &mut MapLinear) -> Result<Self> {
         Ok(Self {
-            attn: self.attn.quantized(dtype)?,
-            ff: self.ff.quantized(dtype)?,
+            attn: self.attn.map_linears(f)?,
+            ff: self.ff.map_linears(f)?,
             ..self.clone()
         })
     }
@@ -257,11 +258,11 @@ impl DecoderBlock {
         })
     }
 
-    fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+    fn map_linears(&self, f: &mut MapLinear) -> Result<Self> {
         Ok(Self {
-            self_attn: self.self_attn.quantized(dtype)?,
-            cross_attn: self.cross_attn.quantized(dtype)?,
-            ff: self.ff.quantized(dtype)?,
+            self_attn: self.self_attn.map_linears(f)?,
+            cross_attn: self.cross_attn.map_linears(f)?,
+            ff: self.ff.map_linears(f)?,
             ..self.clone()
         })
     }
@@ -534,18 +535,24 @@ impl XTransformer {
         if self.dtype != DType::F32 {
             candle_core::bail!("quantizing needs f32 weights, not {:?}", self.dtype)
         }
+        self.map_linears(&mut |l| l.quantized(dtype))
+    }
+
+    /// This network with every linear layer replaced by `f(layer)`, in construction order
+    /// (quantizing, loading stored quantized weights, listing the layers).
+    pub fn map_linears(&self, f: &mut MapLinear) -> Result<Self> {
         Ok(Self {
             enc_blocks: self
                 .enc_blocks
                 .iter()
-                .map(|b| b.quantized(dtype))
+                .map(|b| b.map_linears(f))
                 .collect::<Result<_>>()?,
             dec_blocks: self
                 .dec_blocks
                 .iter()
-                .map(|b| b.quantized(dtype))
+                .map(|b| b.map_linears(f))
                 .collect::<Result<_>>()?,
-            to_logits: self.to_logits.quantized(dtype)?,
+            to_logits: f(&self.to_logits)?,
             ..self.clone()
         })
     }

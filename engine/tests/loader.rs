@@ -64,7 +64,7 @@ fn imported_copy_matches_and_f16_is_close() {
     let half = dir.path().join("half");
     let opts = ImportOptions {
         dtype: DType::F16,
-        overwrite: false,
+        ..ImportOptions::default()
     };
     let card = import(&case.join("sampling.yaml"), &half, &opts, &mut |_| {}).unwrap();
     assert_eq!(card.dtype, "f16");
@@ -452,4 +452,163 @@ fn a_config_schedule_that_disagrees_with_the_checkpoint_is_reported_and_the_buff
     let model = source.load(&LoadOptions::default()).unwrap();
     let report = reference::check(&model, &other.join("expected.safetensors")).unwrap();
     assert!(report.passed(), "{:?}", report.rows);
+}
+
+/// Logits of every stage of `model` on the golden inputs of `case`.
+fn golden_stage_logits(
+    model: &tessera_engine::loader::Model,
+    case: &std::path::Path,
+) -> Vec<candle_core::Tensor> {
+    use tessera_engine::loader::Stage;
+    let expected =
+        candle_core::safetensors::load(case.join("expected.safetensors"), &Device::Cpu).unwrap();
+    (1..=model.card.levels())
+        .map(|t| match &*model.stage(t).unwrap() {
+            Stage::EncDec(n) => n
+                .forward(
+                    &expected[&format!("stage{t}.src")],
+                    &expected[&format!("stage{t}.tgt")],
+                )
+                .unwrap(),
+            Stage::Gpt(n) => n.forward(&expected[&format!("stage{t}.idx")]).unwrap(),
+        })
+        .collect()
+}
+
+#[test]
+fn quantized_import_stores_gguf_blocks_that_load_exactly() {
+    use candle_core::quantized::GgmlDType;
+    use tessera_engine::loader::gguf::GgufWeights;
+    let case = golden().join("class_custom");
+    let dir = tempfile::tempdir().unwrap();
+    let official = ModelSource::open(&case).unwrap();
+    for (name, q) in [("q8_0", GgmlDType::Q8_0), ("q4k", GgmlDType::Q4K)] {
+        let out = dir.path().join(name);
+        let opts = ImportOptions {
+            quantize: Some(q),
+            ..ImportOptions::default()
+        };
+        let card = import(&case.join("sampling.yaml"), &out, &opts, &mut |_| {}).unwrap();
+        assert_eq!(card.dtype, name);
+        for t in 1..=2 {
+            let stage = &card.stages[t - 1];
+            assert_eq!(stage.weights, format!("stage{t}.gguf"));
+            let w = GgufWeights::open(out.join(&stage.weights)).unwrap();
+            let quantized = w.quantized_names();
+            assert!(!quantized.is_empty(), "{name} stage {t}");
+            // Every stored tensor of the stage, quantized or not, counts as a parameter.
+            assert!(stage.parameters > 0);
+        }
+        // The feed-forward's output layer reads 256 inputs: a whole q4k super-block. The
+        // attention layers read 64 (dim), so a k-quant falls back to q8_0 there.
+        let w = GgufWeights::open(out.join("stage1.gguf")).unwrap();
+        let fc_out = "encoder.attn_layers.layers.1.1.net.2.weight";
+        let to_q = "encoder.attn_layers.layers.0.1.to_q.weight";
+        assert_eq!(w.dtype(fc_out), Some(q), "{:?}", w.quantized_names());
+        assert_eq!(w.dtype(to_q), Some(GgmlDType::Q8_0));
+        assert!(!w.is_quantized("encoder.attn_layers.layers.0.0.weight"));
+
+        // Loaded from the file, the stages compute exactly what the f32 release quantized in
+        // memory computes: the blocks are stored, not re-derived.
+        let stored = ModelSource::open(&out)
+            .unwrap()
+            .load(&LoadOptions::default())
+            .unwrap();
+        let in_memory = official
+            .load(&LoadOptions {
+                quantize: Some(q),
+                ..LoadOptions::default()
+            })
+            .unwrap();
+        let (a, b) = (
+            golden_stage_logits(&stored, &case),
+            golden_stage_logits(&in_memory, &case),
+        );
+        for (t, (a, b)) in a.iter().zip(&b).enumerate() {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(
+                diff.to_scalar::<f32>().unwrap(),
+                0.0,
+                "{name} stage {}",
+                t + 1
+            );
+        }
+        // A stored-quantized stage takes no second quantization or other weight type.
+        let source = ModelSource::open(&out).unwrap();
+        for opts in [
+            LoadOptions {
+                quantize: Some(GgmlDType::Q8_0),
+                ..LoadOptions::default()
+            },
+            LoadOptions {
+                dtype: DType::F16,
+                ..LoadOptions::default()
+            },
+        ] {
+            let e = source.load_stage(1, &opts).err().expect("refused");
+            assert!(
+                matches!(e, Error::Input(_)) && e.to_string().contains(name),
+                "{e}"
+            );
+        }
+    }
+    // Quantized stages with half-precision other tensors are refused before any work.
+    let opts = ImportOptions {
+        dtype: DType::F16,
+        quantize: Some(GgmlDType::Q8_0),
+        ..ImportOptions::default()
+    };
+    let e = import(
+        &case.join("sampling.yaml"),
+        &dir.path().join("x"),
+        &opts,
+        &mut |_| {},
+    );
+    assert!(matches!(e, Err(Error::Input(_))));
+    assert!(!dir.path().join("x").exists());
+}
+
+#[test]
+fn broken_gguf_stages_are_clear_errors() {
+    use candle_core::quantized::GgmlDType;
+    let case = golden().join("class_custom");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let opts = ImportOptions {
+        quantize: Some(GgmlDType::Q8_0),
+        ..ImportOptions::default()
+    };
+    import(&case.join("sampling.yaml"), &good, &opts, &mut |_| {}).unwrap();
+    let bytes = std::fs::read(good.join("stage1.gguf")).unwrap();
+
+    // Truncated (in the tensor data, then in the header): the file is named.
+    for keep in [bytes.len() - 100, 40] {
+        let bad = dir.path().join(format!("cut{keep}"));
+        copy_tree(&good, &bad);
+        std::fs::write(bad.join("stage1.gguf"), &bytes[..keep]).unwrap();
+        let e = ModelSource::open(&bad)
+            .unwrap()
+            .load_stage(1, &LoadOptions::default())
+            .err()
+            .expect("a truncated stage must not load");
+        match &e {
+            Error::BadFile { path, .. } => assert!(path.ends_with("stage1.gguf"), "{e}"),
+            other => panic!("{other}"),
+        }
+    }
+
+    // Another stage's file in its place: the first weight it lacks is named with the file.
+    let swapped = dir.path().join("swapped");
+    copy_tree(&good, &swapped);
+    std::fs::copy(good.join("stage2.gguf"), swapped.join("stage1.gguf")).unwrap();
+    let e = ModelSource::open(&swapped)
+        .unwrap()
+        .load_stage(1, &LoadOptions::default())
+        .err()
+        .expect("the wrong stage must not load");
+    assert!(
+        matches!(&e, Error::MissingKey { path, .. } | Error::ShapeMismatch { path, .. }
+            if path.ends_with("stage1.gguf")),
+        "{e}"
+    );
 }

@@ -356,7 +356,7 @@ fn class_model(out: &std::path::Path, adjust: impl Fn(&mut StageTrainConfig)) ->
     let folder = out.join("model");
     let opts = ImportOptions {
         dtype: DType::F32,
-        overwrite: false,
+        ..ImportOptions::default()
     };
     let mut card = import(
         &common::golden().join("class_custom/sampling.yaml"),

@@ -89,6 +89,8 @@ pub struct ModelState {
     pub error: Option<String>,
     /// An import in progress (output folder).
     pub importing: Option<PathBuf>,
+    /// How an import stores the stage weights.
+    pub import_weights: crate::editor::files::ImportWeights,
 }
 
 impl ModelState {

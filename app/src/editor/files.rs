@@ -377,3 +377,49 @@ mod tests {
         assert!(check_size(MAX_SIDE + 1, 10).is_err());
     }
 }
+
+/// How "Import into Tessera format" stores the transformer weights (the VQGAN stays f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImportWeights {
+    /// As released: the import reproduces the official outputs.
+    #[default]
+    F32,
+    /// Half precision: half the size, logits within ~1e-2.
+    F16,
+    /// 8-bit blocks (GGUF): about a quarter of the size, and faster per token.
+    Q8_0,
+    /// 4-bit k-quant blocks (GGUF) where a layer's width allows, 8-bit elsewhere.
+    Q4K,
+}
+
+impl ImportWeights {
+    /// Every choice, in menu order.
+    pub const ALL: [Self; 4] = [Self::F32, Self::F16, Self::Q8_0, Self::Q4K];
+
+    /// What the menu shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::F32 => "f32 — exact",
+            Self::F16 => "f16 — half the size",
+            Self::Q8_0 => "q8_0 — 8-bit, about ¼ the size",
+            Self::Q4K => "q4k — 4-bit where possible",
+        }
+    }
+
+    /// The engine's import options for this choice.
+    pub fn options(self) -> tessera_engine::loader::import::ImportOptions {
+        use candle_core::DType;
+        use candle_core::quantized::GgmlDType;
+        let (dtype, quantize) = match self {
+            Self::F32 => (DType::F32, None),
+            Self::F16 => (DType::F16, None),
+            Self::Q8_0 => (DType::F32, Some(GgmlDType::Q8_0)),
+            Self::Q4K => (DType::F32, Some(GgmlDType::Q4K)),
+        };
+        tessera_engine::loader::import::ImportOptions {
+            dtype,
+            quantize,
+            overwrite: false,
+        }
+    }
+}

@@ -467,15 +467,11 @@ impl EditorApp {
             return;
         };
         self.model.importing = Some(out.clone());
+        let opts = self.model.import_weights.options();
         self.spawn("import", move || {
-            let r = tessera_engine::loader::import::import(
-                &manifest,
-                &out,
-                &tessera_engine::loader::import::ImportOptions::default(),
-                &mut |_| {},
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+            let r = tessera_engine::loader::import::import(&manifest, &out, &opts, &mut |_| {})
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             Done::Imported(out, r)
         });
     }

@@ -29,6 +29,11 @@ pub enum Source {
         /// Its path, for messages.
         path: PathBuf,
     },
+    /// A GGUF file, keys equal to parameter names. A weight stored in a block format is handed
+    /// to the network as a placeholder of its shape that holds no data
+    /// ([`crate::nn::Linear::placeholder`]); the loader then swaps the stored blocks into the
+    /// linear layers ([`crate::nn::Linear::with_stored_quant`]).
+    Gguf(Arc<super::gguf::GgufWeights>),
 }
 
 impl Source {
@@ -69,17 +74,26 @@ impl Checked {
         Self { source, record }
     }
 
+    /// The GGUF file behind this backend, if it reads one.
+    pub fn gguf(&self) -> Option<Arc<super::gguf::GgufWeights>> {
+        match &self.source {
+            Source::Gguf(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+
     fn path(&self) -> PathBuf {
         match &self.source {
             Source::Pth { ckpt, .. } => ckpt.path().to_path_buf(),
             Source::Safetensors { path, .. } => path.clone(),
+            Source::Gguf(w) => w.path().to_path_buf(),
         }
     }
 
     fn key(&self, name: &str) -> String {
         match &self.source {
             Source::Pth { map, .. } => map(name),
-            Source::Safetensors { .. } => name.to_owned(),
+            Source::Safetensors { .. } | Source::Gguf(_) => name.to_owned(),
         }
     }
 
@@ -87,6 +101,7 @@ impl Checked {
         match &self.source {
             Source::Pth { ckpt, .. } => ckpt.info(key).map(|(s, _)| s.to_vec()),
             Source::Safetensors { st, .. } => st.get(key).ok().map(|v| v.shape().to_vec()),
+            Source::Gguf(w) => w.shape(key),
         }
     }
 
@@ -96,6 +111,11 @@ impl Checked {
             Source::Safetensors { st, path } => st
                 .load(key, &Device::Cpu)
                 .map_err(|e| Error::bad_file(path, format!("tensor `{key}`: {e}"))),
+            Source::Gguf(w) if w.is_quantized(key) => {
+                let shape = w.shape(key).unwrap_or_default();
+                Ok(crate::nn::Linear::placeholder(shape, &Device::Cpu)?)
+            }
+            Source::Gguf(w) => w.read_dense(key),
         }
     }
 }

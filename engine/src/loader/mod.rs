@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod card;
+pub mod gguf;
 pub mod import;
 pub mod official;
 pub mod pth;
@@ -22,6 +23,8 @@ use crate::xtransformer::XTransformer;
 use crate::{Error, Result};
 use backend::{Checked, Recorder, Source};
 use card::{ModelCard, Network};
+use gguf::GgufWeights;
+use tessera::is_gguf;
 
 /// Device and storage type for a load.
 #[derive(Debug, Clone)]
@@ -261,6 +264,14 @@ impl ModelSource {
             .get(t.wrapping_sub(1))
             .ok_or_else(|| Error::Input(format!("the model has no stage {t}")))?;
         // Refused before the weights are read, not after.
+        let stored_quantized = is_gguf(Path::new(&stage.weights));
+        if stored_quantized && (opts.quantize.is_some() || opts.dtype != DType::F32) {
+            return Err(Error::Input(format!(
+                "stage {t} is stored quantized ({}); it loads as it is, with f32 activations \
+                 (no other weight type or quantization applies)",
+                card.dtype
+            )));
+        }
         if opts.quantize.is_some() && opts.dtype != DType::F32 {
             return Err(Error::Input(format!(
                 "quantized weights are made from f32 weights, not {:?}",
@@ -268,9 +279,13 @@ impl ModelSource {
             )));
         }
         let backend = self.backend(Part::Stage(t), record)?;
+        let stored = backend.gguf();
         let vb = VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone());
         let net =
             build_network(&stage.network, vb, &card.schedule.alphats).map_err(backend::unwrap)?;
+        if let Some(weights) = stored {
+            return with_stored_quant(net, &weights, &opts.device);
+        }
         let Some(q) = opts.quantize else {
             return Ok(net);
         };
@@ -302,6 +317,36 @@ impl ModelSource {
             opts: opts.clone(),
         })
     }
+}
+
+/// Swaps the block-format weights stored in `weights` into the linear layers of `net` (built
+/// with placeholders for them), and checks that every stored block tensor found its layer.
+fn with_stored_quant(net: Stage, weights: &GgufWeights, device: &Device) -> Result<Stage> {
+    let mut used = std::collections::HashSet::new();
+    let mut find = |name: &str| -> candle_core::Result<Option<candle_core::quantized::QTensor>> {
+        if !weights.is_quantized(name) {
+            return Ok(None);
+        }
+        used.insert(name.to_owned());
+        weights.read(name, device).map(Some).map_err(backend::wrap)
+    };
+    let mut swap = |l: &crate::nn::Linear| l.with_stored_quant(&mut find);
+    let net = match net {
+        Stage::EncDec(n) => Stage::EncDec(n.map_linears(&mut swap).map_err(backend::unwrap)?),
+        Stage::Gpt(n) => Stage::Gpt(n.map_linears(&mut swap).map_err(backend::unwrap)?),
+    };
+    let unused: Vec<String> = weights
+        .quantized_names()
+        .into_iter()
+        .filter(|n| !used.contains(n))
+        .collect();
+    if !unused.is_empty() {
+        return Err(Error::bad_file(
+            weights.path(),
+            format!("block-format tensors that are no linear layer's weight: {unused:?}"),
+        ));
+    }
+    Ok(net)
 }
 
 /// Builds a stage network from its description; `alphats` (α_t for t = 0..=T) feeds the

@@ -1,12 +1,15 @@
 //! Tessera's own model format: a folder with `model.json` (the [`ModelCard`]), `vqgan.safetensors`
-//! and one `stage{t}.safetensors` per level, memory-mapped when loaded. Tensor names are the
+//! and one `stage{t}.safetensors` per level, memory-mapped when loaded (or, for quantized
+//! weights, one `stage{t}.gguf`; see [`super::gguf`]). Tensor names are the
 //! official parameter names (dotted module paths), without checkpoint prefixes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::Part;
 use super::backend::Source;
 use super::card::{CARD_FILE, CARD_FORMAT, ModelCard, VQGAN_FILE};
+use super::gguf::GgufWeights;
 use crate::{Error, Result};
 
 /// An opened model folder.
@@ -63,6 +66,16 @@ impl Folder {
     }
 
     pub(crate) fn source(&self, part: Part) -> Result<Source> {
-        Source::safetensors(self.weights_path(part)?)
+        let path = self.weights_path(part)?;
+        if is_gguf(&path) {
+            return Ok(Source::Gguf(Arc::new(GgufWeights::open(path)?)));
+        }
+        Source::safetensors(path)
     }
+}
+
+/// Whether a weights file is GGUF (quantized stages) rather than safetensors.
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }

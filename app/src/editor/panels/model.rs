@@ -4,7 +4,7 @@ use egui::RichText;
 use tessera_engine::loader::card::{Conditioning, Network};
 
 use crate::editor::app::EditorApp;
-use crate::editor::files::Purpose;
+use crate::editor::files::{ImportWeights, Purpose};
 
 /// "12.3 M".
 fn count(n: usize) -> String {
@@ -127,7 +127,14 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         ui.label(RichText::new(format!("warning: {w}")).color(ui.visuals().warn_fg_color));
     }
     if app.model.is_official() && app.model.importing.is_none() {
-        ui.label("This is an official release. Import it into Tessera's format (safetensors, faster to load)?");
+        ui.label("This is an official release. Import it into Tessera's format (faster to load, optionally smaller)?");
+        egui::ComboBox::from_label("import weights")
+            .selected_text(app.model.import_weights.label())
+            .show_ui(ui, |ui| {
+                for w in ImportWeights::ALL {
+                    ui.selectable_value(&mut app.model.import_weights, w, w.label());
+                }
+            });
         if ui.button("Import into Tessera format…").clicked()
             && let Some(p) = app.model.path.clone()
         {
