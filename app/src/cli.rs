@@ -202,6 +202,15 @@ pub fn bench(quick: bool, only: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `tessera bench --chain NAME`.
+pub fn bench_chain(name: &str) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark with `cargo run --release`");
+    }
+    tessera_engine::bench::chain::run(name, &mut |line| println!("{line}"))?;
+    Ok(())
+}
+
 fn human_bytes(n: usize) -> String {
     let n = n as f64;
     if n >= 1e9 {

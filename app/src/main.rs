@@ -90,6 +90,10 @@ enum Command {
         /// through the job API: time to the first level preview and to the result.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Instead, sample a whole released-size chain with random weights through the
+        /// pipeline (batch 4, f32 and q8_0): `cin5`, the class-conditional ImageNet 5 levels.
+        #[arg(long, value_name = "cin5")]
+        chain: Option<String>,
     },
 }
 
@@ -127,10 +131,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             train::eval(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Bench { quick, only, model }) => {
-            match model {
-                Some(m) => cli::bench_model(&m)?,
-                None => cli::bench(quick, &only)?,
+        Some(Command::Bench {
+            quick,
+            only,
+            model,
+            chain,
+        }) => {
+            match (model, chain) {
+                (Some(_), Some(_)) => anyhow::bail!("--model and --chain are separate benchmarks"),
+                (Some(m), None) => cli::bench_model(&m)?,
+                (None, Some(c)) => cli::bench_chain(&c)?,
+                (None, None) => cli::bench(quick, &only)?,
             }
             Ok(ExitCode::SUCCESS)
         }

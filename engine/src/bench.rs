@@ -14,6 +14,8 @@ use crate::vqgan::{Vqgan, VqganConfig};
 use crate::xtransformer::{XTransformer, XTransformerConfig};
 use crate::{Error, Result};
 
+pub mod chain;
+
 /// Which benchmarks to run.
 #[derive(Debug, Clone, Copy)]
 pub struct Parts {

@@ -632,3 +632,27 @@ fn bad_requests_are_errors_not_panics() {
         run_chain(&model, &base, &mut Silent).unwrap()
     );
 }
+
+#[test]
+fn a_model_from_networks_in_memory_samples_like_the_loaded_one() {
+    let source = ModelSource::open(format!("{GOLDEN}/class_custom")).unwrap();
+    let opts = LoadOptions::default();
+    let loaded = source.load(&opts).unwrap();
+    let stages: Vec<Stage> = (1..=2)
+        .map(|t| source.load_stage(t, &opts).unwrap())
+        .collect();
+    let vqgan = source.load_vqgan(&opts).unwrap();
+    let built = Model::from_networks(source.card().clone(), vqgan, stages, Device::Cpu).unwrap();
+    let mut req = ChainRequest::new(&loaded.card);
+    req.condition = Condition::Class(4);
+    req.candidates = 3;
+    req.seed = 11;
+    let a = run_chain(&loaded, &req, &mut Silent).unwrap();
+    let b = run_chain(&built, &req, &mut Silent).unwrap();
+    assert_eq!(a, b);
+    // A network per level, no more, no fewer.
+    let one = vec![source.load_stage(1, &opts).unwrap()];
+    let vqgan = source.load_vqgan(&opts).unwrap();
+    let e = Model::from_networks(source.card().clone(), vqgan, one, Device::Cpu);
+    assert!(matches!(e, Err(Error::Input(_))));
+}

@@ -79,6 +79,38 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model from networks built in memory (benchmarks, tests): `stages[t-1]` undoes level t.
+    /// Every stage stays resident.
+    pub fn from_networks(
+        card: ModelCard,
+        vqgan: Vqgan,
+        stages: Vec<Stage>,
+        device: Device,
+    ) -> Result<Self> {
+        card.validate().map_err(Error::Input)?;
+        if stages.len() != card.levels() {
+            return Err(Error::Input(format!(
+                "{} networks for a card of {} levels",
+                stages.len(),
+                card.levels()
+            )));
+        }
+        Ok(Self {
+            card,
+            vqgan,
+            device: device.clone(),
+            stages: stages
+                .into_iter()
+                .map(|s| Mutex::new(Some(Arc::new(s))))
+                .collect(),
+            source: None,
+            opts: LoadOptions {
+                device,
+                ..LoadOptions::default()
+            },
+        })
+    }
+
     /// The network of level `t`, loading it first if it is not resident.
     pub fn stage(&self, t: usize) -> Result<Arc<Stage>> {
         let slot = self
