@@ -1,20 +1,20 @@
 //! `tessera inpaint` and `tessera sample`: the engine's job API driven from a terminal.
 
-use std::io::IsTerminal;
+mod repaint;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use image::{GrayImage, RgbImage};
-use indicatif::{ProgressBar, ProgressStyle};
 use tessera_engine::inpaint::{PresetMask, WindowOptions, preset_mask};
 use tessera_engine::loader::LoadOptions;
 use tessera_engine::loader::card::{Condition, Conditioning, ModelCard, class_prompt};
 use tessera_engine::pipeline::{ChainRequest, default_chains};
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::text::PromptTokenizer;
-use tessera_engine::worker::{Engine, Event, Job, JobKind};
+use tessera_engine::worker::{Engine, Event, JobKind};
 
 /// Options shared by `inpaint` and `sample`.
 #[derive(Args, Debug)]
@@ -72,6 +72,15 @@ pub struct SamplingArgs {
     /// Write one PNG per level per candidate into this folder.
     #[arg(long)]
     pub levels_dir: Option<PathBuf>,
+    /// Write a heat map of how sure the sampler was of each token at the last level (image
+    /// size; red unsure, green sure, transparent where nothing was sampled); with several
+    /// candidates NAME-0.png, NAME-1.png, ….
+    #[arg(long, value_name = "FILE.png")]
+    pub confidence_map: Option<PathBuf>,
+    /// Then repaint the tokens whose probability at the last level was below P (0..1): a
+    /// second inpainting pass over just their cells, keeping the rest of the result.
+    #[arg(long, value_name = "P")]
+    pub repaint_below: Option<f32>,
     /// Machine-readable progress: one JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -312,7 +321,11 @@ fn output_paths(out: &Path, n: usize, force: bool) -> Result<Vec<PathBuf>> {
 }
 
 /// Writes a PNG atomically: a temporary file beside the target, then a rename.
-fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+fn save_png<P>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> Result<()>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -381,6 +394,11 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         None => default_model()?,
     };
     let paths = output_paths(&args.output, args.candidates.max(1), args.force)?;
+    if let Some(p) = args.repaint_below
+        && !(0.0..=1.0).contains(&p)
+    {
+        bail!("--repaint-below must be a probability in 0..1, got {p}");
+    }
     let inputs = match inpaint {
         Some(a) => {
             let image = load_image(&a.image)?;
@@ -443,127 +461,70 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
             .unwrap_or_default()
     };
     let chain = chain_request(&card, &model_dir, args, inputs.is_some())?;
-    let kind = match (&inputs, inpaint) {
-        (Some((image, mask)), Some(a)) => {
-            let mut window = WindowOptions::default();
-            if let Some(p) = a.padding {
-                window.padding = p;
-            }
-            if let Some(f) = a.feather {
-                window.feather_px = f;
-            }
-            if let Some(t) = a.threshold {
-                window.token_threshold = t;
-            }
-            window.whole_image = a.whole_image;
-            window.colour_match = a.colour_match;
-            JobKind::Inpaint {
-                image: image.clone(),
-                mask: mask.clone(),
-                window,
-                start_level: a.strength,
-            }
-        }
-        _ => JobKind::Sample,
+    let map_paths = match &args.confidence_map {
+        Some(m) => output_paths(m, args.candidates.max(1), args.force)?,
+        None => Vec::new(),
     };
-    let _handle = engine.submit(Job {
-        kind,
-        chain,
-        partial_every: None,
-        preview_max_side: None,
-    });
-
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(1);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} tokens, ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    });
     if let Some(dir) = &args.levels_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut written = 0;
-    loop {
-        let event = engine.events().recv()?;
-        if args.json {
-            use std::io::Write;
-            // A closed pipe (`| head`) ends the output, not the job's files.
-            writeln!(std::io::stdout().lock(), "{}", event_json(&event)).ok();
-        }
-        match event {
-            Event::Started { tokens, .. } => {
-                if let Some(b) = &bar {
-                    b.set_length(tokens as u64);
-                }
-            }
-            Event::Progress { level, done, .. } => {
-                if let Some(b) = &bar {
-                    b.set_message(format!("level {level}"));
-                    b.set_position(done as u64);
-                }
-            }
-            Event::Level {
-                level,
-                candidate,
-                preview,
-                origin,
-                ..
-            } => {
-                if let Some(dir) = &args.levels_dir {
-                    let full = match &inputs {
-                        Some((image, _)) => {
-                            let mut full = (**image).clone();
-                            image::imageops::replace(
-                                &mut full,
-                                &*preview,
-                                i64::from(origin.0),
-                                i64::from(origin.1),
-                            );
-                            full
-                        }
-                        None => (*preview).clone(),
-                    };
-                    save_png(
-                        &full,
-                        &dir.join(format!("level{level}-candidate{candidate}.png")),
-                    )?;
-                }
-            }
-            Event::Candidate { index, image, .. } => {
-                if let Some(path) = paths.get(index) {
-                    save_png(&image, path)?;
-                    written += 1;
-                }
-            }
-            Event::NoOp { reason, .. } => {
-                if let Some(b) = &bar {
-                    b.finish_and_clear();
-                }
-                eprintln!("nothing to do: {reason}");
-                return Ok(());
-            }
-            Event::Finished { secs, .. } => {
-                if let Some(b) = &bar {
-                    b.finish_and_clear();
-                }
-                if !args.json {
-                    for p in paths.iter().take(written) {
-                        println!("wrote {}", p.display());
-                    }
-                    eprintln!("done in {secs:.1} s");
-                }
-                return Ok(());
-            }
-            Event::Cancelled { .. } => bail!("cancelled"),
-            Event::Failed { error, .. } => bail!("{error}"),
-            Event::ModelLoaded { .. } | Event::ModelFailed { .. } => {}
-        }
+    let window = match inpaint {
+        Some(a) => window_options(a),
+        None => WindowOptions::default(),
+    };
+    let kind = match (&inputs, inpaint) {
+        (Some((image, mask)), Some(a)) => JobKind::Inpaint {
+            image: image.clone(),
+            mask: mask.clone(),
+            window: window.clone(),
+            start_level: a.strength,
+        },
+        _ => JobKind::Sample,
+    };
+    let base = inputs.as_ref().map(|(image, _)| image.clone());
+    let Some(mut results) = repaint::follow(&mut engine, args, chain.clone(), kind, base, 1)?
+    else {
+        return Ok(());
+    };
+    let mut secs = results.secs;
+    if let Some(p) = args.repaint_below {
+        // The second pass inpaints, with inpainting's chain defaults.
+        let chain = chain_request(&card, &model_dir, args, true)?;
+        let grid = card.grid_side();
+        secs += repaint::repaint_below(&mut engine, args, &chain, &window, grid, p, &mut results)?;
     }
+    for (c, path) in results.candidates.iter().zip(&paths) {
+        save_png(&c.image, path)?;
+    }
+    for (c, path) in results.candidates.iter().zip(&map_paths) {
+        save_png(&c.heat_map(card.grid_side()), path)?;
+    }
+    if !args.json {
+        for p in paths.iter().chain(&map_paths) {
+            println!("wrote {}", p.display());
+        }
+        eprintln!("done in {secs:.1} s");
+    }
+    Ok(())
 }
 
-fn event_json(e: &Event) -> serde_json::Value {
+fn window_options(a: &InpaintArgs) -> WindowOptions {
+    let mut window = WindowOptions::default();
+    if let Some(p) = a.padding {
+        window.padding = p;
+    }
+    if let Some(f) = a.feather {
+        window.feather_px = f;
+    }
+    if let Some(t) = a.threshold {
+        window.token_threshold = t;
+    }
+    window.whole_image = a.whole_image;
+    window.colour_match = a.colour_match;
+    window
+}
+
+pub(crate) fn event_json(e: &Event) -> serde_json::Value {
     use serde_json::json;
     match e {
         Event::ModelLoaded { card, .. } => json!({"event": "model_loaded", "name": card.name}),
@@ -588,9 +549,22 @@ fn event_json(e: &Event) -> serde_json::Value {
             job,
             level,
             candidate,
+            confidence,
+            window,
             ..
-        } => json!({
-            "event": "level", "job": job.0, "level": level, "candidate": candidate}),
+        } => {
+            // Per token (raster order): the probability it was drawn with, null where known.
+            let per_token: Vec<Option<f32>> = confidence
+                .prob
+                .iter()
+                .zip(&confidence.sampled)
+                .map(|(p, s)| s.then_some(*p))
+                .collect();
+            json!({
+                "event": "level", "job": job.0, "level": level, "candidate": candidate,
+                "mean_confidence": confidence.mean_prob(), "confidence": per_token,
+                "window": {"x": window.x, "y": window.y, "size": window.size}})
+        }
         Event::Candidate { job, index, .. } => {
             json!({"event": "candidate", "job": job.0, "index": index})
         }

@@ -428,6 +428,59 @@ fn show_original_hides_mask_and_overlay() {
     }
 }
 
+/// The showcase document with a confidence overlay over its 8×8 token grid: the touched
+/// cells sampled with probabilities from 0.05 to 0.95.
+fn confidence_doc() -> Document {
+    use tessera::editor::document::ConfidenceOverlay;
+    use tessera_engine::confidence::Confidence;
+    use tessera_engine::inpaint::Window;
+    let mut doc = showcase_doc();
+    let mut c = Confidence::certain(64);
+    for (k, i) in [18, 19, 26, 27, 28, 35].into_iter().enumerate() {
+        let p = 0.05 + 0.18 * k as f32;
+        c.record(i, &[p, 1.0 - p], 0);
+    }
+    doc.confidence = Some(ConfidenceOverlay {
+        window: Window {
+            x: 16,
+            y: 0,
+            size: 96,
+        },
+        grid: 8,
+        confidence: Arc::new(c),
+    });
+    doc
+}
+
+#[test]
+fn confidence_overlay_snapshot() {
+    let mut h = wgpu_harness(confidence_doc(), false);
+    h.state_mut().settings.show_confidence = true;
+    h.state_mut().settings.unsure_below = 0.3;
+    show_at_zoom(&mut h, 2.0);
+    h.snapshot("canvas_confidence");
+    // Cell 18 (image 40..52 × 24..36, p = 0.05) is tinted red; off, the tint is gone; a known
+    // cell (0: image 16..28 × 0..12) is never tinted.
+    let at = |h: &mut Harness<'_, TestApp>, x: f32, y: f32| {
+        let p = screen(h, x, y);
+        h.render()
+            .expect("renders")
+            .get_pixel(p.x as u32, p.y as u32)
+            .0
+    };
+    let on = at(&mut h, 46.5, 30.5);
+    let known_on = at(&mut h, 20.5, 4.5);
+    h.state_mut().settings.show_confidence = false;
+    h.run();
+    let off = at(&mut h, 46.5, 30.5);
+    let known_off = at(&mut h, 20.5, 4.5);
+    assert!(
+        on[0] > off[0] && on[1] < off[1],
+        "red tint: {on:?} vs {off:?}"
+    );
+    assert_eq!(known_on, known_off);
+}
+
 #[test]
 fn painting_uploads_on_the_gpu_path() {
     let mut h = wgpu_harness(plain_doc(), false);

@@ -255,6 +255,98 @@ fn inpaint_on_a_quantized_import() {
 }
 
 #[test]
+fn confidence_map_and_repaint_below_touch_only_unsure_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = golden().join("class_custom");
+    let input = dir.path().join("in.png");
+    write_png(&input, 48, 48, |x, y| [(x * 5) as u8, (y * 5) as u8, 120]);
+    let run = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "inpaint",
+            "--model",
+            model.to_str().unwrap(),
+            "--class",
+            "3",
+            "--image",
+            input.to_str().unwrap(),
+            "--mask-preset",
+            "upper-half",
+            "--feather",
+            "0",
+            "--seed",
+            "4",
+            "--json",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    let first = dir.path().join("first.png");
+    let map = dir.path().join("map.png");
+    let (ok, text) = run(&["--confidence-map", map.to_str().unwrap()], &first);
+    assert!(ok, "{text}");
+    // The last level's per-token probabilities and where its tokens lie.
+    let last = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|e| e["event"] == "level" && e["level"] == 1)
+        .expect("a level-1 event");
+    let probs: Vec<Option<f64>> = last["confidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64())
+        .collect();
+    let (wx, wy, ws) = (
+        last["window"]["x"].as_i64().unwrap(),
+        last["window"]["y"].as_i64().unwrap(),
+        last["window"]["size"].as_i64().unwrap(),
+    );
+    let grid = (probs.len() as f64).sqrt() as i64;
+    let mut sampled: Vec<f64> = probs.iter().flatten().copied().collect();
+    assert!(!sampled.is_empty(), "{text}");
+    sampled.sort_by(f64::total_cmp);
+    let threshold = sampled[sampled.len() / 2];
+    let cell = |x: i64, y: i64| -> Option<usize> {
+        let (c, r) = ((x - wx) * grid / ws, (y - wy) * grid / ws);
+        ((0..grid).contains(&c) && (0..grid).contains(&r)).then_some((r * grid + c) as usize)
+    };
+    // The heat map is transparent exactly where nothing was sampled.
+    let heat = image::open(&map).unwrap().to_rgba8();
+    assert_eq!(heat.dimensions(), (48, 48));
+    for (x, y, px) in heat.enumerate_pixels() {
+        let was_sampled = cell(x.into(), y.into()).is_some_and(|i| probs[i].is_some());
+        assert_eq!(px.0[3] == 255, was_sampled, "({x}, {y})");
+    }
+
+    let second = dir.path().join("second.png");
+    let t = format!("{threshold}");
+    let (ok, text) = run(&["--repaint-below", &t], &second);
+    assert!(ok, "{text}");
+    assert!(text.contains("\"pass\":2"), "a second pass ran: {text}");
+    let (a, b) = (
+        image::open(&first).unwrap().to_rgb8(),
+        image::open(&second).unwrap().to_rgb8(),
+    );
+    let mut changed = 0;
+    for (x, y, pa) in a.enumerate_pixels() {
+        if pa != b.get_pixel(x, y) {
+            changed += 1;
+            let i = cell(x.into(), y.into()).expect("a changed pixel lies in the grid");
+            let p = probs[i].expect("a changed pixel lies in a sampled cell");
+            assert!(
+                p < threshold,
+                "({x}, {y}) changed but its token had {p} ≥ {threshold}"
+            );
+        }
+    }
+    assert!(changed > 0, "the unsure tokens were repainted");
+    let (ok, text) = run(&["--repaint-below", "1.5"], &dir.path().join("x.png"));
+    assert!(!ok && text.contains("--repaint-below"), "{text}");
+}
+
+#[test]
 fn inpaint_bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.png");

@@ -822,3 +822,81 @@ fn import_from_the_model_panel_stores_the_chosen_weights() {
     assert!(out.join("stage1.gguf").is_file(), "{}", out.display());
     assert_eq!(h.state().model.path.as_deref(), Some(out.as_path()));
 }
+
+#[test]
+fn repaint_unsure_accepts_masks_the_unsure_tokens_and_regenerates_only_them() {
+    let s = Setup::new();
+    let mut h = masked_image(&s);
+    {
+        let app = h.state_mut();
+        app.settings.candidates = 1;
+        app.settings.feather_px = 0;
+        app.generate();
+    }
+    run_until(&mut h, "the first job", |a| {
+        !a.jobs.busy() && a.jobs.results.as_ref().is_some_and(|r| r.ready(0))
+    });
+    let conf = h
+        .state()
+        .jobs
+        .results
+        .as_ref()
+        .unwrap()
+        .final_confidence(0)
+        .expect("the final level's confidence");
+    let mut probs: Vec<f32> = conf
+        .confidence
+        .prob
+        .iter()
+        .zip(&conf.confidence.sampled)
+        .filter(|(_, s)| **s)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(!probs.is_empty());
+    probs.sort_by(f32::total_cmp);
+    // The overlay and the button, as the user sees them (the slider keeps two decimals).
+    h.state_mut().canvas_settings.show_confidence = true;
+    h.state_mut().canvas_settings.unsure_below = probs[probs.len() / 2];
+    h.run_steps(3);
+    assert!(h.state().doc.as_ref().unwrap().confidence.is_some());
+    let threshold = h.state().canvas_settings.unsure_below;
+    let expect_mask = conf.mask_below(threshold, 40, 40);
+    assert!(expect_mask.pixels().any(|p| p.0[0] == 255));
+    assert!(expect_mask.pixels().any(|p| p.0[0] == 0));
+    let count = conf.below(threshold).iter().filter(|b| **b).count();
+    h.get_by_label(&format!("Repaint unsure ({count})")).click();
+    h.run_steps(2);
+    let accepted = h.state().doc.as_ref().unwrap().image.clone();
+    assert_eq!(h.state().generations.len(), 1, "the candidate was accepted");
+    assert_eq!(h.state().doc.as_ref().unwrap().mask, expect_mask);
+    run_until(&mut h, "the repaint", |a| {
+        !a.jobs.busy() && a.jobs.results.as_ref().is_some_and(|r| r.ready(0))
+    });
+    h.state_mut().accept(0);
+    let app = h.state();
+    assert_eq!(app.generations.len(), 2);
+    let doc = app.doc.as_ref().unwrap();
+    let mut changed = 0;
+    for (x, y, p) in doc.image.enumerate_pixels() {
+        if *p != *accepted.get_pixel(x, y) {
+            changed += 1;
+            assert_eq!(
+                expect_mask.get_pixel(x, y).0[0],
+                255,
+                "({x}, {y}) changed outside"
+            );
+        }
+    }
+    assert!(changed > 0, "the unsure tokens were repainted");
+    // Undo takes back the repaint, then the mask, then the first accept.
+    for _ in 0..3 {
+        assert!(h.state().history.can_undo());
+        h.state_mut().undo();
+    }
+    let doc = h.state().doc.as_ref().unwrap();
+    assert!(doc.image != accepted, "back before the first accept");
+    assert!(
+        doc.mask.pixels().all(|p| p.0[0] == 255),
+        "the select-all mask is back"
+    );
+}

@@ -11,6 +11,7 @@
 //! - [`segment`]: click segmentation (MobileSAM) for the editor's "Select object" tool.
 
 pub mod bench;
+pub mod confidence;
 pub mod error;
 pub mod gpt;
 pub mod imagenet;

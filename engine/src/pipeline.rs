@@ -302,6 +302,8 @@ pub fn strength_start(
     Ok(Some(Start { level, grids }))
 }
 
+pub use crate::confidence::{Confidence, entropy_bits};
+
 /// What the chain reports while it runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
@@ -327,6 +329,8 @@ pub enum Progress<'a> {
         level: usize,
         /// x_{level−1}, per candidate.
         grids: &'a [Vec<u32>],
+        /// How sure its last pass was of each token, per candidate.
+        confidence: &'a [Confidence],
     },
 }
 
@@ -434,6 +438,7 @@ pub fn run_chain_with(
         let passes = req.chains[t - 1];
         let beta = card.schedule.beta(t);
         let mut current = x;
+        let mut confidence = vec![Confidence::certain(p); n];
         for pass in 0..passes {
             ctx.check_cancel()?;
             let input = if pass == 0 {
@@ -442,13 +447,14 @@ pub fn run_chain_with(
                 let prob = ((1.0 - pass as f64 / passes as f64) * beta as f64).clamp(0.0, 1.0);
                 renoise(current, prob, k, &mut rngs)
             };
-            current = ctx.run_stage(t, pass, passes, &input, &mut rngs)?;
+            (current, confidence) = ctx.run_stage(t, pass, passes, &input, &mut rngs)?;
         }
         // A lazily loaded model keeps only the stage that is running.
         model.release(t);
         ctx.obs.progress(Progress::Level {
             level: t,
             grids: &current,
+            confidence: &confidence,
         });
         out.push(current.clone());
         x = current;
@@ -526,7 +532,8 @@ impl Ctx<'_, '_> {
         Ok(vec![cond, uncond])
     }
 
-    /// One pass of stage t on x_t = `input` (per candidate) → x_{t−1} per candidate.
+    /// One pass of stage t on x_t = `input` (per candidate) → x_{t−1} per candidate, with how
+    /// sure it was of each token.
     fn run_stage(
         &mut self,
         t: usize,
@@ -534,7 +541,7 @@ impl Ctx<'_, '_> {
         passes: usize,
         input: &[Vec<u32>],
         rngs: &mut [ChaCha8Rng],
-    ) -> Result<Vec<Vec<u32>>> {
+    ) -> Result<(Vec<Vec<u32>>, Vec<Confidence>)> {
         let (n, p) = (self.n, self.p);
         // Output so far: the known tokens in place, the rest from x_t until sampled.
         let mut out: Vec<Vec<u32>> = input
@@ -546,8 +553,9 @@ impl Ctx<'_, '_> {
                     .collect()
             })
             .collect();
+        let mut confidence = vec![Confidence::certain(p); n];
         if self.total == 0 {
-            return Ok(out);
+            return Ok((out, confidence));
         }
         let prefixes = self.prefixes(t)?;
         let kinds = prefixes.len();
@@ -637,6 +645,7 @@ impl Ctx<'_, '_> {
                 };
                 let probs = sampler::distribution(&row, &params, apply_temperature);
                 out[i][j] = sampler::draw(&probs, rng);
+                confidence[i].record(j, &probs, out[i][j]);
             }
             done += 1;
             self.obs.progress(Progress::Token {
@@ -648,6 +657,6 @@ impl Ctx<'_, '_> {
                 partial: &out,
             });
         }
-        Ok(out)
+        Ok((out, confidence))
     }
 }

@@ -14,7 +14,7 @@ use image::{GrayImage, RgbImage};
 use crate::inpaint::{self, Window, WindowOptions};
 use crate::loader::card::ModelCard;
 use crate::loader::{LoadOptions, Model, ModelSource};
-use crate::pipeline::{self, ChainRequest, Observer, Progress};
+use crate::pipeline::{self, ChainRequest, Confidence, Observer, Progress};
 use crate::{Error, Result};
 
 /// Identifies a job in every event about it.
@@ -112,6 +112,11 @@ pub enum Event {
         candidate: usize,
         /// The token grid x_{level−1}.
         tokens: Vec<u32>,
+        /// How sure the sampler was of each of those tokens.
+        confidence: Confidence,
+        /// Where the token grid lies in image pixels (the context window when inpainting, the
+        /// whole generated image when sampling); see [`crate::confidence::cell_rect`].
+        window: Window,
         /// Decoded preview, composited into the context window (inpainting) or the whole
         /// generated image (sampling).
         preview: Arc<RgbImage>,
@@ -492,6 +497,18 @@ struct JobObserver<'a> {
 }
 
 impl JobObserver<'_> {
+    /// Where the token grid lies in image pixels.
+    fn window(&self) -> Window {
+        match self.context {
+            Some(c) => c.window,
+            None => Window {
+                x: 0,
+                y: 0,
+                size: self.model.card.resolution() as u32,
+            },
+        }
+    }
+
     /// The preview composited into the context window, shrunk to `preview_max_side`; with its
     /// origin and extent in image pixels.
     fn preview(&self, generated: RgbImage) -> (RgbImage, (u32, u32), (u32, u32)) {
@@ -578,15 +595,23 @@ impl Observer for JobObserver<'_> {
                     extent,
                 });
             }
-            Progress::Level { level, grids } => match decode(self.model, grids) {
+            Progress::Level {
+                level,
+                grids,
+                confidence,
+            } => match decode(self.model, grids) {
                 Ok(images) => {
-                    for (candidate, (img, tokens)) in images.into_iter().zip(grids).enumerate() {
+                    for (candidate, ((img, tokens), confidence)) in
+                        images.into_iter().zip(grids).zip(confidence).enumerate()
+                    {
                         let (preview, origin, extent) = self.preview(img);
                         self.worker.emit(Event::Level {
                             job: self.id,
                             level,
                             candidate,
                             tokens: tokens.clone(),
+                            confidence: confidence.clone(),
+                            window: self.window(),
                             preview: Arc::new(preview),
                             origin,
                             extent,

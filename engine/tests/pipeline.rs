@@ -9,8 +9,8 @@ use tessera_engine::Error;
 use tessera_engine::loader::card::{Condition, Conditioning};
 use tessera_engine::loader::{LoadOptions, Model, ModelSource, Stage};
 use tessera_engine::pipeline::{
-    ChainOptions, ChainRequest, Observer, Progress, Silent, Start, candidate_rng, default_chains,
-    run_chain, run_chain_with,
+    ChainOptions, ChainRequest, Confidence, Observer, Progress, Silent, Start, candidate_rng,
+    default_chains, entropy_bits, run_chain, run_chain_with,
 };
 use tessera_engine::sampler::{self, LevelParams};
 
@@ -50,6 +50,8 @@ fn mask(x0: &[u32], keep: impl Fn(usize) -> bool) -> Vec<Option<u32>> {
 #[derive(Default)]
 struct Recorder {
     levels: Vec<(usize, Vec<Vec<u32>>)>,
+    /// Per level event, per candidate.
+    confidence: Vec<Vec<Confidence>>,
     /// (level, pass, passes, done, total)
     tokens: Vec<(usize, usize, usize, usize, usize)>,
     partials_ok: bool,
@@ -90,7 +92,14 @@ impl Observer for Recorder {
                 self.partials_ok &= self.keeps_known(partial);
                 self.tokens.push((level, pass, passes, done, total));
             }
-            Progress::Level { level, grids } => self.levels.push((level, grids.to_vec())),
+            Progress::Level {
+                level,
+                grids,
+                confidence,
+            } => {
+                self.levels.push((level, grids.to_vec()));
+                self.confidence.push(confidence.to_vec());
+            }
         }
     }
 
@@ -655,4 +664,73 @@ fn a_model_from_networks_in_memory_samples_like_the_loaded_one() {
     let vqgan = source.load_vqgan(&opts).unwrap();
     let e = Model::from_networks(source.card().clone(), vqgan, one, Device::Cpu);
     assert!(matches!(e, Err(Error::Input(_))));
+}
+
+#[test]
+fn recorded_confidence_is_the_distribution_each_token_was_drawn_from() {
+    for case in ["uncond_geometric", "class_custom"] {
+        let model = load(case);
+        let t_max = model.card.levels();
+        let mut req = ChainRequest::new(&model.card);
+        if case == "class_custom" {
+            req.condition = Condition::Class(17);
+        }
+        req.candidates = 2;
+        req.seed = 5;
+        let params = LevelParams {
+            temperature: 0.8,
+            top_k: Some(20),
+            top_p: Some(0.9),
+        };
+        req.levels = vec![params; t_max];
+        let x0 = grid(3, 64, model.card.n_tokens);
+        let known = mask(&x0, |i| i < 24);
+        req.known = Some(known.clone());
+        let mut rec = Recorder::with_known(&known);
+        run_chain(&model, &req, &mut rec).unwrap();
+        assert_eq!(rec.confidence.len(), t_max);
+        let mut inputs: Vec<Vec<u32>> = vec![vec![0; 64]; 2];
+        let mut checked = 0;
+        for (i, t) in (1..=t_max).rev().enumerate() {
+            let (level, grids) = &rec.levels[i];
+            assert_eq!(*level, t);
+            for c in 0..2 {
+                let (y, conf) = (&grids[c], &rec.confidence[i][c]);
+                let rows = teacher_forced(&model, t, &req.condition, &inputs[c], y);
+                for j in 0..64 {
+                    if known[j].is_some() {
+                        assert!(!conf.sampled[j] && conf.prob[j] == 1.0 && conf.entropy[j] == 0.0);
+                        continue;
+                    }
+                    let probs = sampler::distribution(&rows[j], &params, true);
+                    let want = probs[y[j] as usize];
+                    assert!(conf.sampled[j]);
+                    assert!(
+                        (conf.prob[j] - want).abs() < 1e-4,
+                        "{case} level {t} candidate {c} position {j}: {} vs {want}",
+                        conf.prob[j]
+                    );
+                    assert!((conf.entropy[j] - entropy_bits(&probs)).abs() < 1e-3);
+                    checked += 1;
+                }
+                let mean = conf.mean_prob().unwrap();
+                assert!(mean > 0.0 && mean <= 1.0);
+                let below = conf.below(mean);
+                assert!(below.iter().zip(&known).all(|(b, k)| !(*b && k.is_some())));
+                assert!(below.iter().any(|b| *b), "some token is below the mean");
+            }
+            inputs = grids.clone();
+        }
+        assert_eq!(checked, t_max * 2 * 40);
+    }
+}
+
+#[test]
+fn entropy_in_bits() {
+    assert_eq!(entropy_bits(&[1.0, 0.0]), 0.0);
+    assert!((entropy_bits(&[0.5, 0.5]) - 1.0).abs() < 1e-6);
+    assert!((entropy_bits(&[0.25; 4]) - 2.0).abs() < 1e-6);
+    let c = Confidence::certain(3);
+    assert_eq!(c.mean_prob(), None);
+    assert_eq!(c.below(2.0), vec![false; 3]);
 }

@@ -231,6 +231,7 @@ impl EditorApp {
                 mask_opacity: config.mask_opacity,
                 show_token_grid: false,
                 show_original: false,
+                ..CanvasSettings::default()
             },
             model: ModelState::default(),
             settings: GenSettings::default(),

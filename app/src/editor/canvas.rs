@@ -12,6 +12,7 @@
 
 mod fallback;
 mod gpu;
+mod unsure;
 mod view;
 
 use egui::{
@@ -37,6 +38,12 @@ pub struct CanvasSettings {
     pub show_token_grid: bool,
     /// Hide the job overlay and the mask ("hold a key to see the original").
     pub show_original: bool,
+    /// Tint every generated token's cell by how sure the sampler was of it (red unsure, green
+    /// sure) at the shown level.
+    pub show_confidence: bool,
+    /// Outline the cells of tokens drawn with a probability below this ("Repaint unsure"
+    /// takes them).
+    pub unsure_below: f32,
 }
 
 impl Default for CanvasSettings {
@@ -46,6 +53,8 @@ impl Default for CanvasSettings {
             mask_opacity: 0.5,
             show_token_grid: true,
             show_original: false,
+            show_confidence: false,
+            unsure_below: 0.3,
         }
     }
 }
@@ -537,6 +546,16 @@ impl Canvas {
         let to_screen = |p: Pos2| view.to_screen(rect, ppp, p);
         let outline = Stroke::new(1.5, Color32::WHITE);
         let shadow = Stroke::new(3.0, Color32::from_black_alpha(160));
+        if settings.show_confidence && !settings.show_original {
+            unsure::paint(
+                &painter,
+                doc,
+                settings.unsure_below,
+                &to_screen,
+                outline,
+                shadow,
+            );
+        }
         match &self.gesture {
             Some(Gesture::Rect { start, end, .. }) => {
                 let r = Rect::from_two_pos(to_screen(*start), to_screen(*end));

@@ -118,6 +118,29 @@ pub struct TokenGrid {
     pub touched: Vec<bool>,
 }
 
+/// How sure the sampler was of each token of the shown level, and where the tokens lie.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfidenceOverlay {
+    /// The token grid's square in image pixels.
+    pub window: tessera_engine::inpaint::Window,
+    /// Cells per side.
+    pub grid: usize,
+    /// Per token, raster order.
+    pub confidence: Arc<tessera_engine::confidence::Confidence>,
+}
+
+impl ConfidenceOverlay {
+    /// Tokens drawn with a probability below `threshold`.
+    pub fn below(&self, threshold: f32) -> Vec<bool> {
+        self.confidence.below(threshold)
+    }
+
+    /// An image-size mask over the cells of the tokens below `threshold`.
+    pub fn mask_below(&self, threshold: f32, w: u32, h: u32) -> GrayImage {
+        tessera_engine::confidence::cell_mask(&self.window, self.grid, &self.below(threshold), w, h)
+    }
+}
+
 /// Regions whose pixels changed since the canvas last uploaded them to the GPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dirty {
@@ -140,6 +163,8 @@ pub struct Document {
     pub overlay: Option<Overlay>,
     /// The token grid the current mask would use, if a model is loaded.
     pub token_grid: Option<TokenGrid>,
+    /// Confidence of the shown result's tokens (with [`Document::overlay`]).
+    pub confidence: Option<ConfidenceOverlay>,
     /// What the GPU copy is missing.
     pub dirty: Dirty,
     /// Increments on every change to image or mask (for autosave and caches).
@@ -166,6 +191,7 @@ impl Document {
             image,
             overlay: None,
             token_grid: None,
+            confidence: None,
             dirty: Dirty {
                 image: PixelRect::full(w, h),
                 mask: PixelRect::full(w, h),

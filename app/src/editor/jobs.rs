@@ -18,7 +18,7 @@ use tessera_engine::text::PromptTokenizer;
 use tessera_engine::worker::{Job, JobKind};
 
 use super::app::{Done, EditorApp};
-use super::document::{Document, Overlay};
+use super::document::{ConfidenceOverlay, Document, Overlay};
 use super::history::{self, Change};
 use super::project::GenRecord;
 use super::settings::level_name;
@@ -35,6 +35,14 @@ pub struct LevelPreview {
     pub level: usize,
     /// The preview and where it goes.
     pub overlay: Overlay,
+    /// How sure the sampler was of each of its tokens.
+    pub confidence: ConfidenceOverlay,
+}
+
+/// Shows `res` (the selected candidate at the viewed level) on `doc`, or nothing.
+pub fn show_results(doc: &mut Document, res: Option<&Results>) {
+    doc.overlay = res.and_then(Results::overlay);
+    doc.confidence = res.and_then(Results::confidence);
 }
 
 /// A job that is running.
@@ -158,6 +166,28 @@ impl Results {
                 }
             }
         }
+    }
+
+    /// Confidence of the selected candidate at the viewed level (the newest when none is).
+    pub fn confidence(&self) -> Option<ConfidenceOverlay> {
+        let levels = self.levels.get(self.selected)?;
+        let shown = match self.view_level {
+            Some(l) => levels.iter().find(|p| p.level == l),
+            None => levels.last(),
+        };
+        shown.map(|p| p.confidence.clone())
+    }
+
+    /// Confidence of candidate `i`'s output (its last level), once it is final.
+    pub fn final_confidence(&self, i: usize) -> Option<ConfidenceOverlay> {
+        if !self.ready(i) {
+            return None;
+        }
+        self.levels
+            .get(i)?
+            .last()
+            .filter(|p| p.level == 1)
+            .map(|p| p.confidence.clone())
     }
 
     /// Whether candidate `i` can be accepted.
@@ -338,17 +368,25 @@ impl Jobs {
                 preview,
                 origin,
                 extent,
+                confidence,
+                window,
                 ..
             } => {
                 if let Some(res) = self.results_of(id)
                     && let Some(list) = res.levels.get_mut(candidate)
                 {
+                    let grid = confidence.prob.len().isqrt();
                     list.push(LevelPreview {
                         level,
                         overlay: Overlay {
                             pixels: preview,
                             origin,
                             extent,
+                        },
+                        confidence: ConfidenceOverlay {
+                            window,
+                            grid,
+                            confidence: Arc::new(confidence),
                         },
                     });
                     refresh = shown && candidate == res.selected;
@@ -413,7 +451,7 @@ impl Jobs {
             Event::ModelLoaded { .. } | Event::ModelFailed { .. } => {}
         }
         if refresh && let Some(doc) = doc {
-            doc.overlay = self.results.as_ref().and_then(Results::overlay);
+            show_results(doc, self.results.as_ref());
         }
         outcome
     }
@@ -612,7 +650,7 @@ impl EditorApp {
             self.jobs.results = Some(results);
             self.thumbs.clear();
             if let Some(doc) = &mut self.doc {
-                doc.overlay = None;
+                show_results(doc, None);
             }
         } else {
             self.jobs.waiting.push_back(results);
@@ -681,7 +719,7 @@ impl EditorApp {
         self.jobs.results = self.jobs.waiting.pop_front();
         self.thumbs.clear();
         if let Some(doc) = &mut self.doc {
-            doc.overlay = self.jobs.results.as_ref().and_then(Results::overlay);
+            show_results(doc, self.jobs.results.as_ref());
         }
     }
 
@@ -732,6 +770,37 @@ impl EditorApp {
         }
     }
 
+    /// "Repaint unsure": accepts candidate `i`, masks the cells of its tokens drawn with a
+    /// probability below `threshold` (one undoable mask edit) and generates them again; the
+    /// rest of the accepted picture is kept.
+    pub fn repaint_unsure(&mut self, i: usize, threshold: f32) {
+        let Some(conf) = self
+            .jobs
+            .results
+            .as_ref()
+            .and_then(|r| r.final_confidence(i))
+        else {
+            return self.info("that candidate is not finished");
+        };
+        let count = conf.below(threshold).iter().filter(|b| **b).count();
+        if count == 0 {
+            return self.info(format!(
+                "no token of candidate {i} is below {threshold:.2}; nothing to repaint"
+            ));
+        }
+        self.accept(i);
+        let Some(doc) = &mut self.doc else { return };
+        let (w, h) = doc.size();
+        let mask = conf.mask_below(threshold, w, h);
+        if let Some(edit) = super::mask_ops::restore_mask(doc, &mask) {
+            self.history.push(Change::Mask(edit));
+        }
+        self.info(format!(
+            "repainting {count} unsure tokens (below {threshold:.2})"
+        ));
+        self.generate();
+    }
+
     /// Drops the shown results (cancelling their job if it still runs); the next waiting
     /// results, if any, are shown.
     pub fn discard(&mut self) {
@@ -762,7 +831,7 @@ impl EditorApp {
         if let Some(res) = &mut self.jobs.results {
             res.selected = i.min(res.levels.len().saturating_sub(1));
             if let Some(doc) = &mut self.doc {
-                doc.overlay = res.overlay();
+                show_results(doc, Some(res));
             }
         }
     }
@@ -772,7 +841,7 @@ impl EditorApp {
         if let Some(res) = &mut self.jobs.results {
             res.view_level = level;
             if let Some(doc) = &mut self.doc {
-                doc.overlay = res.overlay();
+                show_results(doc, Some(res));
             }
         }
     }

@@ -128,6 +128,8 @@ pub(crate) fn menu_bar(app: &mut EditorApp, ui: &mut egui::Ui) {
                     }
                 }
                 ui.checkbox(&mut app.canvas_settings.show_token_grid, "Token grid");
+                ui.checkbox(&mut app.canvas_settings.show_confidence, "Confidence")
+                    .on_hover_text("Tint each generated token by how sure the model was of it");
                 ui.horizontal(|ui| {
                     ui.label("Mask colour");
                     if ui

@@ -245,6 +245,34 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             ui.small("cancelled: only previews");
         }
     });
+    let mut repaint = false;
+    if let Some(conf) = res.final_confidence(selected) {
+        let mean = conf.confidence.mean_prob().unwrap_or(1.0);
+        ui.horizontal_wrapped(|ui| {
+            ui.add(
+                egui::Slider::new(&mut app.canvas_settings.unsure_below, 0.0..=1.0)
+                    .text("unsure below")
+                    .fixed_decimals(2),
+            )
+            .on_hover_text("Tokens drawn with less probability than this are outlined on the Confidence overlay");
+            let count = conf.below(app.canvas_settings.unsure_below).iter().filter(|b| **b).count();
+            if ui
+                .add_enabled(count > 0, egui::Button::new(format!("Repaint unsure ({count})")))
+                .on_hover_text("Accept this candidate, then mask just the unsure tokens and generate them again")
+                .clicked()
+            {
+                repaint = true;
+            }
+            ui.small(format!("mean confidence {:.0}%", 100.0 * mean));
+        });
+        if !app.canvas_settings.show_confidence && ui.small_button("show confidence").clicked() {
+            app.canvas_settings.show_confidence = true;
+        }
+    }
+    if repaint {
+        let t = app.canvas_settings.unsure_below;
+        return app.repaint_unsure(selected, t);
+    }
     if let Some(i) = select {
         app.select_candidate(i);
     }
