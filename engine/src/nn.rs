@@ -20,6 +20,14 @@ use candle_nn::VarBuilder;
 /// Epsilon of every `nn.LayerNorm` in the ImageBART transformers (PyTorch's default).
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
+/// From this many rows on (encoder passes, cross-attention keys, batched prefills), a layer in
+/// a block format multiplies through its weight dequantized for the call and the f32 GEMM:
+/// ggml's block dot products run well below the GEMM's rate there, and unpacking the blocks
+/// once costs a few percent of such a product. Decoding steps (1–16 rows) read the blocks
+/// instead — a quarter of the bytes — through [`skinny::matmul_xwt_q8_0`] for `Q8_0` and
+/// candle's kernels for the k-quants.
+const DEQUANTIZED_MIN_ROWS: usize = 64;
+
 /// Checks that the networks can compute in `dtype` on `device`: f32 and f16 everywhere, bf16
 /// only off the CPU (candle 0.11 has no bf16 matrix product on the CPU).
 pub fn check_compute_dtype(dtype: DType, device: &Device) -> Result<()> {
@@ -342,6 +350,22 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, in_dim))?;
         let y = match &self.quant {
+            Some(QMatMul::QTensor(q))
+                if rows >= DEQUANTIZED_MIN_ROWS && matches!(x2.device(), Device::Cpu) =>
+            {
+                x2.to_dtype(DType::F32)?
+                    .matmul(&q.dequantize(x2.device())?.t()?)?
+            }
+            Some(QMatMul::QTensor(q))
+                if (1..=16).contains(&rows)
+                    && q.dtype() == GgmlDType::Q8_0
+                    && matches!(x2.device(), Device::Cpu) =>
+            {
+                let x2 = x2.to_dtype(DType::F32)?;
+                let xs = x2.flatten_all()?.to_vec1::<f32>()?;
+                let y = skinny::matmul_xwt_q8_0(&xs, rows, in_dim, &q.data()?, self.out_dim);
+                Tensor::from_vec(y, (rows, self.out_dim), x2.device())?
+            }
             Some(q) => q.forward(&x2.to_dtype(DType::F32)?)?,
             None => match self.skinny(&x2, rows)? {
                 Some(y) => y,

@@ -34,6 +34,209 @@ pub fn matmul_xwt(x: &[f32], rows: usize, k: usize, w: &[f32], out: usize) -> Ve
     y
 }
 
+/// Bytes of one ggml `Q8_0` block: an f16 scale, then 32 signed bytes.
+pub const Q8_0_BLOCK_BYTES: usize = 34;
+
+/// `y = x · wᵀ` for `x` `(rows, k)` and `w` `(out, k)` in ggml's `Q8_0` blocks (row-major,
+/// `k / 32` blocks per row, as `QTensor::data` gives them); returns `(rows, out)`.
+///
+/// With AVX2, as ggml computes it — every input row rounded to `Q8_0` too, integer dot
+/// products per block — but each weight block is loaded once and dotted with every input
+/// row while it sits in a register, and each output keeps its sum in a vector register until
+/// the end (ggml's kernel runs a full dot product per row and column: at 4 rows it is 4× this
+/// one's time). Without AVX2, each weight row is unpacked to f32 and goes through the f32
+/// kernel.
+pub fn matmul_xwt_q8_0(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize) -> Vec<f32> {
+    debug_assert_eq!(x.len(), rows * k);
+    debug_assert_eq!(k % 32, 0);
+    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
+    debug_assert_eq!(w.len(), out * row_bytes);
+    let mut yt = vec![0f32; out * rows];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if (1..=16).contains(&rows)
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            let xq = quantize_rows_q8_0(x, rows, k);
+            yt.par_chunks_mut(rows * CHUNK)
+                .enumerate()
+                .for_each(|(c, block)| {
+                    for (j, y) in block.chunks_mut(rows).enumerate() {
+                        let o = c * CHUNK + j;
+                        // SAFETY: the CPU reported AVX2 and FMA; the slices are the sizes
+                        // `dots_q8_0` reads (checked there).
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            avx2::dots_q8_0(&xq, &w[o * row_bytes..(o + 1) * row_bytes], y)
+                        };
+                    }
+                });
+            return transpose(&yt, rows, out);
+        }
+    }
+    let (unpack, kernel) = (pick_unpack(), pick_kernel());
+    yt.par_chunks_mut(rows * CHUNK)
+        .enumerate()
+        .for_each(|(c, block)| {
+            let mut wf = vec![0f32; k];
+            for (j, y) in block.chunks_mut(rows).enumerate() {
+                let o = c * CHUNK + j;
+                unpack(&w[o * row_bytes..(o + 1) * row_bytes], &mut wf);
+                kernel(x, k, &wf, y);
+            }
+        });
+    transpose(&yt, rows, out)
+}
+
+/// `(out, rows)` → `(rows, out)`.
+fn transpose(yt: &[f32], rows: usize, out: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * out];
+    for (o, col) in yt.chunks(rows).enumerate() {
+        for (r, v) in col.iter().enumerate() {
+            y[r * out + o] = *v;
+        }
+    }
+    y
+}
+
+/// Input rows rounded to `Q8_0` as ggml's `quantize_row_q8_0` does: per block of 32, the
+/// scale `d = max|x| / 127` and `q = round(x / d)`.
+struct RowsQ8_0 {
+    rows: usize,
+    blocks: usize,
+    /// `rows × blocks` scales.
+    d: Vec<f32>,
+    /// `rows × blocks × 32` values.
+    q: Vec<i8>,
+}
+
+fn quantize_rows_q8_0(x: &[f32], rows: usize, k: usize) -> RowsQ8_0 {
+    let blocks = k / 32;
+    let mut d = vec![0f32; rows * blocks];
+    let mut q = vec![0i8; rows * k];
+    for ((xb, db), qb) in x.chunks_exact(32).zip(&mut d).zip(q.chunks_exact_mut(32)) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        // ggml stores the scale in f16; the products use that rounded value.
+        *db = half::f16::from_f32(scale).to_f32();
+        for (o, v) in qb.iter_mut().zip(xb) {
+            *o = (v * inv).round() as i8;
+        }
+    }
+    RowsQ8_0 { rows, blocks, d, q }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{Q8_0_BLOCK_BYTES, RowsQ8_0};
+    use std::arch::x86_64::*;
+
+    /// `y[r] = Σ_b d_w,b · d_x,r,b · (q_w,b · q_x,r,b)` over the blocks of one weight row.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dots_q8_0(x: &RowsQ8_0, w: &[u8], y: &mut [f32]) {
+        match x.rows {
+            1 => dots::<1, 4>(x, w, y),
+            2 => dots::<2, 4>(x, w, y),
+            3 => dots::<3, 2>(x, w, y),
+            4 => dots::<4, 2>(x, w, y),
+            5..=8 => dots::<8, 1>(x, w, y),
+            _ => dots::<16, 1>(x, w, y),
+        }
+    }
+
+    /// Up to `R` rows (`x.rows ≤ R`), accumulators in registers for small `R`; blocks go
+    /// round `U` sets of accumulators, so that few rows do not wait on one chain of FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    fn dots<const R: usize, const U: usize>(x: &RowsQ8_0, w: &[u8], y: &mut [f32]) {
+        let (rows, nb) = (x.rows, x.blocks);
+        assert!(rows <= R && y.len() == rows);
+        assert!(w.len() == nb * Q8_0_BLOCK_BYTES && x.q.len() == rows * nb * 32);
+        assert!(x.d.len() == rows * nb);
+        let ones = _mm256_set1_epi16(1);
+        let mut sets = [[_mm256_setzero_ps(); R]; U];
+        for b in 0..nb {
+            let acc = &mut sets[b % U];
+            let blk = &w[b * Q8_0_BLOCK_BYTES..(b + 1) * Q8_0_BLOCK_BYTES];
+            let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            // SAFETY: `blk[2..34]` is 32 bytes; unaligned load.
+            let qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr().cast()) };
+            let aw = _mm256_sign_epi8(qw, qw);
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let i = r * nb + b;
+                // SAFETY: `x.q[i * 32..i * 32 + 32]` lies inside `x.q` (checked above).
+                let qx = unsafe { _mm256_loadu_si256(x.q[i * 32..].as_ptr().cast()) };
+                // |w| · (x · sign w) = w · x, as unsigned × signed byte pairs (|w| ≤ 127).
+                let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw));
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d[i]), p, *a);
+            }
+        }
+        let mut acc = sets[0];
+        for set in &sets[1..] {
+            for (a, v) in acc.iter_mut().zip(set) {
+                *a = _mm256_add_ps(*a, *v);
+            }
+        }
+        for (o, a) in y.iter_mut().zip(acc) {
+            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+            *o = _mm_cvtss_f32(h);
+        }
+    }
+}
+
+type Unpack = fn(&[u8], &mut [f32]);
+
+fn pick_unpack() -> Unpack {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return unpack_q8_0_avx2;
+        }
+    }
+    unpack_q8_0
+}
+
+/// One row of `Q8_0` blocks → f32 (`scale · q`, as ggml dequantizes).
+#[inline(always)]
+fn unpack_q8_0_body(blocks: &[u8], w: &mut [f32]) {
+    for (b, dst) in blocks
+        .chunks_exact(Q8_0_BLOCK_BYTES)
+        .zip(w.chunks_exact_mut(32))
+    {
+        let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        for (o, q) in dst.iter_mut().zip(&b[2..Q8_0_BLOCK_BYTES]) {
+            *o = d * f32::from(*q as i8);
+        }
+    }
+}
+
+fn unpack_q8_0(blocks: &[u8], w: &mut [f32]) {
+    unpack_q8_0_body(blocks, w);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn unpack_q8_0_avx2_impl(blocks: &[u8], w: &mut [f32]) {
+    unpack_q8_0_body(blocks, w);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn unpack_q8_0_avx2(blocks: &[u8], w: &mut [f32]) {
+    // SAFETY: only selected by `pick_unpack` after the CPU reported AVX2.
+    #[allow(unsafe_code)]
+    unsafe {
+        unpack_q8_0_avx2_impl(blocks, w)
+    }
+}
+
 type Kernel = fn(&[f32], usize, &[f32], &mut [f32]);
 
 fn pick_kernel() -> Kernel {
@@ -114,5 +317,70 @@ mod tests {
         let mut g = vec![0f32; 1];
         dots_generic(&x[..k], k, &w[..k], &mut g);
         assert!((g[0] - y[0]).abs() < 1e-4);
+    }
+
+    #[test]
+    fn q8_0_product_is_the_product_of_the_dequantized_weight() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let (k, out) = (96, 70);
+        let w: Vec<f32> = (0..out * k)
+            .map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0)
+            .collect();
+        let wt = Tensor::from_vec(w, (out, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
+        let deq: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let bytes = q.data().unwrap().into_owned();
+        let mut unpacked = vec![0f32; k];
+        unpack_q8_0(&bytes[..k / 32 * Q8_0_BLOCK_BYTES], &mut unpacked);
+        assert_eq!(unpacked, deq[..k]);
+        let qm = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+        for rows in [1, 2, 3, 4, 5, 9, 16] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0 + (i % 5) as f32 * 0.013)
+                .collect();
+            let y = matmul_xwt_q8_0(&x, rows, k, &bytes, out);
+            // ggml's product (activations rounded to Q8_0 as well) up to summation order…
+            let xt = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap();
+            let ggml: Vec<f32> = candle_core::Module::forward(&qm, &xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            // …and within the activations' rounding of the dequantized weight's product.
+            let exact = matmul_xwt(&x, rows, k, &deq, out);
+            for i in 0..rows * out {
+                assert!(
+                    (y[i] - ggml[i]).abs() < 1e-3,
+                    "rows {rows} [{i}]: {} vs ggml {}",
+                    y[i],
+                    ggml[i]
+                );
+                // Rounding an activation moves it by at most half its block's step
+                // (max|x| / 254), its f16 scale by a relative 2⁻¹¹.
+                let (r, o) = (i / out, i % out);
+                let bound: f32 = (0..k)
+                    .map(|c| {
+                        let xb = &x[r * k + c / 32 * 32..r * k + c / 32 * 32 + 32];
+                        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let wabs = deq[o * k + c].abs();
+                        wabs * (amax / 254.0 + x[r * k + c].abs() / 2048.0)
+                    })
+                    .sum();
+                assert!(
+                    (y[i] - exact[i]).abs() <= bound * 1.01 + 1e-4,
+                    "rows {rows} [{i}]: {} vs {} (bound {bound})",
+                    y[i],
+                    exact[i]
+                );
+            }
+        }
     }
 }
