@@ -366,6 +366,13 @@ fn chain_request(
     let temps = per_level(&args.temperature, t, rec.temperature, "temperature")?;
     let ks = per_level(&args.top_k, t, rec.top_k.unwrap_or(0), "top-k")?;
     let ps = per_level(&args.top_p, t, rec.top_p.unwrap_or(1.0), "top-p")?;
+    // 1 means "no truncation"; anything else outside (0, 1] is a mistake, not a synonym.
+    if let Some(p) = ps
+        .iter()
+        .find(|p| !(p.is_finite() && **p > 0.0 && **p <= 1.0))
+    {
+        bail!("--top-p must lie in (0, 1], got {p}");
+    }
     req.levels = (0..t)
         .map(|i| LevelParams {
             temperature: temps[i],
@@ -469,7 +476,7 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let window = match inpaint {
-        Some(a) => window_options(a),
+        Some(a) => window_options(a)?,
         None => WindowOptions::default(),
     };
     let kind = match (&inputs, inpaint) {
@@ -508,20 +515,27 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
     Ok(())
 }
 
-fn window_options(a: &InpaintArgs) -> WindowOptions {
+/// The window options of the command line; out-of-range values are refused, not clamped.
+fn window_options(a: &InpaintArgs) -> Result<WindowOptions> {
     let mut window = WindowOptions::default();
     if let Some(p) = a.padding {
+        if !(p.is_finite() && p >= 0.0) {
+            bail!("--padding must be a finite fraction ≥ 0 of the mask's box, got {p}");
+        }
         window.padding = p;
     }
     if let Some(f) = a.feather {
         window.feather_px = f;
     }
     if let Some(t) = a.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold must be a fraction in 0..1 of a token's patch, got {t}");
+        }
         window.token_threshold = t;
     }
     window.whole_image = a.whole_image;
     window.colour_match = a.colour_match;
-    window
+    Ok(window)
 }
 
 pub(crate) fn event_json(e: &Event) -> serde_json::Value {

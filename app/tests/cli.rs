@@ -325,6 +325,25 @@ fn confidence_map_and_repaint_below_touch_only_unsure_tokens() {
     let (ok, text) = run(&["--repaint-below", &t], &second);
     assert!(ok, "{text}");
     assert!(text.contains("\"pass\":2"), "a second pass ran: {text}");
+    // The second pass draws on the first pass's token grid: the same window, and exactly the
+    // unsure tokens sampled.
+    let second_last = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|e| e["event"] == "level" && e["level"] == 1 && e["pass"] == 2)
+        .expect("a level-1 event of the second pass");
+    assert_eq!(second_last["window"], last["window"], "{text}");
+    let resampled: Vec<bool> = second_last["confidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| !v.is_null())
+        .collect();
+    let unsure: Vec<bool> = probs
+        .iter()
+        .map(|p| p.is_some_and(|p| p < threshold))
+        .collect();
+    assert_eq!(resampled, unsure, "{text}");
     let (a, b) = (
         image::open(&first).unwrap().to_rgb8(),
         image::open(&second).unwrap().to_rgb8(),
@@ -395,6 +414,36 @@ fn inpaint_bad_inputs() {
         dir.path().join("o.png").to_str().unwrap(),
     ]);
     assert!(!ok && text.contains("not class-conditional"), "{text}");
+    // Out-of-range options are refused by name, not clamped or ignored.
+    for (flag, value, says) in [
+        ("--top-p", "1.5", "--top-p must lie in (0, 1], got 1.5"),
+        ("--top-p", "NaN", "--top-p must lie in (0, 1], got NaN"),
+        ("--top-p", "0", "--top-p must lie in (0, 1], got 0"),
+        ("--threshold", "2", "--threshold must be a fraction in 0..1"),
+        ("--padding", "-1", "--padding must be a finite fraction ≥ 0"),
+        (
+            "--temperature",
+            "0",
+            "temperature must be a finite number > 0",
+        ),
+    ] {
+        let out = dir.path().join("range.png");
+        let option = format!("{flag}={value}");
+        let (ok, text) = tessera(&[
+            "inpaint",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            input.to_str().unwrap(),
+            "--mask-preset",
+            "upper-half",
+            &option,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!ok && text.contains(says), "{option}: {text}");
+        assert!(!out.exists(), "{option} wrote an output");
+    }
     // Without --model the shipped default model (assets/model, 64×64 scenes) is used.
     let s = dir.path().join("s.png");
     let (ok, text) = tessera(&["sample", "--seed", "1", "-o", s.to_str().unwrap()]);

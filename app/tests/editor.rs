@@ -872,6 +872,17 @@ fn repaint_unsure_accepts_masks_the_unsure_tokens_and_regenerates_only_them() {
     run_until(&mut h, "the repaint", |a| {
         !a.jobs.busy() && a.jobs.results.as_ref().is_some_and(|r| r.ready(0))
     });
+    // On the first job's token grid: the same window, exactly the unsure tokens drawn.
+    let again = h
+        .state()
+        .jobs
+        .results
+        .as_ref()
+        .unwrap()
+        .final_confidence(0)
+        .expect("the repaint's confidence");
+    assert_eq!(again.window, conf.window);
+    assert_eq!(again.confidence.sampled, conf.below(threshold));
     h.state_mut().accept(0);
     let app = h.state();
     assert_eq!(app.generations.len(), 2);

@@ -118,14 +118,35 @@ pub fn cell_rect(
 
 /// A `w`×`h` mask, 255 over the cells flagged in `cells` (raster order over a
 /// `grid`×`grid` grid spanning `window`), 0 elsewhere: e.g. the tokens to repaint.
+///
+/// A pixel is masked only when every cell it overlaps is flagged: where the window's side is
+/// not a multiple of the grid, a pixel on a cell boundary also overlaps the neighbour, and
+/// masking it would make [`crate::inpaint::token_mask`] regenerate that neighbour too. So an
+/// inpainting pass over this mask in the same window regenerates exactly the flagged tokens
+/// (every cell of at least two pixels keeps some pixels of its own).
 pub fn cell_mask(window: &Window, grid: usize, cells: &[bool], w: u32, h: u32) -> GrayImage {
     let mut mask = GrayImage::new(w, h);
-    for (i, _) in cells.iter().enumerate().filter(|(_, f)| **f) {
-        if let Some((x0, y0, x1, y1)) = cell_rect(window, grid, i, w, h) {
-            for y in y0..y1 {
-                for x in x0..x1 {
-                    mask.put_pixel(x, y, Luma([255]));
-                }
+    if grid == 0 || window.size == 0 || cells.len() != grid * grid {
+        return mask;
+    }
+    let (s, g) = (i64::from(window.size), grid as i64);
+    // In units of 1/grid pixel, window pixel i spans [i·g, (i+1)·g) and cell t spans
+    // [t·s, (t+1)·s): the first and last cell the pixel overlaps.
+    let span = |i: i64| ((i * g) / s, ((i + 1) * g - 1) / s);
+    let clip = |origin: i64, limit: u32| {
+        (
+            origin.clamp(0, i64::from(limit)),
+            (origin + s).clamp(0, i64::from(limit)),
+        )
+    };
+    let ((x0, x1), (y0, y1)) = (clip(window.x, w), clip(window.y, h));
+    for y in y0..y1 {
+        let (r0, r1) = span(y - window.y);
+        for x in x0..x1 {
+            let (c0, c1) = span(x - window.x);
+            let all = (r0..=r1).all(|r| (c0..=c1).all(|c| cells[(r * g + c) as usize]));
+            if all {
+                mask.put_pixel(x as u32, y as u32, Luma([255]));
             }
         }
     }
@@ -182,6 +203,46 @@ mod tests {
         assert_eq!(on, 64);
         assert_eq!(m.get_pixel(8, 8).0[0], 255);
         assert_eq!(m.get_pixel(16, 8).0[0], 0);
+    }
+
+    #[test]
+    fn a_cell_mask_regenerates_exactly_its_cells_in_the_same_window() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for case in 0..200 {
+            let grid = 2 + next(15) as usize;
+            // Sides that are and are not multiples of the grid, cells of ≥ 2 pixels.
+            let size = (2 * grid) as u32 + next(60) as u32;
+            let (w, h) = (10 + next(90) as u32, 10 + next(90) as u32);
+            let window = Window {
+                x: next(40) as i64 - 20,
+                y: next(40) as i64 - 20,
+                size,
+            };
+            let cells: Vec<bool> = (0..grid * grid).map(|_| next(3) == 0).collect();
+            let mask = cell_mask(&window, grid, &cells, w, h);
+            let touched = crate::inpaint::token_mask(&mask, &window, grid, 0.0);
+            // Cells outside the image cannot be masked; every other flagged cell is, and
+            // nothing else.
+            let inside: Vec<bool> = (0..grid * grid)
+                .map(|i| cell_rect(&window, grid, i, w, h).is_some())
+                .collect();
+            for i in 0..grid * grid {
+                if inside[i]
+                    && cell_rect(&window, grid, i, w, h)
+                        .is_some_and(|(x0, y0, x1, y1)| (x1 - x0) >= 2 && (y1 - y0) >= 2)
+                {
+                    assert_eq!(touched[i], cells[i], "case {case}: cell {i}");
+                } else {
+                    assert!(!touched[i] || cells[i], "case {case}: cell {i} touched");
+                }
+            }
+        }
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub struct WindowOptions {
     /// of the fill. Default `false` (results identical to earlier versions); pixels outside the
     /// mask and its feather ramp are never changed either way.
     pub colour_match: bool,
+    /// Use exactly this window whatever the mask (it must contain the mask). A second pass over
+    /// some tokens of a first pass ("repaint unsure") keeps the first pass's window so that the
+    /// two token grids coincide and only the chosen tokens are masked. Default `None`.
+    pub fixed: Option<Window>,
 }
 
 impl Default for WindowOptions {
@@ -105,6 +109,7 @@ impl Default for WindowOptions {
             feather_px: 8,
             token_threshold: 0.0,
             colour_match: false,
+            fixed: None,
         }
     }
 }
@@ -253,6 +258,20 @@ pub fn plan_window(
     let Some(bb) = mask_bbox_in(mask, full) else {
         return Ok(None);
     };
+    if let Some(win) = opts.fixed {
+        let inside = win.size > 0
+            && win.x <= i64::from(bb.x0)
+            && win.y <= i64::from(bb.y0)
+            && win.x + i64::from(win.size) >= i64::from(bb.x1)
+            && win.y + i64::from(win.size) >= i64::from(bb.y1);
+        if !inside {
+            return Err(format!(
+                "the mask ({}..{} × {}..{}) reaches outside the fixed window ({}, {}, side {})",
+                bb.x0, bb.x1, bb.y0, bb.y1, win.x, win.y, win.size
+            ));
+        }
+        return Ok(Some(win));
+    }
     if opts.whole_image {
         return Ok(Some(Window::covering(image_w, image_h)));
     }

@@ -112,6 +112,38 @@ fn empty_mask_gives_none() {
 }
 
 #[test]
+fn a_fixed_window_is_used_as_given_and_must_contain_the_mask() {
+    let mut mask = GrayImage::new(64, 48);
+    for y in 20..30 {
+        for x in 24..34 {
+            mask.put_pixel(x, y, Luma([255]));
+        }
+    }
+    let planned = plan_window(64, 48, &mask, &WindowOptions::default())
+        .unwrap()
+        .unwrap();
+    let fixed = Window {
+        x: -4,
+        y: 8,
+        size: 40,
+    };
+    assert_ne!(planned, fixed);
+    let opts = WindowOptions {
+        fixed: Some(fixed),
+        whole_image: true,
+        ..WindowOptions::default()
+    };
+    assert_eq!(plan_window(64, 48, &mask, &opts), Ok(Some(fixed)));
+    // A mask reaching past it (x = 36 ≥ −4 + 40) is refused, naming the window.
+    mask.put_pixel(36, 25, Luma([255]));
+    let err = plan_window(64, 48, &mask, &opts).unwrap_err();
+    assert!(err.contains("fixed window"), "{err}");
+    // No mask, no window, fixed or not.
+    let empty = GrayImage::new(64, 48);
+    assert_eq!(plan_window(64, 48, &empty, &opts), Ok(None));
+}
+
+#[test]
 fn window_is_square_and_contains_the_padded_mask_box() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for case in 0..300 {

@@ -11,7 +11,7 @@ use tessera_engine::worker::{Event, JobHandle, JobId};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tessera_engine::inpaint::plan_window;
+use tessera_engine::inpaint::{Window, plan_window};
 use tessera_engine::loader::LoadOptions;
 use tessera_engine::loader::card::{Conditioning, ModelCard};
 use tessera_engine::text::PromptTokenizer;
@@ -269,6 +269,9 @@ pub struct Jobs {
     pub last_mask: Option<Arc<GrayImage>>,
     /// Seconds per token (per candidate) measured on the last finished job.
     pub secs_per_token: Option<f64>,
+    /// The context window the next request must use (set by *Repaint unsure*, so its token
+    /// grid is the one the unsure tokens were drawn on); taken by that request.
+    pub fixed_window: Option<Window>,
 }
 
 impl Jobs {
@@ -561,7 +564,8 @@ impl EditorApp {
                     self.error("paint a mask over the part to regenerate first");
                     return None;
                 }
-                let window = self.settings.window_options();
+                let mut window = self.settings.window_options();
+                window.fixed = self.jobs.fixed_window.take();
                 let (w, h) = doc.size();
                 if let Ok(Some(win)) = plan_window(w, h, &doc.mask, &window)
                     && let Some((x, y, _, _)) = win.clip_to(w, h)
@@ -798,7 +802,11 @@ impl EditorApp {
         self.info(format!(
             "repainting {count} unsure tokens (below {threshold:.2})"
         ));
+        // The same window, so that the new token grid is the one the unsure tokens lie on.
+        self.jobs.fixed_window = Some(conf.window);
         self.generate();
+        // Taken by the request; dropped as well if the request was refused before that.
+        self.jobs.fixed_window = None;
     }
 
     /// Drops the shown results (cancelling their job if it still runs); the next waiting

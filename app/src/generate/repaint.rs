@@ -175,7 +175,9 @@ pub(super) fn follow(
 
 /// `--repaint-below P`: for every candidate, inpaints the cells of the tokens its last pass
 /// drew with probability below `p` (the rest of the picture is kept), with `chain` (one
-/// candidate; its seed moved on so the pass draws anew) and the first pass's window options.
+/// candidate; its seed moved on so the pass draws anew) and the first pass's window options,
+/// in the first pass's window (so the token grids coincide and only the unsure tokens are
+/// masked).
 /// Returns the seconds spent.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn repaint_below(
@@ -209,7 +211,10 @@ pub(super) fn repaint_below(
         let kind = JobKind::Inpaint {
             image: c.image.clone(),
             mask: Arc::new(mask),
-            window: window.clone(),
+            window: WindowOptions {
+                fixed: Some(win),
+                ..window.clone()
+            },
             start_level: None,
         };
         if let Some(f) = follow(engine, args, req, kind, Some(c.image.clone()), 2)? {

@@ -248,14 +248,16 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
     let mut repaint = false;
     if let Some(conf) = res.final_confidence(selected) {
         let mean = conf.confidence.mean_prob().unwrap_or(1.0);
-        ui.horizontal_wrapped(|ui| {
+        let below = conf.below(app.canvas_settings.unsure_below);
+        let count = below.iter().filter(|b| **b).count();
+        let sampled = conf.confidence.sampled.iter().filter(|s| **s).count();
+        ui.horizontal(|ui| {
             ui.add(
                 egui::Slider::new(&mut app.canvas_settings.unsure_below, 0.0..=1.0)
                     .text("unsure below")
                     .fixed_decimals(2),
             )
             .on_hover_text("Tokens drawn with less probability than this are outlined on the Confidence overlay");
-            let count = conf.below(app.canvas_settings.unsure_below).iter().filter(|b| **b).count();
             if ui
                 .add_enabled(count > 0, egui::Button::new(format!("Repaint unsure ({count})")))
                 .on_hover_text("Accept this candidate, then mask just the unsure tokens and generate them again")
@@ -263,11 +265,22 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             {
                 repaint = true;
             }
-            ui.small(format!("mean confidence {:.0}%", 100.0 * mean));
         });
-        if !app.canvas_settings.show_confidence && ui.small_button("show confidence").clicked() {
-            app.canvas_settings.show_confidence = true;
-        }
+        // Its own line: beside the slider it wrapped in a narrow panel.
+        ui.horizontal(|ui| {
+            ui.small(format!(
+                "mean confidence {:.0}% · {count} of {sampled} tokens unsure",
+                100.0 * mean
+            ));
+            let label = if app.canvas_settings.show_confidence {
+                "hide confidence"
+            } else {
+                "show confidence"
+            };
+            if ui.small_button(label).clicked() {
+                app.canvas_settings.show_confidence = !app.canvas_settings.show_confidence;
+            }
+        });
     }
     if repaint {
         let t = app.canvas_settings.unsure_below;
