@@ -450,7 +450,7 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         },
     );
     let card = match engine.events().recv()? {
-        Event::ModelLoaded { card, warnings } => {
+        Event::ModelLoaded { card, warnings, .. } => {
             for w in warnings {
                 eprintln!("warning: {w}");
             }

@@ -824,6 +824,40 @@ fn import_from_the_model_panel_stores_the_chosen_weights() {
 }
 
 #[test]
+fn weights_at_load_quantize_and_reload_the_open_model_and_are_remembered() {
+    let s = Setup::new();
+    let release = common::golden().join("class_custom");
+    let mut h = harness(s.options(Some(release.clone())));
+    run_until(&mut h, "the release", |a| a.model.card.is_some());
+    assert_eq!(h.state().model.weights.as_deref(), Some("f32"));
+    h.get_by_label("weights at load").click();
+    h.run_steps(3);
+    h.get_by_label("q8_0 — quantize at load").click();
+    h.run_steps(3);
+    run_until(&mut h, "the reload", |a| {
+        a.model.loading.is_none()
+            && a.model.weights.as_deref() == Some("q8_0 (quantized at load from f32)")
+    });
+    h.get_by_label("low memory (one stage resident)").click();
+    h.run_steps(3);
+    run_until(&mut h, "the lazy reload", |a| {
+        a.model.loading.is_none()
+            && a.model.weights.as_deref()
+                == Some("q8_0 (quantized at load from f32), one stage resident")
+    });
+    assert_eq!(h.state().model.path.as_deref(), Some(release.as_path()));
+    // The preference outlives the window.
+    drop(h);
+    let h = harness(s.options(Some(release)));
+    let config = &h.state().config;
+    assert_eq!(
+        config.load_weights,
+        tessera::editor::settings::LoadWeights::Q8_0
+    );
+    assert!(config.low_memory);
+}
+
+#[test]
 fn repaint_unsure_accepts_masks_the_unsure_tokens_and_regenerates_only_them() {
     let s = Setup::new();
     let mut h = masked_image(&s);
@@ -836,14 +870,14 @@ fn repaint_unsure_accepts_masks_the_unsure_tokens_and_regenerates_only_them() {
     run_until(&mut h, "the first job", |a| {
         !a.jobs.busy() && a.jobs.results.as_ref().is_some_and(|r| r.ready(0))
     });
-    let conf = h
-        .state()
-        .jobs
-        .results
-        .as_ref()
-        .unwrap()
-        .final_confidence(0)
-        .expect("the final level's confidence");
+    let final_confidence = |app: &EditorApp| {
+        app.jobs
+            .results
+            .as_ref()
+            .and_then(|r| r.final_confidence(0))
+            .expect("the final level's confidence")
+    };
+    let conf = final_confidence(h.state());
     let mut probs: Vec<f32> = conf
         .confidence
         .prob
@@ -873,14 +907,7 @@ fn repaint_unsure_accepts_masks_the_unsure_tokens_and_regenerates_only_them() {
         !a.jobs.busy() && a.jobs.results.as_ref().is_some_and(|r| r.ready(0))
     });
     // On the first job's token grid: the same window, exactly the unsure tokens drawn.
-    let again = h
-        .state()
-        .jobs
-        .results
-        .as_ref()
-        .unwrap()
-        .final_confidence(0)
-        .expect("the repaint's confidence");
+    let again = final_confidence(h.state());
     assert_eq!(again.window, conf.window);
     assert_eq!(again.confidence.sampled, conf.below(threshold));
     h.state_mut().accept(0);

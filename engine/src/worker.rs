@@ -69,6 +69,8 @@ pub enum Event {
         card: Box<ModelCard>,
         /// Non-fatal findings.
         warnings: Vec<String>,
+        /// How the transformer weights are held ([`LoadOptions::describe_weights`]).
+        weights: String,
     },
     /// A model failed to load; the previous one (if any) stays loaded.
     ModelFailed {
@@ -294,9 +296,14 @@ impl Worker {
                 match loaded {
                     Ok((model, warnings)) => {
                         let card = Box::new(model.card.clone());
+                        let weights = opts.describe_weights(&card);
                         self.model = Some(Arc::new(model));
                         self.secs_per_token = None;
-                        self.emit(Event::ModelLoaded { card, warnings });
+                        self.emit(Event::ModelLoaded {
+                            card,
+                            warnings,
+                            weights,
+                        });
                     }
                     Err(e) => self.emit(Event::ModelFailed {
                         error: e.to_string(),

@@ -365,3 +365,58 @@ fn previews_shrink_for_display_and_finals_keep_full_size() {
     );
     assert_eq!(finals[0].dimensions(), image.dimensions());
 }
+
+#[test]
+fn a_standing_quantize_preference_loads_stored_blocks_as_stored_and_says_how() {
+    use candle_core::quantized::GgmlDType;
+    use tessera_engine::loader::import::{ImportOptions, import};
+    let load = |path: PathBuf, opts: LoadOptions| {
+        let engine = Engine::spawn(|| {});
+        engine.load_model(path, opts);
+        next(&engine)
+    };
+    let q8 = LoadOptions {
+        quantize: Some(GgmlDType::Q8_0),
+        lazy: true,
+        ..LoadOptions::default()
+    };
+    match load(golden("class_custom"), q8.clone()) {
+        Event::ModelLoaded { weights, .. } => {
+            assert_eq!(
+                weights,
+                "q8_0 (quantized at load from f32), one stage resident"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match load(golden("class_custom"), LoadOptions::default()) {
+        Event::ModelLoaded { weights, .. } => assert_eq!(weights, "f32"),
+        other => panic!("{other:?}"),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4k");
+    let opts = ImportOptions {
+        quantize: Some(GgmlDType::Q4K),
+        ..ImportOptions::default()
+    };
+    let case = golden("class_custom");
+    import(&case.join("sampling.yaml"), &out, &opts, &mut |_| {}).unwrap();
+    // An explicit quantization of a stored-quantized model is refused, naming why…
+    let eager = LoadOptions {
+        lazy: false,
+        ..q8.clone()
+    };
+    match load(out.clone(), eager.clone()) {
+        Event::ModelFailed { error } => assert!(error.contains("stored quantized"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    // …a standing preference loads it as stored.
+    let preference = LoadOptions {
+        keep_stored_quantization: true,
+        ..eager
+    };
+    match load(out, preference) {
+        Event::ModelLoaded { weights, .. } => assert_eq!(weights, "q4k (stored)"),
+        other => panic!("{other:?}"),
+    }
+}

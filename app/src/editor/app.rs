@@ -91,6 +91,8 @@ pub struct ModelState {
     pub importing: Option<PathBuf>,
     /// How an import stores the stage weights.
     pub import_weights: crate::editor::files::ImportWeights,
+    /// How the loaded model holds its transformer weights (from the engine).
+    pub weights: Option<String>,
 }
 
 impl ModelState {
@@ -376,7 +378,11 @@ impl EditorApp {
                 break;
             };
             match event {
-                Event::ModelLoaded { card, warnings } => self.model_loaded(*card, warnings),
+                Event::ModelLoaded {
+                    card,
+                    warnings,
+                    weights,
+                } => self.model_loaded(*card, warnings, weights),
                 Event::ModelFailed { error } => {
                     let path = self.model.loading.take();
                     let what = path.map(|p| p.display().to_string()).unwrap_or_default();

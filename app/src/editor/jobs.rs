@@ -466,13 +466,19 @@ impl EditorApp {
     pub fn load_model(&mut self, path: &Path) {
         self.model.loading = Some(path.to_path_buf());
         self.model.error = None;
-        if !self.engine.load_model(path, LoadOptions::default()) {
+        let opts = LoadOptions {
+            lazy: self.config.low_memory,
+            quantize: self.config.load_weights.quantization(),
+            keep_stored_quantization: true,
+            ..LoadOptions::default()
+        };
+        if !self.engine.load_model(path, opts) {
             self.model.loading = None;
             self.error("the engine thread is not running");
         }
     }
 
-    pub(crate) fn model_loaded(&mut self, card: ModelCard, warnings: Vec<String>) {
+    pub(crate) fn model_loaded(&mut self, card: ModelCard, warnings: Vec<String>, weights: String) {
         let path = self.model.loading.take();
         let dir = path.as_deref().map(|p| {
             if p.is_dir() {
@@ -492,6 +498,7 @@ impl EditorApp {
         self.info(format!("model “{}” loaded", card.name));
         self.model.card = Some(card);
         self.model.warnings = warnings;
+        self.model.weights = Some(weights);
         self.model.path = path.clone();
         self.prompt_check = None;
         self.negative_check = None;

@@ -187,6 +187,7 @@ fn write_folder(
         dtype: opts.dtype,
         lazy: false,
         quantize: None,
+        keep_stored_quantization: false,
     };
     progress("VQGAN");
     let rec = Arc::new(Mutex::new(Vec::new()));

@@ -41,6 +41,10 @@ pub struct LoadOptions {
     /// (`dtype` must then be f32; see [`XTransformer::quantized`]). The VQGAN, embeddings and
     /// LayerNorms keep their type.
     pub quantize: Option<GgmlDType>,
+    /// With `quantize`: a stage stored in a block format loads as stored instead of being
+    /// refused (a standing preference, such as the editor's, applies to the stages that are
+    /// not quantized already; an explicit `--quantize` on such a model stays an error).
+    pub keep_stored_quantization: bool,
 }
 
 impl Default for LoadOptions {
@@ -50,7 +54,35 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             lazy: false,
             quantize: None,
+            keep_stored_quantization: false,
         }
+    }
+}
+
+impl LoadOptions {
+    /// How a model with this card holds its transformer weights under these options, in words
+    /// (`"f16"`, `"q8_0 (stored)"`, `"q8_0 (quantized at load from f16)"`, with
+    /// `", one stage resident"` when lazy).
+    pub fn describe_weights(&self, card: &ModelCard) -> String {
+        let stored_blocks = [GgmlDType::Q8_0, GgmlDType::Q4K]
+            .into_iter()
+            .any(|q| card.dtype == gguf::format_name(q));
+        let mut s = match self.quantize {
+            _ if stored_blocks => format!("{} (stored)", card.dtype),
+            Some(q) => format!(
+                "{} (quantized at load from {})",
+                gguf::format_name(q),
+                card.dtype
+            ),
+            None if self.dtype == DType::F32 => card.dtype.clone(),
+            None => {
+                format!("{:?} (converted at load from {})", self.dtype, card.dtype).to_lowercase()
+            }
+        };
+        if self.lazy {
+            s.push_str(", one stage resident");
+        }
+        s
     }
 }
 
@@ -95,20 +127,7 @@ impl Model {
                 card.levels()
             )));
         }
-        Ok(Self {
-            card,
-            vqgan,
-            device: device.clone(),
-            stages: stages
-                .into_iter()
-                .map(|s| Mutex::new(Some(Arc::new(s))))
-                .collect(),
-            source: None,
-            opts: LoadOptions {
-                device,
-                ..LoadOptions::default()
-            },
-        })
+        Ok(Self::from_parts(card, vqgan, stages, device))
     }
 
     /// The network of level `t`, loading it first if it is not resident.
@@ -297,7 +316,10 @@ impl ModelSource {
             .ok_or_else(|| Error::Input(format!("the model has no stage {t}")))?;
         // Refused before the weights are read, not after.
         let stored_quantized = is_gguf(Path::new(&stage.weights));
-        if stored_quantized && (opts.quantize.is_some() || opts.dtype != DType::F32) {
+        if stored_quantized
+            && ((opts.quantize.is_some() && !opts.keep_stored_quantization)
+                || opts.dtype != DType::F32)
+        {
             return Err(Error::Input(format!(
                 "stage {t} is stored quantized ({}); it loads as it is, with f32 activations \
                  (no other weight type or quantization applies)",

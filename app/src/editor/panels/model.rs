@@ -5,6 +5,7 @@ use tessera_engine::loader::card::{Conditioning, Network};
 
 use crate::editor::app::EditorApp;
 use crate::editor::files::{ImportWeights, Purpose};
+use crate::editor::settings::LoadWeights;
 
 /// "12.3 M".
 fn count(n: usize) -> String {
@@ -88,7 +89,13 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             ),
         );
         row("conditioning", conditioning);
-        row("weights", card.dtype.clone());
+        row(
+            "weights",
+            app.model
+                .weights
+                .clone()
+                .unwrap_or_else(|| card.dtype.clone()),
+        );
         row(
             "parameters",
             count(card.transformer_parameters()) + " (transformers)",
@@ -123,6 +130,7 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
     if let Some(p) = &app.model.path {
         ui.add(egui::Label::new(RichText::new(p.display().to_string()).small()).truncate());
     }
+    load_preferences(app, ui);
     for w in &app.model.warnings {
         ui.label(RichText::new(format!("warning: {w}")).color(ui.visuals().warn_fg_color));
     }
@@ -139,6 +147,37 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             && let Some(p) = app.model.path.clone()
         {
             app.ask(Purpose::ImportTo(p));
+        }
+    }
+}
+
+/// How models load (kept in the config); a change reloads the open model with it.
+fn load_preferences(app: &mut EditorApp, ui: &mut egui::Ui) {
+    let before = (app.config.load_weights, app.config.low_memory);
+    egui::ComboBox::from_label("weights at load")
+        .selected_text(app.config.load_weights.label())
+        .show_ui(ui, |ui| {
+            for w in LoadWeights::ALL {
+                ui.selectable_value(&mut app.config.load_weights, w, w.label());
+            }
+        })
+        .response
+        .on_hover_text(
+            "Quantize the transformers' linear layers as a model loads: less memory and faster \
+             steps, logits within a small KL of the stored weights. A model stored quantized \
+             loads as stored.",
+        );
+    ui.checkbox(
+        &mut app.config.low_memory,
+        "low memory (one stage resident)",
+    )
+    .on_hover_text("Load each level's stage when the chain reaches it and release it after");
+    if (app.config.load_weights, app.config.low_memory) != before {
+        app.save_config();
+        if app.model.loading.is_none()
+            && let Some(p) = app.model.path.clone()
+        {
+            app.load_model(&p);
         }
     }
 }
