@@ -80,6 +80,14 @@ fn harness(opts: EditorOptions) -> Harness<'static, EditorApp> {
         .build_eframe(move |cc| EditorApp::new(cc, opts))
 }
 
+/// Scrolls the widget labelled `label` into view, then clicks it.
+fn click_in_view(h: &mut Harness<'_, EditorApp>, label: &str) {
+    h.get_by_label(label).scroll_to_me();
+    h.run_steps(3);
+    h.get_by_label(label).click();
+    h.run_steps(3);
+}
+
 /// Runs frames until `done` holds (the engine and file work run on other threads).
 fn run_until(h: &mut Harness<'_, EditorApp>, what: &str, done: impl Fn(&EditorApp) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -830,16 +838,15 @@ fn weights_at_load_quantize_and_reload_the_open_model_and_are_remembered() {
     let mut h = harness(s.options(Some(release.clone())));
     run_until(&mut h, "the release", |a| a.model.card.is_some());
     assert_eq!(h.state().model.weights.as_deref(), Some("f32"));
-    h.get_by_label("weights at load").click();
-    h.run_steps(3);
+    // Below the official release's import offer: scrolled into view as a user would.
+    click_in_view(&mut h, "weights at load");
     h.get_by_label("q8_0 — quantize at load").click();
     h.run_steps(3);
     run_until(&mut h, "the reload", |a| {
         a.model.loading.is_none()
             && a.model.weights.as_deref() == Some("q8_0 (quantized at load from f32)")
     });
-    h.get_by_label("low memory (one stage resident)").click();
-    h.run_steps(3);
+    click_in_view(&mut h, "low memory (one stage resident)");
     run_until(&mut h, "the lazy reload", |a| {
         a.model.loading.is_none()
             && a.model.weights.as_deref()

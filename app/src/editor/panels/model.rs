@@ -130,7 +130,6 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
     if let Some(p) = &app.model.path {
         ui.add(egui::Label::new(RichText::new(p.display().to_string()).small()).truncate());
     }
-    load_preferences(app, ui);
     for w in &app.model.warnings {
         ui.label(RichText::new(format!("warning: {w}")).color(ui.visuals().warn_fg_color));
     }
@@ -149,6 +148,7 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             app.ask(Purpose::ImportTo(p));
         }
     }
+    load_preferences(app, ui);
 }
 
 /// How models load (kept in the config); a change reloads the open model with it.
