@@ -400,19 +400,21 @@ fn inpaint_bad_inputs() {
     assert!(!dir.path().join("o.png").exists());
     let (ok, text) = run(&empty, &corrupt);
     assert!(!ok && text.contains("corrupt.png"), "{text}");
-    let (ok, text) = tessera(&[
-        "inpaint",
-        "--model",
-        model.to_str().unwrap(),
-        "--image",
-        input.to_str().unwrap(),
-        "--mask-preset",
-        "upper-half",
-        "--class",
-        "3",
-        "-o",
-        dir.path().join("o.png").to_str().unwrap(),
-    ]);
+    let preset = |option: &str, out: &Path| {
+        tessera(&[
+            "inpaint",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            input.to_str().unwrap(),
+            "--mask-preset",
+            "upper-half",
+            option,
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, text) = preset("--class=3", &dir.path().join("o.png"));
     assert!(!ok && text.contains("not class-conditional"), "{text}");
     // Out-of-range options are refused by name, not clamped or ignored.
     for (flag, value, says) in [
@@ -429,18 +431,7 @@ fn inpaint_bad_inputs() {
     ] {
         let out = dir.path().join("range.png");
         let option = format!("{flag}={value}");
-        let (ok, text) = tessera(&[
-            "inpaint",
-            "--model",
-            model.to_str().unwrap(),
-            "--image",
-            input.to_str().unwrap(),
-            "--mask-preset",
-            "upper-half",
-            &option,
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let (ok, text) = preset(&option, &out);
         assert!(!ok && text.contains(says), "{option}: {text}");
         assert!(!out.exists(), "{option} wrote an output");
     }

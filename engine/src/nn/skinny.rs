@@ -25,13 +25,7 @@ pub fn matmul_xwt(x: &[f32], rows: usize, k: usize, w: &[f32], out: usize) -> Ve
                 kernel(x, k, &w[o * k..(o + 1) * k], y);
             }
         });
-    let mut y = vec![0f32; rows * out];
-    for (o, col) in yt.chunks(rows).enumerate() {
-        for (r, v) in col.iter().enumerate() {
-            y[r * out + o] = *v;
-        }
-    }
-    y
+    transpose(&yt, rows, out)
 }
 
 /// Bytes of one ggml `Q8_0` block: an f16 scale, then 32 signed bytes.
