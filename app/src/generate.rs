@@ -57,8 +57,9 @@ pub struct SamplingArgs {
     #[arg(long, value_delimiter = ',')]
     pub chains: Vec<usize>,
     /// Classifier-free guidance scale (1 = off; needs a model trained with dropped conditions).
-    #[arg(long, default_value_t = 1.0)]
-    pub guidance: f32,
+    /// Default: the model card's recommendation when a prompt or class is given, else 1.
+    #[arg(long)]
+    pub guidance: Option<f32>,
     /// Apply the temperature only at the last (GPT) stage, as the official sampler does.
     #[arg(long)]
     pub official_temperature: bool,
@@ -351,9 +352,18 @@ fn chain_request(
     let t = card.levels();
     let mut req = ChainRequest::new(card);
     req.condition = condition(card, model_dir, args, false)?;
-    req.guidance_scale = args.guidance;
+    let guidance = match args.guidance {
+        Some(g) => g,
+        // Guiding nothing costs a second pass for the same result.
+        None if req.condition == Condition::None => 1.0,
+        None => card.guidance_scale.unwrap_or(1.0),
+    };
+    if !(guidance.is_finite() && guidance >= 0.0) {
+        bail!("--guidance must be a finite number ≥ 0, got {guidance}");
+    }
+    req.guidance_scale = guidance;
     req.negative = condition(card, model_dir, args, true)?;
-    if req.negative != Condition::None && args.guidance == 1.0 {
+    if req.negative != Condition::None && guidance == 1.0 {
         bail!("--negative-prompt / --negative-class need --guidance other than 1");
     }
     if args.candidates == 0 || args.candidates > 64 {

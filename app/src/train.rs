@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// Print the recipe as JSON and exit.
     #[arg(long)]
     pub print_recipe: bool,
+    /// Write a sheet of 24 training scenes (6 per row) to this PNG, print their captions and
+    /// classes, and exit: what the recipe trains on.
+    #[arg(long, value_name = "PNG")]
+    pub scenes: Option<PathBuf>,
 }
 
 /// Resolves `--recipe`.
@@ -79,6 +83,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     recipe.validate()?;
     let began = Instant::now();
     let set = load_set(&args.data, args.fixture)?;
+    if let Some(path) = &args.scenes {
+        return scene_sheet(&recipe, &set, path);
+    }
     eprintln!(
         "{} emoji loaded in {:.1} s",
         set.len(),
@@ -101,6 +108,38 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         card.n_tokens,
         began.elapsed().as_secs_f64() / 60.0
     );
+    Ok(())
+}
+
+/// `tessera train --scenes`: a sheet of training scenes, captions on stdout.
+fn scene_sheet(recipe: &Recipe, set: &EmojiSet, path: &Path) -> Result<()> {
+    let (n, cols, gap) = (24u32, 6u32, 4u32);
+    let scene_gen = recipe::train_scenes(set, recipe)?;
+    let scenes = scene_gen.scenes(recipe.seed, 0, n as usize, recipe.res);
+    let cell = recipe.res + gap;
+    let mut sheet = image::RgbImage::from_pixel(
+        cols * cell + gap,
+        n.div_ceil(cols) * cell + gap,
+        image::Rgb([255, 255, 255]),
+    );
+    let names = tessera_engine::train::data::class_names();
+    for (i, s) in scenes.iter().enumerate() {
+        let (r, c) = (i as u32 / cols, i as u32 % cols);
+        image::imageops::replace(
+            &mut sheet,
+            &s.image,
+            i64::from(gap + c * cell),
+            i64::from(gap + r * cell),
+        );
+        println!(
+            "{r},{c}: {} [class {}: {}]",
+            s.caption, s.class, names[s.class]
+        );
+    }
+    let mut png = Vec::new();
+    sheet.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    write_atomic(path, &png).map_err(anyhow::Error::msg)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
@@ -271,9 +310,10 @@ pub struct EvalArgs {
     /// Generated images per FID (default: `--n`; 0 skips FID).
     #[arg(long)]
     pub fid: Option<usize>,
-    /// Classifier-free guidance scale of the class- and text-guided inpaintings.
-    #[arg(long, default_value_t = 2.0)]
-    pub guidance_scale: f32,
+    /// Classifier-free guidance scale of the class- and text-guided inpaintings (default: the
+    /// card's recommendation, the editor's default; else 1).
+    #[arg(long)]
+    pub guidance_scale: Option<f32>,
     /// Sampling temperature of every level (with --top-k/--top-p unset: the card's
     /// recommended sampling, else 1).
     #[arg(long)]
@@ -302,11 +342,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     use tessera_engine::train::classifier::{Classifier, ClassifierTrainConfig, train_classifier};
     use tessera_engine::train::eval::{EvalConfig, contact_sheet, evaluate};
 
-    if !(args.guidance_scale.is_finite() && args.guidance_scale >= 0.0) {
-        anyhow::bail!(
-            "--guidance-scale must be a finite number ≥ 0, got {}",
-            args.guidance_scale
-        );
+    if let Some(g) = args
+        .guidance_scale
+        .filter(|g| !(g.is_finite() && *g >= 0.0))
+    {
+        anyhow::bail!("--guidance-scale must be a finite number ≥ 0, got {g}");
     }
     // Sampling given on the command line replaces the card's recommendation.
     let explicit = (args.temperature.is_some() || args.top_k.is_some() || args.top_p.is_some())
@@ -325,7 +365,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let model = source.load(&ModelLoad::default())?;
     let sampling = explicit.unwrap_or_else(|| model.card.sampling.unwrap_or_default());
     eprintln!(
-        "sampling: temperature {}, top-k {}, top-p {}",
+        "sampling: guidance {}, temperature {}, top-k {}, top-p {}",
+        args.guidance_scale
+            .unwrap_or_else(|| model.card.guidance_scale.unwrap_or(1.0)),
         sampling.temperature,
         sampling.top_k.map_or("off".into(), |k| k.to_string()),
         sampling.top_p.map_or("off".into(), |p| p.to_string())
@@ -334,13 +376,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let val = recipe::val_scenes(&set, &recipe)?;
     let device = candle_core::Device::Cpu;
 
-    let (train, _) = set.split_with(recipe.split_seed, recipe.val_fraction);
+    let train = set.all();
     let weights = args.classifier.join("classifier.safetensors");
     let classifier = if weights.is_file() {
         Classifier::load(&weights, &device)?
     } else {
         let cfg = ClassifierTrainConfig {
-            res: recipe.res,
+            // It looks at 32² (work_res): scenes drawn at 64 px give the same input for a
+            // quarter of the drawing time.
+            res: recipe.res.min(64),
             ..ClassifierTrainConfig::default()
         };
         let mut ui = Bars::new();
@@ -378,7 +422,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         nll: args.n,
         guidance: (args.n / 2).max(1),
         fid: args.fid.unwrap_or(args.n),
-        guidance_scale: args.guidance_scale,
+        guidance_scale: args
+            .guidance_scale
+            .unwrap_or_else(|| model.card.guidance_scale.unwrap_or(1.0)),
         sampling,
         ..EvalConfig::default()
     };
@@ -391,6 +437,16 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         &cfg,
         &mut |line| eprintln!("{line}"),
     )?;
+    let g = &report.guidance;
+    if !g.per_class.is_empty() {
+        eprintln!("per requested class (scenes: class / text / unguided / ceiling hits):");
+        for c in &g.per_class {
+            eprintln!(
+                "  {:16} {:3}: {:3} {:3} {:3} {:3}",
+                c.name, c.n, c.hits[0], c.hits[1], c.hits[2], c.hits[3]
+            );
+        }
+    }
     if let Some(path) = &args.json {
         let mut value = serde_json::to_value(&report)?;
         value["classifier_clean_accuracy"] = check.accuracy.into();
@@ -399,7 +455,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.sheet {
-        let sheet = contact_sheet(&model, &val, tokenizer.as_ref(), args.sheet_rows, 3, &cfg)?;
+        let (sheet, asked) =
+            contact_sheet(&model, &val, tokenizer.as_ref(), args.sheet_rows, 3, &cfg)?;
+        for (r, a) in asked.iter().enumerate() {
+            eprintln!("sheet row {}: {a}", r + 1);
+        }
         let mut png = Vec::new();
         sheet.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
         write_atomic(path, &png).map_err(anyhow::Error::msg)?;

@@ -639,3 +639,50 @@ fn info_and_import_say_when_config_and_checkpoint_schedules_disagree() {
     assert!(ok && !text.contains("warning"), "{text}");
     assert!(text.contains("schedule ᾱ:   [1.0, 0.7, 0.0]"), "{text}");
 }
+
+#[test]
+fn the_cards_recommended_guidance_is_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model"),
+        &model,
+    );
+    let card_path = model.join("model.json");
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    card["guidance_scale"] = 3.0.into();
+    std::fs::write(&card_path, card.to_string()).unwrap();
+    let sample = |extra: &[&str], name: &str| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--class",
+            "0",
+            "--seed",
+            "5",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, text) = tessera(&args);
+        assert!(ok, "{text}");
+        std::fs::read(&out).unwrap()
+    };
+    let default = sample(&[], "default.png");
+    assert_eq!(default, sample(&["--guidance", "3"], "three.png"));
+    assert_ne!(default, sample(&["--guidance", "1"], "one.png"));
+    // A card recommending nonsense is refused by name.
+    card["guidance_scale"] = (-2.0).into();
+    std::fs::write(&card_path, card.to_string()).unwrap();
+    let (ok, text) = tessera(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        dir.path().join("bad.png").to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("guidance_scale"), "{text}");
+}

@@ -167,12 +167,64 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
         "{report}"
     );
     assert!(text.contains("(the ceiling)"), "{text}");
+    // Requests go round the concepts in turn, and each concept's hits are reported.
+    let per_class = g["per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), 40, "{report}");
+    assert_eq!(per_class[0]["name"], "red heart");
+    let counted: u64 = per_class.iter().map(|c| c["n"].as_u64().unwrap()).sum();
+    assert_eq!(counted as f64, n, "{report}");
     assert!(
-        text.contains("sampling: temperature 1, top-k off, top-p off"),
-        "the card recommends nothing, so the network's own distribution: {text}"
+        per_class.iter().take(n as usize).all(|c| c["n"] == 1),
+        "{report}"
+    );
+    assert!(text.contains("per requested class"), "{text}");
+    assert!(
+        text.contains("sampling: guidance 1, temperature 1, top-k off, top-p off"),
+        "the card recommends nothing, so no guidance and the network's own distribution: \
+         {text}"
     );
     let sheet = image::open(&sheet).unwrap();
     assert!(sheet.width() > sheet.height(), "4 columns, 2 rows");
+    // Each row says what it asked for; the two rows ask for different concepts.
+    let rows: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("sheet row "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(rows.iter().all(|r| r.contains(": prompt \"")), "{text}");
+    let class_of = |r: &str| r.split(", class ").nth(1).map(str::to_string);
+    assert_ne!(class_of(rows[0]), class_of(rows[1]), "{text}");
+}
+
+#[test]
+fn train_scenes_shows_what_a_recipe_trains_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("scenes.png");
+    let (ok, text) = tessera(&[
+        "train",
+        "--fixture",
+        "--data",
+        fixture().to_str().unwrap(),
+        "--scenes",
+        png.to_str().unwrap(),
+        "--work",
+        dir.path().join("work").to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(!dir.path().join("work").exists(), "nothing is trained");
+    // The default recipe: 24 scenes of 128 px, 6 to a row with 4 px gaps.
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (6 * 132 + 4, 4 * 132 + 4));
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("[class ")).collect();
+    assert_eq!(lines.len(), 24, "{text}");
+    // Each line: row,col: caption [class id: concept name].
+    assert!(lines[0].starts_with("0,0: "), "{text}");
+    for l in &lines {
+        let (_, class) = l.rsplit_once("[class ").unwrap();
+        let (id, name) = class.trim_end_matches(']').split_once(": ").unwrap();
+        let id: usize = id.parse().unwrap();
+        assert_eq!(tessera_engine::train::data::CONCEPTS[id].name, name, "{l}");
+    }
 }
 
 #[test]

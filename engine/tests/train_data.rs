@@ -12,8 +12,8 @@ use tessera_engine::train::classifier::{
     Classifier, ClassifierConfig, ClassifierTrainConfig, fid, sym_eigen, train_classifier,
 };
 use tessera_engine::train::data::{
-    CATEGORIES, EmojiSet, LoadOptions, SceneConfig, SceneGen, SceneMask, batch_to_tensor,
-    class_names, scene_mask,
+    Background, CONCEPTS, EmojiSet, LoadOptions, SceneConfig, SceneGen, SceneMask, batch_to_tensor,
+    class_names, concept_named, concept_of_emoji, scene_mask,
 };
 
 fn fixture() -> EmojiSet {
@@ -24,10 +24,12 @@ fn fixture() -> EmojiSet {
 fn fixture_labels_join() {
     let set = fixture();
     assert_eq!(set.len(), 24);
-    assert_eq!(class_names(), &CATEGORIES);
-    assert_eq!(set.class_names().len(), 8);
-    // Three emoji per class, sprites 64² premultiplied (colour never above alpha).
-    assert_eq!(set.class_counts(), [3; 8]);
+    assert_eq!(class_names().len(), CONCEPTS.len());
+    // One emoji per concept for the first 24 of the fixture's concepts, sprites 64²
+    // premultiplied (colour never above alpha).
+    let counts = set.class_counts();
+    assert_eq!(counts.iter().sum::<usize>(), 24);
+    assert!(counts.iter().all(|&n| n <= 1));
     for e in set.emoji() {
         assert_eq!(e.sprite.dimensions(), (64, 64));
         assert!(
@@ -40,12 +42,13 @@ fn fixture_labels_join() {
             "{} has no opaque pixel",
             e.id
         );
-        assert_eq!(e.name, e.name.to_lowercase());
+        assert_eq!(e.name, CONCEPTS[e.class].name);
+        assert_eq!(concept_of_emoji(&e.id), Some(e.class));
         assert!(!e.short_names.is_empty() && !e.subcategory.is_empty());
     }
     let dog = &set.emoji()[set.find("1f436").unwrap()];
-    assert_eq!(dog.name, "dog face");
-    assert_eq!(CATEGORIES[dog.category], "Animals & Nature");
+    assert_eq!((dog.name.as_str(), dog.class), ("dog face", 4));
+    assert_eq!(dog.group, "Animals & Nature");
     assert_eq!(dog.subcategory, "animal-mammal");
     assert!(dog.short_names.iter().any(|s| s == "dog"));
     assert!(
@@ -53,8 +56,22 @@ fn fixture_labels_join() {
         "{:?}",
         dog.keywords
     );
-    let heart = &set.emoji()[set.find("267b").unwrap()];
-    assert_eq!(CATEGORIES[heart.category], "Symbols");
+    // Every concept the issue names is in the fixture, under its own class.
+    for (class, want) in [
+        "red heart",
+        "star",
+        "sun",
+        "cat face",
+        "apple",
+        "rocket",
+        "house",
+    ]
+    .iter()
+    .map(|w| (concept_named(w).unwrap(), w))
+    {
+        let e = set.emoji().iter().find(|e| e.class == class);
+        assert_eq!(e.map(|e| e.name.as_str()), Some(*want));
+    }
     // `load` detects the fixture layout too, and resizes sprites on request.
     let small = EmojiSet::load(
         &fixture_dir(),
@@ -69,33 +86,62 @@ fn fixture_labels_join() {
 }
 
 #[test]
-fn split_is_disjoint_by_concept_and_deterministic() {
+fn emoji_outside_the_vocabulary_are_skipped() {
+    // A fixture with one known and one unknown emoji (thumbs up is no concept).
+    let dir = tempfile::tempdir().unwrap();
     let set = fixture();
-    let (train, val) = set.split(3);
-    assert_eq!(train.len() + val.len(), set.len());
-    let (tc, vc) = (train.concepts(), val.concepts());
-    assert!(tc.is_disjoint(&vc));
-    // One held-out concept per class of three (at least one, never all).
-    let val_classes: BTreeSet<usize> = val.iter().map(|e| e.category).collect();
-    assert_eq!(val_classes.len(), 8);
-    assert_eq!(val.len(), 8);
-    let (train2, val2) = set.split(3);
-    assert_eq!(train.indices(), train2.indices());
-    assert_eq!(val.indices(), val2.indices());
-    let others: Vec<Vec<usize>> = (0..8).map(|s| set.split(s).1.indices().to_vec()).collect();
-    assert!(
-        others.iter().any(|v| v != val.indices()),
-        "the seed changes the split"
-    );
+    let dog = set.find("1f436").unwrap();
+    set.write_fixture(dir.path(), &[dog]).unwrap();
+    let labels = dir.path().join("labels.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&labels).unwrap()).unwrap();
+    let mut other = json["emoji"][0].clone();
+    other["id"] = "1f44d".into();
+    json["emoji"].as_array_mut().unwrap().push(other);
+    std::fs::write(&labels, json.to_string()).unwrap();
+    std::fs::copy(
+        dir.path().join("sprites/1f436.png"),
+        dir.path().join("sprites/1f44d.png"),
+    )
+    .unwrap();
+    let back = EmojiSet::load_fixture(dir.path()).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back.emoji()[0].id, "1f436");
 }
 
 #[test]
-fn scenes_are_deterministic_and_labelled() {
+fn held_out_scenes_are_other_scenes_of_the_same_concepts() {
     let set = fixture();
-    let (train, _) = set.split(0);
-    let scene_gen = SceneGen::new(train.clone(), SceneConfig::default()).unwrap();
-    let a = scene_gen.scenes(11, 0, 24, 64);
-    let b = scene_gen.scenes(11, 0, 24, 64);
+    let train = SceneGen::new(set.all(), SceneConfig::default()).unwrap();
+    let val = SceneGen::new(set.all(), SceneConfig::default())
+        .unwrap()
+        .held_out();
+    let (a, b) = (train.scenes(3, 0, 32, 64), val.scenes(3, 0, 32, 64));
+    let again = val.scenes(3, 0, 32, 64);
+    for ((t, v), w) in a.iter().zip(&b).zip(&again) {
+        assert_ne!(t.image, v.image, "a held-out scene equals a training scene");
+        assert_eq!(v.image, w.image, "the held-out split is deterministic");
+    }
+    // The training stream of another seed does not give the held-out one either.
+    assert!(
+        (0..64u64).all(|seed| train.scenes(seed, 0, 1, 64)[0].image != b[0].image),
+        "a training seed reproduces a held-out scene"
+    );
+    // Both draw every concept of the set.
+    let classes = |v: &[tessera_engine::train::data::Scene]| {
+        v.iter().map(|s| s.class).collect::<BTreeSet<_>>()
+    };
+    let all: BTreeSet<usize> = set.emoji().iter().map(|e| e.class).collect();
+    assert_eq!(classes(&train.scenes(5, 0, 400, 32)), all);
+    assert_eq!(classes(&val.scenes(5, 0, 400, 32)), all);
+}
+
+#[test]
+fn scenes_are_object_centric_deterministic_and_labelled() {
+    let set = fixture();
+    let scene_gen = SceneGen::new(set.all(), SceneConfig::default()).unwrap();
+    let a = scene_gen.scenes(11, 0, 200, 64);
+    let b = scene_gen.scenes(11, 0, 200, 64);
     let c = scene_gen.scenes(12, 0, 24, 64);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let d = scene_gen.scene(&mut rng, 48);
@@ -103,43 +149,112 @@ fn scenes_are_deterministic_and_labelled() {
     assert_eq!(scene_gen.scene(&mut rng, 48).image, d.image);
     assert_eq!(d.image.dimensions(), (48, 48));
     assert!(a.iter().zip(&c).any(|(x, y)| x.image != y.image));
-    let mut counts = [0usize; 4];
+    let mut counts = [0usize; 3];
+    let (mut phrased, mut synonyms) = (0, 0);
     for (s, t) in a.iter().zip(&b) {
         assert_eq!(s.image, t.image);
         assert_eq!(s.caption, t.caption);
         assert_eq!(s.image.dimensions(), (64, 64));
-        assert!((1..=3).contains(&s.boxes.len()));
+        assert!((1..=2).contains(&s.boxes.len()));
         counts[s.boxes.len()] += 1;
-        // Largest first; the class is the largest emoji's category; names in order.
+        // Largest first and large: 0.55–0.9 of the side; the class is its concept.
         assert!(s.boxes.windows(2).all(|w| w[0].size >= w[1].size));
         let largest = &set.emoji()[s.boxes[0].emoji];
-        assert_eq!(s.class, largest.category);
-        assert!((25..=52).contains(&s.boxes[0].size), "{}", s.boxes[0].size);
+        assert_eq!(s.class, largest.class);
+        assert!((35..=58).contains(&s.boxes[0].size), "{}", s.boxes[0].size);
+        // Every emoji is named in order, by its concept's name or one of its words.
         let mut at = 0;
-        for b in &s.boxes {
-            let e = &set.emoji()[b.emoji];
-            assert!(
-                train.indices().contains(&b.emoji),
-                "scene uses a held-out emoji"
-            );
-            let pos = s.caption[at..].find(&e.name).map(|p| p + at);
-            assert!(
-                pos.is_some(),
-                "`{}` not in order in `{}`",
-                e.name,
-                s.caption
-            );
-            at = pos.unwrap_or(0) + e.name.len();
+        for bx in &s.boxes {
+            let concept = &CONCEPTS[set.emoji()[bx.emoji].class];
+            let found = std::iter::once(concept.name)
+                .chain(concept.words.iter().copied())
+                .filter_map(|w| s.caption[at..].find(w).map(|p| (p + at, w)))
+                .min();
+            let (pos, word) = found.unwrap_or_else(|| {
+                panic!("`{}` not named in order in `{}`", concept.name, s.caption)
+            });
+            synonyms += usize::from(word != concept.name);
+            at = pos + word.len();
         }
-        assert!(s.caption.ends_with(&s.background.phrase()));
+        if s.caption.ends_with(&s.background.phrase()) {
+            phrased += 1;
+        }
         // The emoji changed the background somewhere inside its box.
         let m = scene_mask(s, SceneMask::Item(0));
         assert!(m.pixels().any(|p| p[0] == 255));
     }
+    // Mostly one object, sometimes two; captions mostly say the background, and sometimes
+    // use another word for the concept.
+    assert!(counts[1] > 120 && counts[2] > 15, "{counts:?}");
     assert!(
-        counts[1] > 0 && counts[2] > 0 && counts[3] > 0,
-        "{counts:?}"
+        (110..=170).contains(&phrased),
+        "{phrased} of 200 say the background"
     );
+    assert!(synonyms > 20, "{synonyms} synonyms");
+}
+
+#[test]
+fn scene_options_mirror_and_choose_backgrounds() {
+    let set = fixture();
+    let cfg = |flip: f32, backgrounds: [f32; 5]| SceneConfig {
+        count_weights: vec![1.0],
+        largest: (0.5, 0.5),
+        flip,
+        backgrounds,
+        jitter: 0,
+        ..SceneConfig::default()
+    };
+    let plain = SceneGen::new(set.all(), cfg(0.0, [1.0, 0.0, 0.0, 0.0, 0.0])).unwrap();
+    let mirrored = SceneGen::new(set.all(), cfg(1.0, [1.0, 0.0, 0.0, 0.0, 0.0])).unwrap();
+    for (p, m) in plain
+        .scenes(4, 0, 12, 64)
+        .iter()
+        .zip(&mirrored.scenes(4, 0, 12, 64))
+    {
+        assert_eq!(p.boxes, m.boxes);
+        assert_eq!(p.background, m.background);
+        assert!(matches!(p.background, Background::Solid(_)));
+        // Inside the box, the mirrored scene is the plain one flipped left–right.
+        let b = &p.boxes[0];
+        let (x0, y0) = (b.x.max(0) as u32, b.y.max(0) as u32);
+        let (x1, y1) = (
+            ((b.x + b.size as i32) as u32).min(64),
+            ((b.y + b.size as i32) as u32).min(64),
+        );
+        let mut worst = 0;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let mx = (b.x + b.size as i32 - 1 - (x as i32 - b.x)) as u32;
+                if mx < x0 || mx >= x1 {
+                    continue;
+                }
+                let (a, c) = (p.image.get_pixel(mx, y), m.image.get_pixel(x, y));
+                for k in 0..3 {
+                    worst = worst.max(a[k].abs_diff(c[k]));
+                }
+            }
+        }
+        assert!(worst <= 2, "mirror differs by {worst}");
+        assert_ne!(p.image, m.image);
+    }
+    let noise = SceneGen::new(set.all(), cfg(0.5, [0.0, 0.0, 0.0, 0.0, 1.0])).unwrap();
+    assert!(
+        noise
+            .scenes(1, 0, 20, 32)
+            .iter()
+            .all(|s| matches!(s.background, Background::Noise(..)))
+    );
+    for bad in [
+        cfg(1.5, [1.0; 5]),
+        cfg(0.5, [0.0; 5]),
+        cfg(0.5, [1.0, -1.0, 0.0, 0.0, 0.0]),
+        SceneConfig {
+            synonym: f32::NAN,
+            ..SceneConfig::default()
+        },
+    ] {
+        assert!(SceneGen::new(set.all(), bad).is_err());
+    }
 }
 
 #[test]
@@ -206,11 +321,10 @@ fn classifier_trains_and_round_trips() {
         &LoadOptions {
             sprite_size: 32,
             cache: false,
-            ..LoadOptions::default()
         },
     )
     .unwrap();
-    let (train, val) = set.split(0);
+    let (train, val) = (set.all(), set.all());
     let cfg = tiny_classifier_cfg();
     let mut losses = Vec::new();
     let model = train_classifier(&cfg, &train, 40, 1, &Device::Cpu, &mut |p| {
@@ -223,10 +337,14 @@ fn classifier_trains_and_round_trips() {
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
     let (first, last) = (mean(&losses[..8]), mean(&losses[24..]));
     assert!(last < first * 0.9, "loss {first} -> {last}");
-    // Better than chance on the training concepts.
+    // Well above chance (1 in 24 concepts) on training scenes after 40 steps.
     let scene_gen = SceneGen::new(train, cfg.scenes.clone()).unwrap();
     let ev = model.evaluate(&scene_gen, 128, 99, 32).unwrap();
-    assert!(ev.accuracy > 0.25, "train-scene accuracy {}", ev.accuracy);
+    assert!(
+        ev.accuracy > 4.0 / 24.0,
+        "train-scene accuracy {}",
+        ev.accuracy
+    );
     assert_eq!(ev.confusion.iter().flatten().sum::<usize>(), 128);
     // Save / load gives the same logits and features.
     let dir = tempfile::tempdir().unwrap();
@@ -235,7 +353,7 @@ fn classifier_trains_and_round_trips() {
     assert!(Classifier::config_path(&path).is_file());
     let back = Classifier::load(&path, &Device::Cpu).unwrap();
     assert_eq!(back.config(), model.config());
-    let val_gen = SceneGen::new(val, cfg.scenes.clone()).unwrap();
+    let val_gen = SceneGen::new(val, cfg.scenes.clone()).unwrap().held_out();
     let imgs: Vec<_> = val_gen
         .scenes(3, 0, 8, 32)
         .into_iter()
@@ -328,20 +446,14 @@ fn real_data_load() {
     println!("reload: {} emoji in {:.2?}", again.len(), t.elapsed());
     println!("per class: {:?}", set.class_counts());
     assert_eq!(set.len(), again.len());
-    let (train, val) = set.split(0);
-    println!("split: {} train, {} val", train.len(), val.len());
+    assert_eq!(set.len(), CONCEPTS.len(), "one emoji per concept");
 }
 
-/// Emoji of the committed fixture: three per class.
+/// Emoji of the committed fixture: the sixteen concepts issue 16 names, and eight more.
 const FIXTURE_IDS: [&str; 24] = [
-    "1f600", "1f60d", "1f602", // smileys
-    "1f44b", "1f44d", "1f476", // people
-    "1f436", "1f431", "1f33b", // animals & nature
-    "1f34e", "1f34c", "1f355", // food
-    "1f697", "1f3e0", "1f680", // travel
-    "26bd", "1f388", "1f3ae", // activities
-    "1f4a1", "1f4da", "1f4f1", // objects
-    "267b", "26a0", "2705", // symbols
+    "2764", "2b50", "2600", "1f431", "1f436", "1f34e", "1f355", "1f680", "1f333", "1f4a7", "1f525",
+    "2744", "1f319", "1f33c", "1f697", "1f3e0", "1f34c", "1f388", "26bd", "1f308", "2601", "1f3b8",
+    "1f41f", "1f47b",
 ];
 
 /// Regenerates `tests/fixtures/emoji` from the real data (run with `--ignored` and
@@ -352,7 +464,15 @@ fn regenerate_fixture() {
     if std::env::var_os("TESSERA_WRITE_FIXTURE").is_none() {
         return;
     }
-    let set = EmojiSet::load(&real_data_dir(), &LoadOptions::default()).unwrap();
+    let set = EmojiSet::load(
+        &real_data_dir(),
+        &LoadOptions {
+            sprite_size: 64,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(fixture_dir());
     let idx: Vec<usize> = FIXTURE_IDS.iter().map(|id| set.find(id).unwrap()).collect();
     set.write_fixture(&fixture_dir(), &idx).unwrap();
 }
@@ -368,8 +488,7 @@ fn fixture_dir() -> PathBuf {
 fn real_scene_sheet() {
     use tessera_engine::train::data::{SceneConfig, SceneGen};
     let set = EmojiSet::load(&real_data_dir(), &LoadOptions::default()).unwrap();
-    let (train, _) = set.split(0);
-    let scene_gen = SceneGen::new(train, SceneConfig::default()).unwrap();
+    let scene_gen = SceneGen::new(set.all(), SceneConfig::default()).unwrap();
     let scenes = scene_gen.scenes(7, 0, 64, 64);
     let mut sheet = image::RgbImage::new(8 * 66, 8 * 66);
     for (i, s) in scenes.iter().enumerate() {
@@ -394,7 +513,7 @@ fn real_classifier() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(tessera_engine::train::classifier::DEFAULT_CLASSIFIER_STEPS);
     let set = EmojiSet::load(&real_data_dir(), &LoadOptions::default()).unwrap();
-    let (train, val) = set.split(0);
+    let (train, val) = (set.all(), set.all());
     let mut cfg = ClassifierTrainConfig::default();
     let env = |k: &str| std::env::var(k).ok();
     if let Some(c) = env("TESSERA_CLS_CHANNELS") {
@@ -433,17 +552,19 @@ fn real_classifier() {
     })
     .unwrap();
     println!("trained {steps} steps in {:.1?}", t.elapsed());
-    let val_gen = SceneGen::new(val.clone(), cfg.scenes.clone()).unwrap();
+    let val_gen = SceneGen::new(val.clone(), cfg.scenes.clone())
+        .unwrap()
+        .held_out();
     let train_gen = SceneGen::new(train.clone(), cfg.scenes.clone()).unwrap();
     let t = Instant::now();
     let ev = model.evaluate(&val_gen, 2000, 12345, 64).unwrap();
     println!(
-        "val (held-out concepts) top-1: {:.3} ({:.1?})",
+        "held-out scenes top-1: {:.3} ({:.1?})",
         ev.accuracy,
         t.elapsed()
     );
     for (c, row) in ev.confusion.iter().enumerate() {
-        println!("  {:18} {:?}", CATEGORIES[c], row);
+        println!("  {:18} {:?}", CONCEPTS[c].name, row);
     }
     let single = SceneConfig {
         count_weights: vec![1.0],

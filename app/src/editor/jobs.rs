@@ -495,6 +495,10 @@ impl EditorApp {
             }
         }
         self.settings.fit_card(&card);
+        // Another model: its recommended guidance (a reload of the same one keeps the user's).
+        if self.model.card.as_ref().is_none_or(|c| c.name != card.name) {
+            self.settings.guidance_scale = card.guidance_scale.unwrap_or(1.0);
+        }
         self.info(format!("model “{}” loaded", card.name));
         self.model.card = Some(card);
         self.model.warnings = warnings;

@@ -137,10 +137,12 @@ impl Default for GenSettings {
 }
 
 impl GenSettings {
-    /// Defaults for a model: its levels with the official chain counts.
+    /// Defaults for a model: its levels with the official chain counts, its recommended
+    /// guidance.
     pub fn for_card(card: &ModelCard) -> Self {
         let mut s = Self::default();
         s.fit_card(card);
+        s.guidance_scale = card.guidance_scale.unwrap_or(1.0);
         s
     }
 
@@ -211,6 +213,9 @@ impl GenSettings {
                 }
             })
             .collect();
+        if matches!(preset, Preset::Default) {
+            self.guidance_scale = card.guidance_scale.unwrap_or(1.0);
+        }
     }
 
     /// The context window options.
@@ -503,18 +508,27 @@ mod tests {
             top_p: Some(0.8),
         };
         card.sampling = Some(want);
+        card.guidance_scale = Some(2.5);
         let mut s = GenSettings::for_card(&card);
         let req = s.chain_request(&card, None, 1).unwrap();
         assert_eq!(req.levels, vec![want; card.levels()]);
+        assert_eq!(s.guidance_scale, 2.5);
         s.apply_preset(Preset::Creative, &card);
+        s.guidance_scale = 4.0;
         assert_ne!(s.chain_request(&card, None, 1).unwrap().levels, req.levels);
         s.apply_preset(Preset::Default, &card);
         assert_eq!(s.chain_request(&card, None, 1).unwrap().levels, req.levels);
-        // Without a recommendation: the network's own distribution.
+        assert_eq!(
+            s.guidance_scale, 2.5,
+            "the default preset is the card's guidance too"
+        );
+        // Without a recommendation: the network's own distribution, no guidance.
         card.sampling = None;
+        card.guidance_scale = None;
         let s = GenSettings::for_card(&card);
         let req = s.chain_request(&card, None, 1).unwrap();
         assert!(req.levels.iter().all(|l| *l == LevelParams::default()));
+        assert_eq!(s.guidance_scale, 1.0);
     }
 
     #[test]

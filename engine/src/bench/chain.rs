@@ -65,6 +65,7 @@ pub fn cin5_card() -> Result<ModelCard> {
         provenance: "tessera bench".into(),
         license: String::new(),
         sampling: None,
+        guidance_scale: None,
     };
     card.validate().map_err(Error::Input)?;
     Ok(card)

@@ -52,6 +52,10 @@ pub struct ModelCard {
     /// official releases are sampled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<LevelParams>,
+    /// Classifier-free guidance scale its authors recommend (measured by `tessera eval`): the
+    /// default of the editor and the command line; absent = 1 (no guidance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f32>,
 }
 
 fn default_dtype() -> String {
@@ -301,6 +305,14 @@ impl ModelCard {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(Err(e)) = self.sampling.map(|s| s.validate()) {
             return Err(format!("sampling: {e}"));
+        }
+        if let Some(g) = self
+            .guidance_scale
+            .filter(|g| !(g.is_finite() && *g >= 0.0))
+        {
+            return Err(format!(
+                "guidance_scale must be a finite number ≥ 0, got {g}"
+            ));
         }
         let t_max = self.levels();
         if t_max == 0 {

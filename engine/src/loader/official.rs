@@ -370,6 +370,7 @@ impl Release {
             provenance: format!("official release, manifest {}", manifest.display()),
             license: "see the official release".into(),
             sampling: None,
+            guidance_scale: None,
         };
         card.validate().map_err(|e| Error::config(&manifest, e))?;
         Ok(Self {

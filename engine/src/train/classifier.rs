@@ -4,16 +4,17 @@
 //! [`ClassifierConfig::work_res`]² (32² by default, so it is cheap on a CPU), then each stage is
 //! conv 3×3 → BatchNorm → SiLU, followed by a 2× average pool except after the last stage. The
 //! global average of the last stage is the feature vector ([`Classifier::features`], used for
-//! FID); a linear head maps it to the 8 classes of [`crate::train::data::CATEGORIES`].
+//! FID); a linear head maps it to the concepts of [`crate::train::data::CONCEPTS`].
 //!
 //! Speed (CPU): candle's `conv2d` backward and its composed normalisation ops dominated a step,
 //! so the conv is im2col + one matmul in a (C, B, H, W) layout (`im2col.rs`) and BatchNorm + SiLU
 //! is one fused op per direction (`bn.rs`); both are checked against the candle ops in unit
 //! tests. BatchNorm (rather than none) makes this net train several times faster.
 //!
-//! It is trained on emoji scenes of the training split ([`train_classifier`]) and evaluated on
-//! scenes of held-out concepts ([`Classifier::evaluate`]), so its accuracy measures recognising
-//! the *kind* of an unseen emoji, which is what samples of a model should show.
+//! It is trained on training scenes ([`train_classifier`]) and evaluated on held-out scenes
+//! ([`Classifier::evaluate`]; other placements, sizes, flips and backgrounds of the same
+//! concepts), so its accuracy measures recognising a concept wherever it is drawn, which is
+//! what a guided fill should show.
 //! Weights are initialised from a seed (not from candle's unseeded CPU RNG), so training is
 //! reproducible on one machine.
 
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fid::{fid, mean_cov, sym_eigen};
 
-use crate::train::data::{CATEGORIES, EmojiView, SceneConfig, SceneGen, batch_to_tensor};
+use crate::train::data::{EmojiView, SceneConfig, SceneGen, batch_to_tensor, class_names};
 use crate::{Error, Result};
 
 /// Architecture of the classifier (stored next to the weights as JSON).
@@ -44,7 +45,7 @@ pub struct ClassifierConfig {
     /// Output channels of each stage (default `[32, 64, 128, 256]`); the last is the feature
     /// dimension.
     pub channels: Vec<usize>,
-    /// Class names, in class-id order (default [`CATEGORIES`]).
+    /// Class names, in class-id order (default the concepts' names).
     pub classes: Vec<String>,
 }
 
@@ -53,7 +54,7 @@ impl Default for ClassifierConfig {
         Self {
             work_res: 32,
             channels: vec![32, 64, 128, 256],
-            classes: CATEGORIES.iter().map(|s| (*s).to_string()).collect(),
+            classes: class_names().iter().map(|s| (*s).to_string()).collect(),
         }
     }
 }

@@ -1,26 +1,27 @@
-//! Training data of Tessera's default model: Microsoft Fluent Emoji 3D sprites with joined labels,
-//! a held-out split by concept, and synthetic captioned "emoji scenes".
+//! Training data of Tessera's default model: Microsoft Fluent Emoji 3D sprites of the concepts
+//! of [`CONCEPTS`], and synthetic captioned object-centric scenes of them.
 //!
 //! The data comes from three pinned npm packages fetched by `scripts/fetch-data.sh` into
 //! `data/emoji` (see `NOTICE` and `/work/shared/reference/dataset.md`):
 //! `fluent-emoji-3d/package/assets/<codepoints>.webp` (256² RGBA),
-//! `emoji-datasource-google/package/emoji.json` (name, short names, category, subcategory) and
+//! `emoji-datasource-google/package/emoji.json` (name, short names, group, subgroup) and
 //! `emojilib/package/dist/emoji-en-US.json` (keywords, keyed by the emoji character).
 //! A small fixture of the same data (`engine/tests/fixtures/emoji`: `labels.json` and
 //! `sprites/<id>.png`) loads through the same [`EmojiSet::load`], so tests run without the npm data.
 //!
 //! Decisions:
-//! * **Flags and Component are always dropped** (the package's flags are Noto art, not
-//!   Microsoft's; components are skin-tone swatches), leaving the 8 classes of [`CATEGORIES`].
-//!   Skin-tone variants are dropped unless [`LoadOptions::skin_tones`]; when kept they share the
-//!   concept of their base emoji, so the split never separates them.
+//! * **Only the vocabulary's emoji are loaded**: the class of an emoji is its concept
+//!   ([`concept_of_emoji`]); every other emoji (flags, skin tones, near-duplicates) is dropped.
+//! * **Held out by scene, not by concept**: a user asks for the concepts the model knows, so the
+//!   held-out split draws its own scenes (other streams: other placements, sizes, flips and
+//!   backgrounds) of the same concepts; see [`SceneGen::held_out`].
 //! * **Sprites are premultiplied RGBA**, area-downsampled once at load to
 //!   [`LoadOptions::sprite_size`], and cached in `<dir>/.cache/` so a reload takes well under a
 //!   second.
-//! * **Names** are the CLDR short names from emojilib ("grinning squinting face"), falling back to
-//!   the lower-cased Unicode name from emoji.json (kept in [`Emoji::unicode_name`]), because the
-//!   Unicode names are long ("smiling face with open mouth and tightly-closed eyes").
+//! * **Names** are the concepts' names; the CLDR short name from emojilib (or the lower-cased
+//!   Unicode name) is kept in [`Emoji::cldr_name`].
 
+mod concepts;
 mod load;
 mod resample;
 mod scene;
@@ -29,48 +30,21 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use image::{RgbImage, RgbaImage};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 
 use crate::{Error, Result};
 
+pub use concepts::{CONCEPTS, Concept, class_names, concept_named, concept_of_emoji};
 pub use resample::{composite_over, premultiply, resize_premultiplied, unpremultiply};
 pub use scene::{
-    Background, PALETTE, Scene, SceneConfig, SceneGen, SceneItem, SceneMask, scene_mask,
+    Background, HELD_OUT_SALT, PALETTE, Scene, SceneConfig, SceneGen, SceneItem, SceneMask,
+    scene_mask,
 };
-
-/// The classes: the emoji-datasource categories kept for training, in this fixed order
-/// (class id = index).
-pub const CATEGORIES: [&str; 8] = [
-    "Smileys & Emotion",
-    "People & Body",
-    "Animals & Nature",
-    "Food & Drink",
-    "Travel & Places",
-    "Activities",
-    "Objects",
-    "Symbols",
-];
-
-/// Class names in class-id order (the same as [`CATEGORIES`]).
-pub fn class_names() -> &'static [&'static str] {
-    &CATEGORIES
-}
-
-/// Class id of an emoji-datasource category name, `None` for dropped categories (Flags,
-/// Component) and unknown names.
-pub fn class_of(category: &str) -> Option<usize> {
-    CATEGORIES.iter().position(|c| *c == category)
-}
 
 /// How [`EmojiSet::load`] reads the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Side of the square sprites after downsampling (default 64).
+    /// Side of the square sprites after downsampling (default 128).
     pub sprite_size: u32,
-    /// Keep skin-tone variants (default `false`).
-    pub skin_tones: bool,
     /// Read and write the sprite cache in `<dir>/.cache/` (default `true`). Failing to write the
     /// cache is not an error.
     pub cache: bool,
@@ -79,8 +53,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            sprite_size: 64,
-            skin_tones: false,
+            sprite_size: 128,
             cache: true,
         }
     }
@@ -92,22 +65,22 @@ pub struct Emoji {
     /// Normalised code points of the image (lower-case hex joined by `-`, no `fe0f`, no leading
     /// zeros), e.g. `1f436` or `1f469-200d-1f52c`.
     pub id: String,
-    /// Id of the base emoji; equal to `id` except for skin-tone variants. The split is by concept.
-    pub concept: String,
-    /// Lower-case name used in captions (CLDR short name, see the module docs).
+    /// Class id: index of its concept in [`CONCEPTS`].
+    pub class: usize,
+    /// The concept's name, used in captions ("red heart").
     pub name: String,
+    /// Lower-case CLDR short name from emojilib, else the Unicode name ("red heart").
+    pub cldr_name: String,
     /// Lower-case Unicode name from emoji.json.
     pub unicode_name: String,
     /// emoji.json short names (`dog`, `dog_face`, …).
     pub short_names: Vec<String>,
-    /// Class id: index into [`CATEGORIES`].
-    pub category: usize,
+    /// emoji.json category (`Animals & Nature`, …).
+    pub group: String,
     /// emoji.json subcategory (`animal-mammal`, …).
     pub subcategory: String,
     /// emojilib keywords (underscores turned into spaces, the name itself removed).
     pub keywords: Vec<String>,
-    /// Skin-tone code point(s) of a variant (`1f3fb`), `None` for base emoji.
-    pub skin_tone: Option<String>,
     /// Premultiplied RGBA sprite, `sprite_size`².
     pub sprite: RgbaImage,
 }
@@ -137,11 +110,11 @@ impl EmojiSet {
         Self::from_emoji(emoji, opts.sprite_size)
     }
 
-    /// Loads the fixture layout (`labels.json` + `sprites/<id>.png`) with default options.
+    /// Loads the fixture layout (`labels.json` + `sprites/<id>.png`) at the fixture's 64 px.
     pub fn load_fixture(dir: &Path) -> Result<Self> {
         let opts = LoadOptions {
             cache: false,
-            ..LoadOptions::default()
+            sprite_size: 64,
         };
         Self::from_emoji(load::load_fixture(dir, &opts)?, opts.sprite_size)
     }
@@ -169,12 +142,12 @@ impl EmojiSet {
                 e.sprite.dimensions()
             )));
         }
-        if let Some(e) = emoji.iter().find(|e| e.category >= CATEGORIES.len()) {
+        if let Some(e) = emoji.iter().find(|e| e.class >= CONCEPTS.len()) {
             return Err(Error::Input(format!(
-                "emoji `{}` has class {} (only {} classes)",
+                "emoji `{}` has class {} (only {} concepts)",
                 e.id,
-                e.category,
-                CATEGORIES.len()
+                e.class,
+                CONCEPTS.len()
             )));
         }
         Ok(Self { emoji, sprite_size })
@@ -205,16 +178,11 @@ impl EmojiSet {
         self.emoji.binary_search_by(|e| e.id.as_str().cmp(id)).ok()
     }
 
-    /// Class names in class-id order.
-    pub fn class_names(&self) -> &'static [&'static str] {
-        class_names()
-    }
-
-    /// Number of emoji per class.
-    pub fn class_counts(&self) -> [usize; CATEGORIES.len()] {
-        let mut n = [0; CATEGORIES.len()];
+    /// Number of emoji per class (concept).
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut n = vec![0; CONCEPTS.len()];
         for e in &self.emoji {
-            n[e.category] += 1;
+            n[e.class] += 1;
         }
         n
     }
@@ -225,50 +193,6 @@ impl EmojiSet {
             set: self,
             indices: (0..self.emoji.len()).collect(),
         }
-    }
-
-    /// Held-out split by concept with 10% validation: see [`EmojiSet::split_with`].
-    pub fn split(&self, seed: u64) -> (EmojiView<'_>, EmojiView<'_>) {
-        self.split_with(seed, 0.1)
-    }
-
-    /// Held-out split by concept: in every class, `round(val_fraction · concepts)` concepts (at
-    /// least one when the class has two or more and the fraction is positive) go to validation,
-    /// chosen by `seed`; every emoji of a concept (skin tones included) lands on the same side.
-    /// Returns `(train, val)`.
-    pub fn split_with(&self, seed: u64, val_fraction: f64) -> (EmojiView<'_>, EmojiView<'_>) {
-        let frac = val_fraction.clamp(0.0, 1.0);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut val_concepts = std::collections::HashSet::new();
-        for class in 0..CATEGORIES.len() {
-            let mut concepts: Vec<&str> = self
-                .emoji
-                .iter()
-                .filter(|e| e.category == class)
-                .map(|e| e.concept.as_str())
-                .collect();
-            concepts.sort_unstable();
-            concepts.dedup();
-            concepts.shuffle(&mut rng);
-            let n = concepts.len();
-            let mut k = (frac * n as f64).round() as usize;
-            if frac > 0.0 && n >= 2 {
-                k = k.clamp(1, n - 1);
-            }
-            val_concepts.extend(concepts.into_iter().take(k.min(n)));
-        }
-        let (val, train): (Vec<usize>, Vec<usize>) = (0..self.emoji.len())
-            .partition(|&i| val_concepts.contains(self.emoji[i].concept.as_str()));
-        (
-            EmojiView {
-                set: self,
-                indices: train,
-            },
-            EmojiView {
-                set: self,
-                indices: val,
-            },
-        )
     }
 
     /// Writes the emoji at `indices` in the fixture layout (`labels.json` + `sprites/<id>.png`,
@@ -328,14 +252,6 @@ impl<'a> EmojiView<'a> {
     /// The emoji of the view.
     pub fn iter(&self) -> impl Iterator<Item = &'a Emoji> + '_ {
         self.indices.iter().map(|&i| &self.set.emoji[i])
-    }
-
-    /// Distinct concepts of the view.
-    pub fn concepts(&self) -> std::collections::BTreeSet<&'a str> {
-        self.indices
-            .iter()
-            .map(|&i| self.set.emoji[i].concept.as_str())
-            .collect()
     }
 }
 

@@ -2,15 +2,17 @@
 //!
 //! - VQGAN: reconstruction PSNR of held-out scenes and codebook usage;
 //! - stages: held-out negative log-likelihood per level, bits per token;
-//! - guidance: the category classifier's top-1 agreement with the requested category in
+//! - guidance: the concept classifier's top-1 agreement with the requested concept in
 //!   inpainted regions, for class, text and no guidance (the chance baseline), beside the
-//!   ceiling a perfect fill would reach (a training emoji of the category in the region);
+//!   ceiling a perfect fill would reach (the concept's emoji drawn into the region), overall
+//!   and per concept;
 //! - samples: FID in the classifier's feature space for unconditional generation and for
 //!   upper-half completion (the "do we need more steps" comparison runs it per model);
 //! - a contact sheet of masked inputs and inpainted results.
 
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, Rgb, RgbImage};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -112,6 +114,21 @@ pub struct GuidanceReport {
     /// would score with this classifier (a category without training emoji counts as a miss).
     #[serde(default)]
     pub ceiling_acc: f64,
+    /// The same per requested class (requests go round the classes in turn, so each gets
+    /// `n / classes` scenes).
+    #[serde(default)]
+    pub per_class: Vec<ClassGuidance>,
+}
+
+/// Guidance hits for one requested class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassGuidance {
+    /// Class name.
+    pub name: String,
+    /// Scenes that requested it.
+    pub n: usize,
+    /// Hits guided by the class, by a prompt, unguided, and of the ceiling.
+    pub hits: [usize; 4],
 }
 
 /// A scene with its mask, encoded once and inpainted under several conditions.
@@ -316,7 +333,7 @@ pub fn evaluate(
         nll_bits_uncond.push(bits_uncond);
     }
 
-    // Guidance: inpaint the largest emoji's box with a requested category.
+    // Guidance: inpaint the largest emoji's box with a requested class, each in turn.
     if tokenizer.is_none()
         && matches!(&card.conditioning, Conditioning::Text { class_names, .. } if !class_names.is_empty())
     {
@@ -330,17 +347,27 @@ pub fn evaluate(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6775_6964);
     let gscenes = val.scenes(cfg.seed ^ 1, 0, cfg.guidance, res);
     let mut hits = [0usize; 4];
+    let class_names = &classifier.config().classes;
+    let mut per_class: Vec<ClassGuidance> = class_names
+        .iter()
+        .map(|name| ClassGuidance {
+            name: name.clone(),
+            n: 0,
+            hits: [0; 4],
+        })
+        .collect();
     let mut by_class = vec![Vec::new(); classes];
-    for e in train.iter().filter(|e| e.category < classes) {
-        by_class[e.category].push(e);
+    for e in train.iter().filter(|e| e.class < classes) {
+        by_class[e.class].push(e);
     }
     // Its own stream, so the requests (and so the other numbers) do not depend on it.
     let mut ceiling_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6365_696c);
-    let names = prompts_by_class(val, classes);
+    let names = prompts_by_class(classes);
     for (i, scene) in gscenes.iter().enumerate() {
-        let want = rng.random_range(0..classes);
+        let want = i % classes;
         let prompt = &names[want][rng.random_range(0..names[want].len())];
         let masked = Masked::new(model, scene, scene_mask(scene, SceneMask::Item(0)))?;
+        per_class[want].n += 1;
         let kinds = [
             condition_of(card, tokenizer, want, "")?,
             condition_of(card, tokenizer, usize::MAX, prompt)?,
@@ -357,6 +384,7 @@ pub fn evaluate(
             let x = batch_to_tensor(std::slice::from_ref(&out), &dev)?;
             if classifier.predict(&x)?[0] == want {
                 hits[k] += 1;
+                per_class[want].hits[k] += 1;
             }
             if k == 2 {
                 unguided = Some(out);
@@ -375,6 +403,7 @@ pub fn evaluate(
             );
             if classifier.predict(&batch_to_tensor(&[perfect], &dev)?)?[0] == want {
                 hits[3] += 1;
+                per_class[want].hits[3] += 1;
             }
         }
     }
@@ -386,6 +415,7 @@ pub fn evaluate(
         text_acc: hits[1] as f64 / n,
         uncond_acc: hits[2] as f64 / n,
         ceiling_acc: hits[3] as f64 / n,
+        per_class,
     };
     log(&format!(
         "guidance ({} scenes, {classes} categories, chance {:.1}%): class {:.1}%, text {:.1}%, \
@@ -466,25 +496,24 @@ fn background_kind(b: &Background) -> &'static str {
     }
 }
 
-/// Emoji names of each category in the view, as prompts.
-fn prompts_by_class(view: &SceneGen, classes: usize) -> Vec<Vec<String>> {
-    let mut names = vec![Vec::new(); classes];
-    for e in view.view().iter() {
-        if e.category < classes {
-            names[e.category].push(e.name.clone());
-        }
-    }
-    for (c, n) in names.iter_mut().enumerate() {
-        if n.is_empty() {
-            n.push(super::data::class_names()[c].to_lowercase());
-        }
-    }
-    names
+/// Prompts for each class: its concept's name and other words (what a user would type).
+fn prompts_by_class(classes: usize) -> Vec<Vec<String>> {
+    (0..classes)
+        .map(|c| match super::data::CONCEPTS.get(c) {
+            Some(k) => std::iter::once(k.name)
+                .chain(k.words.iter().copied())
+                .map(str::to_string)
+                .collect(),
+            None => vec![format!("class {c}")],
+        })
+        .collect()
 }
 
-/// A contact sheet: one row per scene — the masked input (mask in red), then text-guided,
-/// class-guided and unconditional inpaintings — each cell `scale_px`× enlarged; sampled with
-/// `cfg`'s seed, guidance scale and sampling settings.
+/// A contact sheet: one row per scene — the masked input (the object's box in red), then
+/// text-guided, class-guided and unconditional inpaintings — each cell `scale_px`× enlarged;
+/// sampled with `cfg`'s seed, guidance scale and sampling settings. Rows ask for different
+/// concepts (while there are enough); returns the sheet and, per row, what it asked for
+/// (`prompt "…", class …`).
 pub fn contact_sheet(
     model: &Model,
     val: &SceneGen,
@@ -492,13 +521,15 @@ pub fn contact_sheet(
     rows: usize,
     scale_px: u32,
     cfg: &EvalConfig,
-) -> Result<RgbImage> {
+) -> Result<(RgbImage, Vec<String>)> {
     let (seed, g, level) = (cfg.seed, cfg.guidance_scale, cfg.sampling);
     let card = &model.card;
     let res = card.resolution() as u32;
     let classes = super::data::class_names().len();
-    let names = prompts_by_class(val, classes);
+    let names = prompts_by_class(classes);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..classes).collect();
+    order.shuffle(&mut rng);
     let scenes = val.scenes(seed ^ 4, 0, rows, res);
     let cell = res * scale_px;
     let gap = 4;
@@ -508,15 +539,15 @@ pub fn contact_sheet(
         rows as u32 * (cell + gap) + gap,
         Rgb([255, 255, 255]),
     );
+    let mut asked = Vec::with_capacity(rows);
     for (r, scene) in scenes.iter().enumerate() {
-        let want = rng.random_range(0..classes);
+        let want = order[r % classes];
         let prompt = names[want][rng.random_range(0..names[want].len())].clone();
-        let kind = if r % 2 == 0 {
-            SceneMask::Item(0)
-        } else {
-            SceneMask::Preset(PresetMask::UpperHalf)
-        };
-        let mask = scene_mask(scene, kind);
+        asked.push(format!(
+            "prompt \"{prompt}\", class {want} ({})",
+            super::data::class_names()[want]
+        ));
+        let mask = scene_mask(scene, SceneMask::Item(0));
         let mut masked = scene.image.clone();
         for (p, m) in masked.pixels_mut().zip(mask.pixels()) {
             if m.0[0] >= 128 {
@@ -554,5 +585,5 @@ pub fn contact_sheet(
             );
         }
     }
-    Ok(sheet)
+    Ok((sheet, asked))
 }

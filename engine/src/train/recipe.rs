@@ -53,10 +53,6 @@ pub struct Recipe {
     pub description: String,
     /// Side of the training scenes (and of the model's images).
     pub res: u32,
-    /// Seed of the held-out split by concept.
-    pub split_seed: u64,
-    /// Fraction of concepts held out.
-    pub val_fraction: f64,
     /// Seed of scene streams, chains and initial weights.
     pub seed: u64,
     /// The first stage's run.
@@ -98,31 +94,48 @@ pub struct Recipe {
     /// Sampling settings written into the card as its recommendation (chosen by
     /// `tessera eval`; see the README).
     pub sampling: Option<LevelParams>,
+    /// Classifier-free guidance scale written into the card as its recommendation (the one
+    /// `tessera eval` measured best; see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f32>,
 }
 
 impl Default for Recipe {
     fn default() -> Self {
         Self {
-            name: "tessera-emoji-64".into(),
-            description: "Tessera's default model: 64×64 scenes of Microsoft Fluent Emoji 3D on \
-                          gradients and textures, trained from scratch by `tessera train`. \
-                          Text (captions) and class (emoji category) conditional, with the \
-                          conditions dropped in training for unconditional sampling and \
-                          classifier-free guidance."
+            name: "tessera-concepts-128".into(),
+            description: "Tessera's default model: 128×128 object-centric scenes of 40 concepts \
+                          (red heart, cat face, rocket, …; Microsoft Fluent Emoji 3D) on simple \
+                          backgrounds, trained from scratch by `tessera train`. Text (captions) \
+                          and class (concept) conditional, with the conditions dropped in \
+                          training for unconditional sampling and classifier-free guidance."
                 .into(),
-            res: 64,
-            split_seed: 7,
-            val_fraction: 0.1,
+            res: 128,
             seed: 1,
-            vqgan: VqganTrainConfig::default(),
-            decoder: DecoderTuneConfig::default(),
-            levels: 3,
+            vqgan: VqganTrainConfig {
+                resolution: 128,
+                // f = 8: 16×16 tokens, the stages' sequence length of the 64² model.
+                ch_mult: vec![1, 1, 2, 2],
+                steps: 3500,
+                // Crops of 6×6 codes throughout: a whole 128² image costs ≈ 7× a crop.
+                crop: 48,
+                crop_until: 3500,
+                disc_start: 3200,
+                restart_until: 3000,
+                ..VqganTrainConfig::default()
+            },
+            decoder: DecoderTuneConfig {
+                steps: 800,
+                crop: 64,
+                ..DecoderTuneConfig::default()
+            },
+            levels: 2,
             schedule: "geometric".into(),
             size: NetworkSize::default(),
             pool: 20_000,
             context_len: 16,
             min_word_count: 1,
-            stage_steps: vec![1500, 1500, 1500],
+            stage_steps: vec![3000, 3000],
             stage_batch: 16,
             stage_lr: 5e-4,
             stage_warmup: 100,
@@ -133,6 +146,7 @@ impl Default for Recipe {
             ckpt_every: 100,
             export_f16: true,
             sampling: None,
+            guidance_scale: None,
         }
     }
 }
@@ -200,6 +214,14 @@ impl Recipe {
         if let Some(Err(e)) = self.sampling.map(|s| s.validate()) {
             return bad(format!("sampling: {e}"));
         }
+        if let Some(g) = self
+            .guidance_scale
+            .filter(|g| !(g.is_finite() && *g >= 0.0))
+        {
+            return bad(format!(
+                "guidance_scale must be a finite number ≥ 0, got {g}"
+            ));
+        }
         if self.levels < 2 {
             return bad(format!("needs at least 2 levels, got {}", self.levels));
         }
@@ -258,16 +280,15 @@ pub enum TrainEvent {
     Note(String),
 }
 
-/// The scene generator of the training split.
-pub fn train_scenes<'a>(set: &'a EmojiSet, recipe: &Recipe) -> Result<SceneGen<'a>> {
-    let (train, _) = set.split_with(recipe.split_seed, recipe.val_fraction);
-    SceneGen::new(train, SceneConfig::default())
+/// The scene generator of the training split: every concept's emoji.
+pub fn train_scenes<'a>(set: &'a EmojiSet, _recipe: &Recipe) -> Result<SceneGen<'a>> {
+    SceneGen::new(set.all(), SceneConfig::default())
 }
 
-/// The scene generator of the held-out split.
-pub fn val_scenes<'a>(set: &'a EmojiSet, recipe: &Recipe) -> Result<SceneGen<'a>> {
-    let (_, val) = set.split_with(recipe.split_seed, recipe.val_fraction);
-    SceneGen::new(val, SceneConfig::default())
+/// The scene generator of the held-out split: the same concepts (a user asks for what the
+/// model knows) in scenes from streams no training phase draws ([`SceneGen::held_out`]).
+pub fn val_scenes<'a>(set: &'a EmojiSet, _recipe: &Recipe) -> Result<SceneGen<'a>> {
+    Ok(SceneGen::new(set.all(), SceneConfig::default())?.held_out())
 }
 
 /// The x_0 pool: token grids of training scenes with their classes and captions.
@@ -505,6 +526,7 @@ pub fn run(
         ),
         license: "MIT (weights); training images: Microsoft Fluent Emoji (MIT), see NOTICE".into(),
         sampling: recipe.sampling,
+        guidance_scale: recipe.guidance_scale,
     };
     write_json(&tmp.join(CARD_FILE), &card)?;
     if out.exists() {

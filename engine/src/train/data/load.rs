@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::resample::{premultiply, resize_premultiplied, unpremultiply};
-use super::{Emoji, LoadOptions, class_of};
+use super::{CONCEPTS, Emoji, LoadOptions, concept_of_emoji};
 use crate::{Error, Result};
 
 /// File name of the fixture's labels.
@@ -69,11 +69,6 @@ fn chars_of(unified: &str) -> Option<String> {
 }
 
 #[derive(Deserialize)]
-struct SkinVariation {
-    unified: String,
-}
-
-#[derive(Deserialize)]
 struct DatasourceEntry {
     name: Option<String>,
     unified: String,
@@ -82,8 +77,6 @@ struct DatasourceEntry {
     short_names: Vec<String>,
     category: String,
     subcategory: String,
-    #[serde(default)]
-    skin_variations: Option<BTreeMap<String, SkinVariation>>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -102,24 +95,42 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// Labels of one emoji before its sprite is attached.
 struct Labels {
-    concept: String,
-    name: String,
+    class: usize,
+    cldr_name: String,
     unicode_name: String,
     short_names: Vec<String>,
-    category: usize,
+    group: String,
     subcategory: String,
     keywords: Vec<String>,
-    skin_tone: Option<String>,
 }
 
-/// Joins emoji.json and emojilib into labels keyed by normalised id (kept categories only).
-fn join_labels(dir: &Path, skin_tones: bool) -> Result<HashMap<String, Labels>> {
+impl Labels {
+    fn into_emoji(self, id: String, sprite: RgbaImage) -> Emoji {
+        Emoji {
+            id,
+            class: self.class,
+            name: CONCEPTS[self.class].name.to_string(),
+            cldr_name: self.cldr_name,
+            unicode_name: self.unicode_name,
+            short_names: self.short_names,
+            group: self.group,
+            subcategory: self.subcategory,
+            keywords: self.keywords,
+            sprite,
+        }
+    }
+}
+
+/// Joins emoji.json and emojilib into labels keyed by normalised id (the vocabulary's emoji
+/// only).
+fn join_labels(dir: &Path) -> Result<HashMap<String, Labels>> {
     let entries: Vec<DatasourceEntry> = read_json(&dir.join(EMOJI_JSON))?;
     let lib: HashMap<String, Vec<String>> = read_json(&dir.join(EMOJILIB_JSON))?;
     let mut out = HashMap::new();
     for e in entries {
-        let Some(category) = class_of(&e.category) else {
-            continue; // Flags, Component
+        let id = norm_key(&e.unified);
+        let Some(class) = concept_of_emoji(&id) else {
+            continue;
         };
         let kw = [Some(e.unified.as_str()), e.non_qualified.as_deref()]
             .into_iter()
@@ -128,44 +139,29 @@ fn join_labels(dir: &Path, skin_tones: bool) -> Result<HashMap<String, Labels>> 
             .find_map(|c| lib.get(&c).or_else(|| lib.get(&c.replace('\u{fe0f}', ""))));
         let unicode_name = e.name.clone().unwrap_or_default().to_lowercase();
         // emojilib's first keyword is the CLDR short name (`grinning_squinting_face`).
-        let name = kw
+        let cldr_name = kw
             .and_then(|k| k.first())
             .and_then(|s| clean_cldr_name(s))
             .unwrap_or_else(|| unicode_name.replace([':', ','], ""));
         let mut keywords: Vec<String> = Vec::new();
         for k in kw.into_iter().flatten().skip(1) {
             let k = k.replace('_', " ").to_lowercase();
-            if k != name && !keywords.contains(&k) {
+            if k != cldr_name && !keywords.contains(&k) {
                 keywords.push(k);
             }
         }
-        let concept = norm_key(&e.unified);
-        let base = Labels {
-            concept: concept.clone(),
-            name,
-            unicode_name,
-            short_names: e.short_names.clone(),
-            category,
-            subcategory: e.subcategory.clone(),
-            keywords,
-            skin_tone: None,
-        };
-        if skin_tones {
-            for (tone, v) in e.skin_variations.iter().flatten() {
-                let labels = Labels {
-                    skin_tone: Some(norm_key(tone)),
-                    short_names: base.short_names.clone(),
-                    keywords: base.keywords.clone(),
-                    concept: base.concept.clone(),
-                    name: base.name.clone(),
-                    unicode_name: base.unicode_name.clone(),
-                    subcategory: base.subcategory.clone(),
-                    category,
-                };
-                out.insert(norm_key(&v.unified), labels);
-            }
-        }
-        out.insert(concept, base);
+        out.insert(
+            id,
+            Labels {
+                class,
+                cldr_name,
+                unicode_name,
+                short_names: e.short_names,
+                group: e.category,
+                subcategory: e.subcategory,
+                keywords,
+            },
+        );
     }
     Ok(out)
 }
@@ -182,7 +178,7 @@ fn decode_sprite(path: &Path, size: u32) -> Result<RgbaImage> {
 
 /// Loads the npm layout: joins labels, decodes (or reads from the cache) the sprites.
 pub fn load_npm(dir: &Path, opts: &LoadOptions) -> Result<Vec<Emoji>> {
-    let labels = join_labels(dir, opts.skin_tones)?;
+    let labels = join_labels(dir)?;
     let assets = dir.join(FLUENT_ASSETS);
     let rd = std::fs::read_dir(&assets).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -248,18 +244,7 @@ pub fn load_npm(dir: &Path, opts: &LoadOptions) -> Result<Vec<Emoji>> {
         let (Some(l), Some(sprite)) = (labels.remove(id), cached.remove(id)) else {
             continue;
         };
-        out.push(Emoji {
-            id: id.clone(),
-            concept: l.concept,
-            name: l.name,
-            unicode_name: l.unicode_name,
-            short_names: l.short_names,
-            category: l.category,
-            subcategory: l.subcategory,
-            keywords: l.keywords,
-            skin_tone: l.skin_tone,
-            sprite,
-        });
+        out.push(l.into_emoji(id.clone(), sprite));
     }
     Ok(out)
 }
@@ -332,18 +317,18 @@ fn write_cache(
     std::fs::rename(tmp, path)
 }
 
-/// One emoji in the fixture's `labels.json`.
+/// One emoji in the fixture's `labels.json`; its class follows from its id.
 #[derive(Serialize, Deserialize)]
 struct FixtureEntry {
     id: String,
-    concept: String,
+    /// The CLDR name.
     name: String,
     unicode_name: String,
     short_names: Vec<String>,
+    /// The emoji.json category.
     category: String,
     subcategory: String,
     keywords: Vec<String>,
-    skin_tone: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -353,39 +338,33 @@ struct FixtureFile {
 }
 
 /// Loads the fixture layout: `labels.json` and straight-alpha PNG sprites in `sprites/<id>.png`.
+/// Emoji outside the vocabulary are skipped, as in the npm layout.
 pub fn load_fixture(dir: &Path, opts: &LoadOptions) -> Result<Vec<Emoji>> {
     let labels_path = dir.join(FIXTURE_LABELS);
     let file: FixtureFile = read_json(&labels_path)?;
     file.emoji
         .into_iter()
-        .map(|f| {
-            let category = class_of(&f.category).ok_or_else(|| {
-                Error::bad_file(
-                    &labels_path,
-                    format!("`{}`: unknown category `{}`", f.id, f.category),
-                )
-            })?;
+        .filter_map(|f| concept_of_emoji(&f.id).map(|class| (class, f)))
+        .map(|(class, f)| {
             let sprite = decode_sprite(
                 &dir.join("sprites").join(format!("{}.png", f.id)),
                 opts.sprite_size,
             )?;
-            Ok(Emoji {
-                id: f.id,
-                concept: f.concept,
-                name: f.name,
+            let labels = Labels {
+                class,
+                cldr_name: f.name,
                 unicode_name: f.unicode_name,
                 short_names: f.short_names,
-                category,
+                group: f.category,
                 subcategory: f.subcategory,
                 keywords: f.keywords,
-                skin_tone: f.skin_tone,
-                sprite,
-            })
+            };
+            Ok(labels.into_emoji(f.id, sprite))
         })
         .collect()
 }
 
-/// Writes emoji in the fixture layout.
+/// Writes emoji in the fixture layout (sprites as they are loaded, straight alpha).
 pub fn write_fixture(dir: &Path, emoji: &[&Emoji]) -> Result<()> {
     let sprites = dir.join("sprites");
     std::fs::create_dir_all(&sprites).map_err(|e| Error::io(&sprites, e))?;
@@ -404,14 +383,12 @@ pub fn write_fixture(dir: &Path, emoji: &[&Emoji]) -> Result<()> {
             .iter()
             .map(|e| FixtureEntry {
                 id: e.id.clone(),
-                concept: e.concept.clone(),
-                name: e.name.clone(),
+                name: e.cldr_name.clone(),
                 unicode_name: e.unicode_name.clone(),
                 short_names: e.short_names.clone(),
-                category: super::CATEGORIES[e.category].into(),
+                category: e.group.clone(),
                 subcategory: e.subcategory.clone(),
                 keywords: e.keywords.clone(),
-                skin_tone: e.skin_tone.clone(),
             })
             .collect(),
     };

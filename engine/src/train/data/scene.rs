@@ -1,5 +1,9 @@
-//! Synthetic "emoji scenes": 1–3 emoji on a procedural background, with a caption and a class.
+//! Synthetic object-centric "emoji scenes": one large emoji (sometimes a smaller second one) on a
+//! simple procedural background, with a caption and a class.
 //!
+//! The object is the subject — large in the frame, mirrored at random, on mostly smooth
+//! backgrounds — so that the class decides most of the tokens a mask over it hides; a scene
+//! where the context gave the object away would teach the stages to ignore the condition.
 //! Every scene is a pure function of the RNG state, so a seed fixes a whole data stream
 //! ([`SceneGen::scenes`] gives scene `i` of a seed its own ChaCha stream, so batches can be built
 //! in parallel and still reproduce). The largest emoji is drawn first and the smaller ones over
@@ -11,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::resample::composite_over;
-use super::{CATEGORIES, EmojiView};
+use super::{CONCEPTS, EmojiView};
 use crate::inpaint::{PresetMask, preset_mask};
 use crate::{Error, Result};
 
@@ -80,9 +84,10 @@ pub struct SceneItem {
 pub struct Scene {
     /// The image, `res`×`res`.
     pub image: RgbImage,
-    /// "cat face and red apple on blue to green": names largest first, then the background.
+    /// "cat face and red apple on blue to green": the concepts largest first (each by its name
+    /// or one of its words), then, mostly, the background.
     pub caption: String,
-    /// Class (category index) of the largest emoji.
+    /// Class (concept index) of the largest emoji.
     pub class: usize,
     /// Placed emoji, largest first.
     pub boxes: Vec<SceneItem>,
@@ -93,27 +98,42 @@ pub struct Scene {
 /// Parameters of [`SceneGen`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SceneConfig {
-    /// Relative frequency of scenes with 1, 2, 3, … emoji (default `[0.4, 0.35, 0.25]`).
+    /// Relative frequency of scenes with 1, 2, 3, … emoji (default `[0.8, 0.2]`).
     pub count_weights: Vec<f32>,
-    /// Side of the largest emoji as a fraction of the image side (default 0.4..0.8).
+    /// Side of the largest emoji as a fraction of the image side (default 0.55..0.9).
     pub largest: (f32, f32),
-    /// Side of every other emoji as a fraction of the largest (default 0.3..0.85).
+    /// Side of every other emoji as a fraction of the largest (default 0.25..0.45).
     pub others: (f32, f32),
     /// Pick the class of each emoji uniformly first, then an emoji of it (default `true`), so
     /// classes are balanced; otherwise uniformly over emoji.
     pub balance_classes: bool,
     /// Colour jitter (± per channel) around the palette colours (default 12).
     pub jitter: u8,
+    /// Probability of mirroring each emoji left–right (default 0.5).
+    pub flip: f32,
+    /// Relative frequency of the backgrounds: solid, gradient, stripes, checks, noise (default
+    /// `[20, 45, 5, 5, 25]`: mostly smooth, so the object stands out).
+    pub backgrounds: [f32; 5],
+    /// Probability that the caption calls an emoji by one of its concept's other words
+    /// ("heart" for "red heart") rather than its name (default 0.3).
+    pub synonym: f32,
+    /// Probability that the caption says the background ("… on blue to green"; default 0.7), so
+    /// that a prompt naming only the object is a caption the model has seen.
+    pub background_phrase: f32,
 }
 
 impl Default for SceneConfig {
     fn default() -> Self {
         Self {
-            count_weights: vec![0.4, 0.35, 0.25],
-            largest: (0.4, 0.8),
-            others: (0.3, 0.85),
+            count_weights: vec![0.8, 0.2],
+            largest: (0.55, 0.9),
+            others: (0.25, 0.45),
             balance_classes: true,
             jitter: 12,
+            flip: 0.5,
+            backgrounds: [20.0, 45.0, 5.0, 5.0, 25.0],
+            synonym: 0.3,
+            background_phrase: 0.7,
         }
     }
 }
@@ -125,7 +145,14 @@ pub struct SceneGen<'a> {
     cfg: SceneConfig,
     /// View positions per class (non-empty classes only).
     by_class: Vec<Vec<usize>>,
+    /// Mixed into every seed of [`SceneGen::scenes`]: 0 for training, [`HELD_OUT_SALT`] for
+    /// the held-out split.
+    salt: u64,
 }
+
+/// What [`SceneGen::held_out`] mixes into the seeds: the held-out split's scenes come from
+/// other ChaCha streams than any training seed's.
+pub const HELD_OUT_SALT: u64 = 0x4845_4c44_4f55_5421;
 
 impl<'a> SceneGen<'a> {
     /// A generator over `view`; errors if the view is empty or the configuration is invalid.
@@ -139,19 +166,32 @@ impl<'a> SceneGen<'a> {
             || cfg.count_weights.iter().sum::<f32>() <= 0.0
             || !ok_range(cfg.largest)
             || !ok_range(cfg.others)
+            || cfg.backgrounds.iter().any(|w| w.is_nan() || *w < 0.0)
+            || cfg.backgrounds.iter().sum::<f32>() <= 0.0
+            || ![cfg.flip, cfg.synonym, cfg.background_phrase]
+                .iter()
+                .all(|p| (0.0..=1.0).contains(p))
         {
             return Err(Error::Input(format!("invalid scene configuration {cfg:?}")));
         }
-        let mut by_class = vec![Vec::new(); CATEGORIES.len()];
+        let mut by_class = vec![Vec::new(); CONCEPTS.len()];
         for (pos, e) in view.iter().enumerate() {
-            by_class[e.category].push(pos);
+            by_class[e.class].push(pos);
         }
         by_class.retain(|v| !v.is_empty());
         Ok(Self {
             view,
             cfg,
             by_class,
+            salt: 0,
         })
+    }
+
+    /// The same generator drawing the held-out split: every seed of [`SceneGen::scenes`] is
+    /// mixed with [`HELD_OUT_SALT`], so no scene equals a training scene of the same seed.
+    pub fn held_out(mut self) -> Self {
+        self.salt = HELD_OUT_SALT;
+        self
     }
 
     /// The view the scenes draw from.
@@ -216,18 +256,33 @@ impl<'a> SceneGen<'a> {
             .collect();
         // Largest first; ties keep pick order (the first is the largest by construction).
         boxes.sort_by_key(|b| std::cmp::Reverse(b.size));
-        let background = random_background(rng);
+        let background = random_background(rng, &self.cfg.backgrounds, res);
         let mut image = render_background(&background, res, self.cfg.jitter, rng);
+        let mut words = Vec::with_capacity(boxes.len());
         for b in &boxes {
-            composite_over(&mut image, &set.emoji()[b.emoji].sprite, b.x, b.y, b.size);
+            let e = &set.emoji()[b.emoji];
+            if rng.random::<f32>() < self.cfg.flip {
+                let flipped = image::imageops::flip_horizontal(&e.sprite);
+                composite_over(&mut image, &flipped, b.x, b.y, b.size);
+            } else {
+                composite_over(&mut image, &e.sprite, b.x, b.y, b.size);
+            }
+            let others = CONCEPTS[e.class].words;
+            words.push(
+                if !others.is_empty() && rng.random::<f32>() < self.cfg.synonym {
+                    others[rng.random_range(0..others.len())]
+                } else {
+                    e.name.as_str()
+                },
+            );
         }
-        let names: Vec<&str> = boxes
-            .iter()
-            .map(|b| set.emoji()[b.emoji].name.as_str())
-            .collect();
+        let mut caption = words.join(" and ");
+        if rng.random::<f32>() < self.cfg.background_phrase {
+            caption = format!("{caption} {}", background.phrase());
+        }
         Scene {
-            caption: format!("{} {}", names.join(" and "), background.phrase()),
-            class: set.emoji()[boxes[0].emoji].category,
+            caption,
+            class: set.emoji()[boxes[0].emoji].class,
             image,
             boxes,
             background,
@@ -240,7 +295,7 @@ impl<'a> SceneGen<'a> {
         (0..n as u64)
             .into_par_iter()
             .map(|i| {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ self.salt);
                 rng.set_stream(start + i);
                 self.scene(&mut rng, res)
             })
@@ -248,18 +303,34 @@ impl<'a> SceneGen<'a> {
     }
 }
 
-fn random_background(rng: &mut impl Rng) -> Background {
+/// A background drawn with the relative frequencies `weights` (solid, gradient, stripes, checks,
+/// noise); pattern sizes scale with `res` (stripe periods and check cells of 4–16 px at 64 px).
+fn random_background(rng: &mut impl Rng, weights: &[f32; 5], res: u32) -> Background {
     let a = rng.random_range(0..PALETTE.len());
     let mut b = rng.random_range(0..PALETTE.len() - 1);
     if b >= a {
         b += 1;
     }
     let angle = rng.random_range(0.0..std::f32::consts::TAU);
-    match rng.random_range(0..100) {
-        0..10 => Background::Solid(a),
-        10..50 => Background::Gradient(a, b, angle),
-        50..67 => Background::Stripes(a, b, angle, rng.random_range(4.0..16.0)),
-        67..84 => Background::Checks(a, b, rng.random_range(4..=16)),
+    let scale = res as f32 / 64.0;
+    let mut u = rng.random::<f32>() * weights.iter().sum::<f32>();
+    let mut kind = weights.len() - 1;
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            kind = i;
+            break;
+        }
+        u -= w;
+    }
+    match kind {
+        0 => Background::Solid(a),
+        1 => Background::Gradient(a, b, angle),
+        2 => Background::Stripes(a, b, angle, rng.random_range(4.0..16.0) * scale),
+        3 => Background::Checks(
+            a,
+            b,
+            ((rng.random_range(4..=16) as f32 * scale).round() as u32).max(1),
+        ),
         _ => Background::Noise(a, b, rng.random_range(2..=6)),
     }
 }
