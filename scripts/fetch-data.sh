@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetches the training data of Tessera's default model (see NOTICE and engine/src/train/data.rs):
+# Fetches the training data of Tessera's default model (see NOTICE and engine/train/src/data.rs):
 #   @lobehub/fluent-emoji-3d@1.1.0  (Microsoft Fluent Emoji 3D, MIT)   -> DIR/fluent-emoji-3d
 #   emoji-datasource-google@16.0.0  (labels MIT; Noto art Apache-2.0)  -> DIR/emoji-datasource-google
 #   emojilib@4.0.3                  (keywords, MIT)                    -> DIR/emojilib

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tessera::editor::files::write_atomic;
-use tessera_engine::train::data::{EmojiSet, LoadOptions};
-use tessera_engine::train::recipe::{self, Recipe, TrainEvent};
+use tessera_train::data::{EmojiSet, LoadOptions};
+use tessera_train::recipe::{self, Recipe, TrainEvent};
 
 /// Arguments of `tessera train`.
 #[derive(Args, Debug)]
@@ -19,7 +19,7 @@ pub struct TrainArgs {
     /// Emoji data fetched by scripts/fetch-data.sh.
     #[arg(long, default_value = "data/emoji")]
     pub data: PathBuf,
-    /// Read the small test fixture layout instead (engine/tests/fixtures/emoji).
+    /// Read the small test fixture layout instead (engine/train/tests/fixtures/emoji).
     #[arg(long)]
     pub fixture: bool,
     /// Work folder: checkpoints, the token pool, logs. A rerun resumes from it.
@@ -122,7 +122,7 @@ fn scene_sheet(recipe: &Recipe, set: &EmojiSet, path: &Path) -> Result<()> {
         n.div_ceil(cols) * cell + gap,
         image::Rgb([255, 255, 255]),
     );
-    let names = tessera_engine::train::data::class_names();
+    let names = tessera_train::data::class_names();
     for (i, s) in scenes.iter().enumerate() {
         let (r, c) = (i as u32 / cols, i as u32 % cols);
         image::imageops::replace(
@@ -302,7 +302,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "data/runs/classifier")]
     pub classifier: PathBuf,
     /// Classifier training steps (when it is trained).
-    #[arg(long, default_value_t = tessera_engine::train::classifier::DEFAULT_CLASSIFIER_STEPS)]
+    #[arg(long, default_value_t = tessera_train::classifier::DEFAULT_CLASSIFIER_STEPS)]
     pub classifier_steps: usize,
     /// Held-out scenes per measurement (reconstruction, NLL, FID); guidance uses half.
     #[arg(long, default_value_t = 256)]
@@ -339,8 +339,8 @@ pub struct EvalArgs {
 pub fn eval(args: &EvalArgs) -> Result<()> {
     use tessera_engine::loader::{LoadOptions as ModelLoad, ModelSource};
     use tessera_engine::text::PromptTokenizer;
-    use tessera_engine::train::classifier::{Classifier, ClassifierTrainConfig, train_classifier};
-    use tessera_engine::train::eval::{EvalConfig, contact_sheet, evaluate};
+    use tessera_train::classifier::{Classifier, ClassifierTrainConfig, train_classifier};
+    use tessera_train::eval::{EvalConfig, contact_sheet, evaluate};
 
     if let Some(g) = args
         .guidance_scale

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/emoji")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/train/tests/fixtures/emoji")
 }
 
 fn tessera(args: &[&str]) -> (bool, String) {
@@ -223,7 +223,7 @@ fn train_scenes_shows_what_a_recipe_trains_on() {
         let (_, class) = l.rsplit_once("[class ").unwrap();
         let (id, name) = class.trim_end_matches(']').split_once(": ").unwrap();
         let id: usize = id.parse().unwrap();
-        assert_eq!(tessera_engine::train::data::CONCEPTS[id].name, name, "{l}");
+        assert_eq!(tessera_train::data::CONCEPTS[id].name, name, "{l}");
     }
 }
 
@@ -312,7 +312,7 @@ fn every_recipe_in_docs_validates() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let recipe: tessera_engine::train::recipe::Recipe =
+        let recipe: tessera_train::recipe::Recipe =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         if let Err(e) = recipe.validate() {
             panic!("{}: {e}", path.display());

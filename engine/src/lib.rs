@@ -24,7 +24,6 @@ pub mod sampler;
 pub mod schedule;
 pub mod segment;
 pub mod text;
-pub mod train;
 pub mod vqgan;
 pub mod worker;
 pub mod xtransformer;

@@ -16,12 +16,9 @@ use super::GeluErf;
 /// Rows per parallel task (rows are a few hundred floats).
 const ROWS_PER_TASK: usize = 64;
 
-/// The contiguous f32 data of a CPU tensor argument.
-pub(crate) fn f32_slice<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> Result<&'a [f32]> {
+/// The contiguous f32 data of a CPU tensor argument (for custom ops, here and in
+/// `tessera-train`).
+pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let Some((a, b)) = layout.contiguous_offsets() else {
         candle_core::bail!("{what}: the input must be contiguous")
     };
@@ -263,7 +260,7 @@ pub struct AttentionOp {
 }
 
 /// A contiguous CPU argument as a tensor of its own (a copy).
-pub(crate) fn tensor_of(storage: &CpuStorage, layout: &Layout, what: &str) -> Result<Tensor> {
+pub fn tensor_of(storage: &CpuStorage, layout: &Layout, what: &str) -> Result<Tensor> {
     let data = f32_slice(storage, layout, what)?;
     Tensor::from_slice(data, layout.shape(), &candle_core::Device::Cpu)
 }

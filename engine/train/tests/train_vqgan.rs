@@ -11,11 +11,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tessera_engine::train::vqgan::{
+use tessera_engine::vqgan::{Vqgan, VqganConfig};
+use tessera_train::vqgan::{
     DecoderProgress, DecoderTuneConfig, VqganProgress, VqganTrainConfig, psnr, train_vqgan,
     tune_decoder,
 };
-use tessera_engine::vqgan::{Vqgan, VqganConfig};
 
 /// A config small enough for debug builds: 16×16 images, f = 4, 32 codes.
 fn tiny() -> VqganTrainConfig {
@@ -79,7 +79,7 @@ fn run(
     dir: &Path,
     fail_at: Option<usize>,
 ) -> (
-    tessera_engine::Result<tessera_engine::train::vqgan::TrainedVqgan>,
+    tessera_engine::Result<tessera_train::vqgan::TrainedVqgan>,
     Vec<VqganProgress>,
 ) {
     let mut seen = Vec::new();
@@ -672,7 +672,7 @@ fn trial() {
     let assets = std::env::var("TESSERA_EMOJI").unwrap_or_else(|_| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../data/emoji/fluent-emoji-3d/package/assets"
+            "/../../data/emoji/fluent-emoji-3d/package/assets"
         )
         .into()
     });

@@ -4,7 +4,7 @@
 //! positive semi-definite and has the eigenvalues of `C₁C₂`, so both square roots come from a
 //! symmetric (Jacobi) eigendecomposition; tiny negative eigenvalues from rounding count as 0.
 
-use crate::{Error, Result};
+use tessera_engine::{Error, Result};
 
 /// Mean and (unbiased, n − 1) covariance of the rows of `x` (n × d).
 pub fn mean_cov(x: &[Vec<f32>]) -> Result<(Vec<f64>, Vec<f64>)> {

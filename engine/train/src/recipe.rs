@@ -17,19 +17,20 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use tessera_engine::loader::card::{
+    CARD_FILE, CARD_FORMAT, Condition, Conditioning, ModelCard, VQGAN_FILE, class_prompt,
+};
+use tessera_engine::sampler::LevelParams;
+use tessera_engine::schedule::Schedule;
+use tessera_engine::text::{PromptTokenizer, train_word_level};
+use tessera_engine::vqgan::{Vqgan, VqganConfig};
+use tessera_engine::{Error, Result};
+
 use super::data::{EmojiSet, SceneConfig, SceneGen, batch_to_tensor, class_names};
 use super::stage::{NetworkSize, StageProgress, StageTrainConfig, input_vocab, stage_network};
 use super::vqgan::{
     DecoderProgress, DecoderTuneConfig, VqganProgress, VqganTrainConfig, train_vqgan, tune_decoder,
 };
-use crate::loader::card::{
-    CARD_FILE, CARD_FORMAT, Condition, Conditioning, ModelCard, VQGAN_FILE, class_prompt,
-};
-use crate::sampler::LevelParams;
-use crate::schedule::Schedule;
-use crate::text::{PromptTokenizer, train_word_level};
-use crate::vqgan::{Vqgan, VqganConfig};
-use crate::{Error, Result};
 
 mod stages;
 use stages::{StageData, train_stages};

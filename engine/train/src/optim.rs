@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use tessera_engine::{Error, Result};
 
 /// AdamW hyper-parameters (PyTorch semantics: decoupled weight decay `w ← w·(1 − lr·λ)`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

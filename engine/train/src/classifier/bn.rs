@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::nn::grad::f32_slice;
+use tessera_engine::nn::grad::f32_slice;
 
 const EPS: f64 = 1e-5;
 

@@ -14,10 +14,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use tessera_engine::inpaint::{PresetMask, preset_mask};
+use tessera_engine::{Error, Result};
+
 use super::resample::composite_over;
 use super::{CONCEPTS, EmojiView};
-use crate::inpaint::{PresetMask, preset_mask};
-use crate::{Error, Result};
 
 /// Named background colours (name, sRGB). Captions use these names.
 pub const PALETTE: [(&str, [u8; 3]); 12] = [
@@ -413,7 +414,7 @@ pub enum SceneMask {
 }
 
 /// Inpainting mask for a scene in the engine's convention (255 = regenerate, 0 = keep; see
-/// [`crate::inpaint`]). `Item(i)` with `i` past the last emoji gives an empty mask.
+/// [`tessera_engine::inpaint`]). `Item(i)` with `i` past the last emoji gives an empty mask.
 pub fn scene_mask(scene: &Scene, kind: SceneMask) -> GrayImage {
     let (w, h) = scene.image.dimensions();
     match kind {

@@ -1,8 +1,6 @@
 //! Training ImageBART stages: the forward chain, the training forward against the inference
 //! forward, learning, checkpoint/resume, and export into a model folder the pipeline samples.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -14,7 +12,7 @@ use tessera_engine::loader::import::{ImportOptions, import};
 use tessera_engine::loader::{LoadOptions, Model, ModelSource, Stage, build_network};
 use tessera_engine::pipeline::{ChainRequest, Silent, run_chain};
 use tessera_engine::schedule::Schedule;
-use tessera_engine::train::stage::{
+use tessera_train::stage::{
     NetworkSize, StageBatch, StageTrainConfig, forward_chain, input_vocab, stage_network,
     stage_nll, train_stage,
 };
@@ -77,7 +75,7 @@ fn train(
     dir: &std::path::Path,
     stop_at: Option<usize>,
     losses: &mut Vec<f32>,
-) -> tessera_engine::train::stage::TrainedStage {
+) -> tessera_train::stage::TrainedStage {
     let (k, p, b) = (cfg.n_tokens(), positions(cfg), cfg.batch);
     let class = !matches!(cfg.conditioning, Conditioning::None);
     let mut data = |step: usize| {
@@ -87,7 +85,7 @@ fn train(
         }
         Ok(batch)
     };
-    let mut progress = |pr: &tessera_engine::train::stage::StageProgress| {
+    let mut progress = |pr: &tessera_train::stage::StageProgress| {
         losses.push(pr.loss);
         assert!(pr.tokens_per_s > 0.0 && pr.eta_s >= 0.0);
         stop_at != Some(pr.step)
@@ -359,7 +357,7 @@ fn class_model(out: &std::path::Path, adjust: impl Fn(&mut StageTrainConfig)) ->
         ..ImportOptions::default()
     };
     let mut card = import(
-        &common::golden().join("class_custom/sampling.yaml"),
+        &golden().join("class_custom/sampling.yaml"),
         &folder,
         &opts,
         &mut |_| {},
@@ -553,4 +551,9 @@ fn trained_class_condition_steers_sampling() {
             "scale {scale}: {whole} of 16 grids follow their class ({hits:?} of {p} tokens)"
         );
     }
+}
+
+/// `../shared/golden` beside the checkout (CI has it too).
+fn golden() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
 }

@@ -4,7 +4,7 @@
 //! [`ClassifierConfig::work_res`]² (32² by default, so it is cheap on a CPU), then each stage is
 //! conv 3×3 → BatchNorm → SiLU, followed by a 2× average pool except after the last stage. The
 //! global average of the last stage is the feature vector ([`Classifier::features`], used for
-//! FID); a linear head maps it to the concepts of [`crate::train::data::CONCEPTS`].
+//! FID); a linear head maps it to the concepts of [`crate::data::CONCEPTS`].
 //!
 //! Speed (CPU): candle's `conv2d` backward and its composed normalisation ops dominated a step,
 //! so the conv is im2col + one matmul in a (C, B, H, W) layout (`im2col.rs`) and BatchNorm + SiLU
@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 
 pub use fid::{fid, mean_cov, sym_eigen};
 
-use crate::train::data::{EmojiView, SceneConfig, SceneGen, batch_to_tensor, class_names};
-use crate::{Error, Result};
+use tessera_engine::{Error, Result};
+
+use crate::data::{EmojiView, SceneConfig, SceneGen, batch_to_tensor, class_names};
 
 /// Architecture of the classifier (stored next to the weights as JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

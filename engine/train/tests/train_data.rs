@@ -8,10 +8,10 @@ use std::time::Instant;
 use candle_core::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tessera_engine::train::classifier::{
+use tessera_train::classifier::{
     Classifier, ClassifierConfig, ClassifierTrainConfig, fid, sym_eigen, train_classifier,
 };
-use tessera_engine::train::data::{
+use tessera_train::data::{
     Background, CONCEPTS, EmojiSet, LoadOptions, SceneConfig, SceneGen, SceneMask, batch_to_tensor,
     class_names, concept_named, concept_of_emoji, scene_mask,
 };
@@ -128,9 +128,8 @@ fn held_out_scenes_are_other_scenes_of_the_same_concepts() {
         "a training seed reproduces a held-out scene"
     );
     // Both draw every concept of the set.
-    let classes = |v: &[tessera_engine::train::data::Scene]| {
-        v.iter().map(|s| s.class).collect::<BTreeSet<_>>()
-    };
+    let classes =
+        |v: &[tessera_train::data::Scene]| v.iter().map(|s| s.class).collect::<BTreeSet<_>>();
     let all: BTreeSet<usize> = set.emoji().iter().map(|e| e.class).collect();
     assert_eq!(classes(&train.scenes(5, 0, 400, 32)), all);
     assert_eq!(classes(&val.scenes(5, 0, 400, 32)), all);
@@ -429,7 +428,7 @@ fn fid_properties() {
 }
 
 fn real_data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/emoji")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/emoji")
 }
 
 /// Loads the real data twice (cold, then from the cache) and prints counts and times.
@@ -486,7 +485,7 @@ fn fixture_dir() -> PathBuf {
 #[test]
 #[ignore = "needs data/emoji (scripts/fetch-data.sh)"]
 fn real_scene_sheet() {
-    use tessera_engine::train::data::{SceneConfig, SceneGen};
+    use tessera_train::data::{SceneConfig, SceneGen};
     let set = EmojiSet::load(&real_data_dir(), &LoadOptions::default()).unwrap();
     let scene_gen = SceneGen::new(set.all(), SceneConfig::default()).unwrap();
     let scenes = scene_gen.scenes(7, 0, 64, 64);
@@ -511,7 +510,7 @@ fn real_classifier() {
     let steps: usize = std::env::var("TESSERA_CLS_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(tessera_engine::train::classifier::DEFAULT_CLASSIFIER_STEPS);
+        .unwrap_or(tessera_train::classifier::DEFAULT_CLASSIFIER_STEPS);
     let set = EmojiSet::load(&real_data_dir(), &LoadOptions::default()).unwrap();
     let (train, val) = (set.all(), set.all());
     let mut cfg = ClassifierTrainConfig::default();

@@ -9,7 +9,7 @@
 //! the training data.
 //!
 //! The training network lives in `vqgan/model.rs` (candle ops with a cheap backward pass, see
-//! `vqgan/ops.rs`); inference uses [`crate::vqgan::Vqgan`] unchanged.
+//! `vqgan/ops.rs`); inference uses [`tessera_engine::vqgan::Vqgan`] unchanged.
 
 mod adam;
 mod disc;
@@ -27,8 +27,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use crate::vqgan::{DdConfig, Vqgan, VqganConfig};
-use crate::{Error, Result};
+use tessera_engine::vqgan::{DdConfig, Vqgan, VqganConfig};
+use tessera_engine::{Error, Result};
+
 use model::VqModel;
 use run::Run;
 pub use tune::{DecoderProgress, DecoderTuneConfig, tune_decoder};

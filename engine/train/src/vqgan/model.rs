@@ -1,13 +1,14 @@
 //! The trainable VQGAN: taming's `Encoder`, `Decoder`, `quant_conv`, `post_quant_conv` and the
 //! codebook `quantize.embedding`, with the official parameter names and shapes so the weights
-//! export straight into [`crate::vqgan::Vqgan`]. Parameters are candle `Var`s in a `VarMap`;
+//! export straight into [`tessera_engine::vqgan::Vqgan`]. Parameters are candle `Var`s in a `VarMap`;
 //! the modules hold the variables' tensors (same storage), so optimizer updates are seen.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder, VarMap};
 
+use tessera_engine::vqgan::{DdConfig, VqganConfig};
+
 use super::ops::{ConvW, NormW, conv2d, group_norm, softmax_last, upsample2};
-use crate::vqgan::{DdConfig, VqganConfig};
 
 const EPS: f64 = 1e-6;
 

@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::nn::grad::f32_slice;
+use tessera_engine::nn::grad::f32_slice;
 
 /// (C, B, H, W) → (9C, B·H·W): row `c·9 + ky·3 + kx` holds the input shifted by
 /// `(ky − 1, kx − 1)`, zero outside.

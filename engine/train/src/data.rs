@@ -6,7 +6,7 @@
 //! `fluent-emoji-3d/package/assets/<codepoints>.webp` (256² RGBA),
 //! `emoji-datasource-google/package/emoji.json` (name, short names, group, subgroup) and
 //! `emojilib/package/dist/emoji-en-US.json` (keywords, keyed by the emoji character).
-//! A small fixture of the same data (`engine/tests/fixtures/emoji`: `labels.json` and
+//! A small fixture of the same data (`engine/train/tests/fixtures/emoji`: `labels.json` and
 //! `sprites/<id>.png`) loads through the same [`EmojiSet::load`], so tests run without the npm data.
 //!
 //! Decisions:
@@ -31,7 +31,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use image::{RgbImage, RgbaImage};
 
-use crate::{Error, Result};
+use tessera_engine::{Error, Result};
 
 pub use concepts::{CONCEPTS, Concept, class_names, concept_named, concept_of_emoji};
 pub use resample::{composite_over, premultiply, resize_premultiplied, unpremultiply};
@@ -256,7 +256,7 @@ impl<'a> EmojiView<'a> {
 }
 
 /// Stacks RGB images into a (B, 3, H, W) f32 tensor in [−1, 1] (`v / 127.5 − 1`, the convention
-/// of [`crate::inpaint::to_tensor`]). All images must have the same size.
+/// of [`tessera_engine::inpaint::to_tensor`]). All images must have the same size.
 pub fn batch_to_tensor(images: &[RgbImage], device: &Device) -> Result<Tensor> {
     let first = images
         .first()

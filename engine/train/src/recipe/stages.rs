@@ -14,11 +14,12 @@ use std::sync::{Mutex, mpsc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use tessera_engine::loader::card::Condition;
+use tessera_engine::schedule::Schedule;
+use tessera_engine::{Error, Result};
+
 use super::{Pool, TrainEvent};
-use crate::loader::card::Condition;
-use crate::schedule::Schedule;
-use crate::train::stage::{StageBatch, StageProgress, StageTrainConfig, TrainedStage, train_stage};
-use crate::{Error, Result};
+use crate::stage::{StageBatch, StageProgress, StageTrainConfig, TrainedStage, train_stage};
 
 /// What every stage trains on: the pool and, per scene, the full condition, the class word
 /// alone and the caption alone.

@@ -9,12 +9,13 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use tessera_engine::vqgan::Vqgan;
+use tessera_engine::{Error, Result};
+
 use super::adam::Adam;
 use super::disc::{Discriminator, hinge_d_loss};
 use super::model::VqModel;
 use super::{CKPT_FILE, VqganProgress, VqganTrainConfig, lock, psnr, save_atomic};
-use crate::vqgan::Vqgan;
-use crate::{Error, Result};
 
 /// Everything that changes during training.
 pub(super) struct Run {

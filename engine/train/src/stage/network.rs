@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::gpt::GptConfig;
-use crate::loader::card::{Conditioning, Network};
-use crate::xtransformer::XTransformerConfig;
+use tessera_engine::gpt::GptConfig;
+use tessera_engine::loader::card::{Conditioning, Network};
+use tessera_engine::xtransformer::XTransformerConfig;
 
 /// Sizes of a stage network, shared by the encoder–decoder and GPT stages of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use tessera_engine::inpaint::{PresetMask, Window, composite, known_tokens, token_mask};
+use tessera_engine::loader::Model;
+use tessera_engine::loader::card::{Condition, Conditioning};
+use tessera_engine::pipeline::{ChainRequest, Silent, run_chain};
+use tessera_engine::sampler::LevelParams;
+use tessera_engine::text::PromptTokenizer;
+use tessera_engine::{Error, Result};
+
 use super::classifier::Classifier;
 use super::classifier::fid;
 use super::data::{
@@ -25,13 +33,6 @@ use super::data::{
 use super::recipe::condition_of;
 use super::stage::{StageBatch, StageTrainConfig, stage_nll};
 use super::vqgan::psnr;
-use crate::inpaint::{PresetMask, Window, composite, known_tokens, token_mask};
-use crate::loader::Model;
-use crate::loader::card::{Condition, Conditioning};
-use crate::pipeline::{ChainRequest, Silent, run_chain};
-use crate::sampler::LevelParams;
-use crate::text::PromptTokenizer;
-use crate::{Error, Result};
 
 /// How much to evaluate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -219,7 +220,7 @@ fn decode(model: &Model, grid: &[u32]) -> Result<RgbImage> {
     let p = grid.len();
     let t = Tensor::from_vec(grid.to_vec(), (1, p), &model.device)?;
     let img = model.vqgan.decode_tokens(&t)?;
-    Ok(crate::inpaint::from_tensor(&img)?.remove(0))
+    Ok(tessera_engine::inpaint::from_tensor(&img)?.remove(0))
 }
 
 /// Evaluates `model` on held-out scenes (`val`); `classifier` scores categories and gives

@@ -7,8 +7,8 @@
 //! convolution, one call per channel, so upsampling is a broadcast here (its backward is a sum).
 //! GroupNorm and softmax are written from primitive ops, which all have a backward pass.
 
-use crate::nn::grad::tensor_of;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+use tessera_engine::nn::grad::tensor_of;
 
 /// Parameters of a convolution: weight (out, in, k, k) and bias (out), as `torch.nn.Conv2d`.
 #[derive(Clone)]

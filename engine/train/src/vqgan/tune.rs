@@ -14,13 +14,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use tessera_engine::vqgan::{Vqgan, VqganConfig};
+use tessera_engine::{Error, Result};
+
 use super::adam::Adam;
 use super::model::VqModel;
 use super::{
     CKPT_FILE, METRICS_FILE, VqganTrainConfig, cosine_lr, lock, psnr, save_atomic, start_run,
 };
-use crate::vqgan::{Vqgan, VqganConfig};
-use crate::{Error, Result};
 
 const USED: &str = "quantize.used";
 

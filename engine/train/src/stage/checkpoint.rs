@@ -6,9 +6,10 @@ use std::path::Path;
 use candle_core::Tensor;
 use candle_nn::VarMap;
 
+use tessera_engine::{Error, Result};
+
 use super::StageTrainConfig;
-use crate::train::optim::{self, AdamW, Ema};
-use crate::{Error, Result};
+use crate::optim::{self, AdamW, Ema};
 
 /// Reads the checkpoint in `dir`, if any, into the variables, the optimiser and the EMA;
 /// returns the step to continue from.

@@ -9,9 +9,10 @@ use image::RgbaImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use tessera_engine::{Error, Result};
+
 use super::resample::{premultiply, resize_premultiplied, unpremultiply};
 use super::{CONCEPTS, Emoji, LoadOptions, concept_of_emoji};
-use crate::{Error, Result};
 
 /// File name of the fixture's labels.
 pub const FIXTURE_LABELS: &str = "labels.json";

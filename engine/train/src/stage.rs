@@ -3,7 +3,7 @@
 //! Stage t learns p(x_{t−1} | x_t, condition). For every batch the forward chain
 //! x_0 → … → x_t is drawn afresh ([`forward_chain`]); the loss is
 //! `α·KL(q(x_{t−1}|x_t,x_0) ‖ p) + (1 − α)·CE(p, x_{t−1})` averaged over tokens.
-//! Sequences are laid out exactly as the pipeline runs them (§3.1, `crate::pipeline`):
+//! Sequences are laid out exactly as the pipeline runs them (§3.1, `tessera_engine::pipeline`):
 //! - t < T (encoder–decoder): `src = prefix ++ x_t`, `tgt = [SOS = 0] ++ x_{t−1}[..P−1]`,
 //!   logits row i predicts token i of x_{t−1};
 //! - t = T (GPT): `idx = prefix ++ x_{T−1}[..P−1]`, logits rows `prefix_len−1 ..` predict
@@ -40,11 +40,12 @@ pub use network::{NetworkSize, input_vocab, stage_network};
 
 use checkpoint::{resume, save, trim_metrics};
 
+use tessera_engine::loader::card::{Condition, Conditioning, Network, StageCard};
+use tessera_engine::loader::{Stage, build_network};
+use tessera_engine::schedule::Schedule;
+use tessera_engine::{Error, Result};
+
 use super::optim::{self, AdamW, AdamWConfig, Ema};
-use crate::loader::card::{Condition, Conditioning, Network, StageCard};
-use crate::loader::{Stage, build_network};
-use crate::schedule::Schedule;
-use crate::{Error, Result};
 
 /// Decoder start token of the encoder–decoder stages (`sos_token`).
 const SOS: u32 = 0;

@@ -6,10 +6,10 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::nn::grad::f32_slice;
-use crate::schedule::Schedule;
+use tessera_engine::nn::grad::f32_slice;
+use tessera_engine::schedule::Schedule;
 
-pub use crate::schedule::forward_chain;
+pub use tessera_engine::schedule::forward_chain;
 
 /// The training target of stage t at every position, as rows of `k` weights (flattened
 /// `(rows, k)`): `α·q(x_{t−1} | x_t, x_0) + (1 − α)·onehot(x_{t−1})`. Each row sums to 1.
