@@ -10,6 +10,7 @@
 //! image (the expensive part), [`Segmenter::mask`] turns points into a mask in milliseconds.
 //! [`SegmentWorker`] runs both on a thread of its own so that a UI never waits.
 
+mod layers;
 mod mask_decoder;
 mod prompt_encoder;
 mod sam;

@@ -5,7 +5,7 @@
 use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::sam::LayerNorm2d;
+use super::layers::LayerNorm2d;
 use super::transformer::TwoWayTransformer;
 
 #[derive(Debug)]

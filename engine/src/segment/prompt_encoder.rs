@@ -5,7 +5,7 @@
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::sam::LayerNorm2d;
+use super::layers::LayerNorm2d;
 
 #[derive(Debug)]
 struct PositionEmbeddingRandom {

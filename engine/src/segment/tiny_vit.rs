@@ -460,9 +460,9 @@ pub struct TinyViT {
     layer0: ConvLayer,
     layers: Vec<BasicLayer>,
     neck_conv1: candle_nn::Conv2d,
-    neck_ln1: super::sam::LayerNorm2d,
+    neck_ln1: super::layers::LayerNorm2d,
     neck_conv2: candle_nn::Conv2d,
-    neck_ln2: super::sam::LayerNorm2d,
+    neck_ln2: super::layers::LayerNorm2d,
 }
 
 impl TinyViT {
@@ -502,13 +502,13 @@ impl TinyViT {
         let last = embed_dims[num_layers - 1];
         let neck_conv1 =
             candle_nn::conv2d_no_bias(last, 256, 1, Default::default(), vb.pp("neck.0"))?;
-        let neck_ln1 = super::sam::LayerNorm2d::new(256, 1e-6, vb.pp("neck.1"))?;
+        let neck_ln1 = super::layers::LayerNorm2d::new(256, 1e-6, vb.pp("neck.1"))?;
         let cfg = Conv2dConfig {
             padding: 1,
             ..Default::default()
         };
         let neck_conv2 = candle_nn::conv2d_no_bias(256, 256, 3, cfg, vb.pp("neck.2"))?;
-        let neck_ln2 = super::sam::LayerNorm2d::new(256, 1e-6, vb.pp("neck.3"))?;
+        let neck_ln2 = super::layers::LayerNorm2d::new(256, 1e-6, vb.pp("neck.3"))?;
         Ok(Self {
             patch_embed,
             layer0,

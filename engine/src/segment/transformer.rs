@@ -4,7 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm};
 
-use super::sam::MlpBlock;
+use super::layers::MlpBlock;
 
 #[derive(Debug)]
 struct Attention {
