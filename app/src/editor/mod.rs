@@ -1,8 +1,11 @@
 //! The interactive editor: document, canvas, mask tools, and the app shell around them
 //! (panels, jobs, history, files, projects, settings).
 
+pub mod action;
 pub mod app;
+pub mod binding;
 pub mod canvas;
+mod commands;
 pub mod document;
 pub mod files;
 pub mod history;

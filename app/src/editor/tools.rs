@@ -27,6 +27,33 @@ pub enum Tool {
 }
 
 impl Tool {
+    /// The tool an action selects.
+    pub fn of_action(a: Action) -> Option<Tool> {
+        Some(match a {
+            Action::ToolBrush => Tool::Brush,
+            Action::ToolEraser => Tool::Eraser,
+            Action::ToolRectangle => Tool::Rectangle,
+            Action::ToolLasso => Tool::Lasso,
+            Action::ToolFill => Tool::Fill,
+            Action::ToolSelect => Tool::Select,
+            _ => return None,
+        })
+    }
+
+    /// The action selecting it.
+    pub fn action(self) -> Action {
+        match self {
+            Tool::Brush => Action::ToolBrush,
+            Tool::Eraser => Action::ToolEraser,
+            Tool::Rectangle => Action::ToolRectangle,
+            Tool::Lasso => Action::ToolLasso,
+            Tool::Fill => Action::ToolFill,
+            Tool::Select => Action::ToolSelect,
+        }
+    }
+}
+
+impl Tool {
     /// Every tool, palette order.
     pub const ALL: [Tool; 6] = [
         Tool::Brush,
@@ -169,7 +196,7 @@ impl ToolState {
     pub fn ui(&mut self, ui: &mut egui::Ui, keys: &Keymap) {
         ui.horizontal_wrapped(|ui| {
             for tool in Tool::ALL {
-                let text = format!("{} ({})", tool.help(), keys.text(Action::for_tool(tool)));
+                let text = format!("{} ({})", tool.help(), keys.text(tool.action()));
                 ui.selectable_value(&mut self.tool, tool, tool.label())
                     .on_hover_text(text);
             }
@@ -213,7 +240,8 @@ impl ToolState {
         }
         let actions = ctx.input_mut(|input| {
             keys.consume(input, false, |a| {
-                a.tool().is_some() || matches!(a, Action::BrushSmaller | Action::BrushLarger)
+                Tool::of_action(a).is_some()
+                    || matches!(a, Action::BrushSmaller | Action::BrushLarger)
             })
         });
         for action in actions {
@@ -221,7 +249,7 @@ impl ToolState {
                 Action::BrushSmaller => self.shrink_size(),
                 Action::BrushLarger => self.grow_size(),
                 a => {
-                    if let Some(tool) = a.tool() {
+                    if let Some(tool) = Tool::of_action(a) {
                         self.tool = tool;
                     }
                 }

@@ -7,6 +7,7 @@ use crate::editor::app::EditorApp;
 use crate::editor::files::Purpose;
 use crate::editor::keymap::{Action, Binding};
 use crate::editor::mask_ops::GlobalOp;
+use crate::editor::tools::Tool;
 
 /// What the sheet lists besides the keymap's actions: (keys, what they do); not remappable.
 pub const FIXED_SHORTCUTS: &[(&str, &str)] = &[
@@ -253,7 +254,7 @@ pub(crate) fn shortcuts(app: &mut EditorApp, ctx: &egui::Context) {
         app.config.hotkeys.consume(i, typing, |a| match a {
             Action::Accept | Action::PreviousCandidate | Action::NextCandidate => results,
             Action::ShowOriginal | Action::BrushSmaller | Action::BrushLarger => false,
-            a => a.tool().is_none(),
+            a => Tool::of_action(a).is_none(),
         })
     });
     for action in actions {
