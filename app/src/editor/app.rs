@@ -25,6 +25,10 @@ use super::segment::{self, SelectState};
 use super::settings::{Config, GenSettings};
 use super::tools::ToolState;
 
+mod commands;
+mod documents;
+pub(crate) mod select;
+
 /// How the editor starts.
 pub struct EditorOptions {
     /// Image or project to open.
@@ -505,7 +509,7 @@ impl EditorApp {
         let ctx = ui.ctx().clone();
         self.poll();
         self.input_files(&ctx);
-        segment::keys(self, &ctx);
+        select::keys(self, &ctx);
         super::panels::shortcuts(self, &ctx);
         super::panels::menu_bar(self, ui);
         super::panels::status_bar(self, ui, self.hover, self.zoom);

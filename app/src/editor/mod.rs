@@ -5,7 +5,6 @@ pub mod action;
 pub mod app;
 pub mod binding;
 pub mod canvas;
-mod commands;
 pub mod document;
 pub mod files;
 pub mod history;

@@ -225,7 +225,7 @@ pub(crate) fn left_panel(app: &mut EditorApp, ui: &mut egui::Ui) {
             ui.heading("Tools");
             app.tools.ui(ui, &app.config.hotkeys);
             if app.tools.tool == crate::editor::tools::Tool::Select {
-                crate::editor::segment::options_ui(app, ui);
+                crate::editor::app::select::options_ui(app, ui);
             }
             ui.separator();
             ui.label("Mask");

@@ -14,11 +14,11 @@ use tessera_engine::loader::card::{Conditioning, ModelCard};
 use tessera_engine::text::PromptTokenizer;
 use tessera_engine::worker::{Job, JobKind};
 
-use super::app::{Done, EditorApp};
-use super::document::Document;
-use super::history::{self, Change};
-use super::jobs::{PREVIEW_MAX_SIDE, Request, Results, Running, show_results};
-use super::project::GenRecord;
+use super::{Done, EditorApp};
+use crate::editor::document::Document;
+use crate::editor::history::{self, Change};
+use crate::editor::jobs::{PREVIEW_MAX_SIDE, Request, Results, Running, show_results};
+use crate::editor::project::GenRecord;
 
 /// Model loading and generation.
 impl EditorApp {
@@ -397,7 +397,7 @@ impl EditorApp {
             return;
         };
         let mut s = r.settings.clone();
-        s.seed_mode = super::settings::SeedMode::Fixed;
+        s.seed_mode = crate::editor::settings::SeedMode::Fixed;
         if let Some(card) = &self.model.card {
             s.fit_card(card);
         }
