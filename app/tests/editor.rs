@@ -10,8 +10,10 @@ use egui::{Event, Modifiers, PointerButton, Pos2};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use image::RgbaImage;
+use tessera::editor::command::Command;
 use tessera::editor::files::{Dialogs, Purpose};
 use tessera::editor::keymap::Action;
+use tessera::editor::mask_ops::GlobalOp;
 use tessera::editor::project;
 use tessera::editor::settings::Config;
 use tessera::editor::tools::Tool;
@@ -232,6 +234,54 @@ fn open_paint_generate_accept_undo_redo() {
         h.state_mut().undo();
     }
     assert!(!h.state().doc.as_ref().unwrap().has_mask());
+}
+
+/// Everything a user does with menus, buttons and keys is a command; a test (or a script) can
+/// drive the whole editor with them and nothing else.
+#[test]
+fn the_editor_is_driven_by_commands() {
+    let s = Setup::new();
+    let mut h = harness(s.options(Some(golden_manifest())));
+    run_until(&mut h, "the golden model", |a| a.model.card.is_some());
+    let (path, original) = s.image("photo.png", 64, 48);
+    h.state_mut().apply(Command::OpenPath(path));
+    run_until(&mut h, "the image", |a| a.doc.is_some());
+    assert_eq!(h.state().doc.as_ref().unwrap().image, original);
+    h.state_mut().apply(Command::MaskOp(GlobalOp::SelectAll));
+    assert!(h.state().doc.as_ref().unwrap().has_mask());
+    h.state_mut().apply(Command::Run(Action::Generate));
+    assert!(h.state().jobs.busy(), "the job runs in the background");
+    run_until(&mut h, "the job", |a| !a.jobs.busy());
+    assert!(h.state().jobs.results.is_some());
+    h.state_mut().apply(Command::Accept(0));
+    assert_eq!(h.state().generations.len(), 1);
+    assert_ne!(h.state().doc.as_ref().unwrap().image, original);
+    h.state_mut().apply(Command::Run(Action::Undo));
+    assert_eq!(
+        h.state().doc.as_ref().unwrap().image,
+        original,
+        "undo restores"
+    );
+    h.state_mut().apply(Command::Run(Action::Help));
+    assert!(h.state().show_help);
+    h.state_mut().apply(Command::Run(Action::Help));
+    assert!(!h.state().show_help);
+    h.state_mut().apply(Command::Error("a problem".into()));
+    assert_eq!(h.state().errors().len(), 1);
+    h.state_mut().apply(Command::DismissErrors);
+    assert!(h.state().errors().is_empty());
+    // The same Generate through its button: the panel sends the command, the app runs it.
+    h.state_mut().apply(Command::Discard);
+    h.step();
+    h.get_by_label("Generate  Ctrl+Enter").click();
+    h.step();
+    h.step();
+    assert!(
+        h.state().jobs.busy() || h.state().jobs.results.is_some(),
+        "{:?}",
+        h.state().messages
+    );
+    run_until(&mut h, "the second job", |a| !a.jobs.busy());
 }
 
 #[test]

@@ -10,23 +10,24 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use image::{GrayImage, RgbaImage};
 use tessera_engine::inpaint::plan_window;
-use tessera_engine::loader::card::ModelCard;
-use tessera_engine::text::PromptTokenizer;
 use tessera_engine::worker::{Engine, Event};
 
 use super::canvas::{Canvas, CanvasSettings};
 use super::document::{Document, TokenGrid};
-use super::files::{self, DialogRunner, Dialogs, Purpose, RfdDialogs};
+use super::files::{self, DialogRunner, Dialogs, RfdDialogs};
 use super::history::{Change, History};
 use super::jobs::{Jobs, Outcome};
 use super::mask_ops::{self, GlobalOp};
+use super::panels::{self, Panels};
 use super::project::{self, Autosave, GenRecord, Project};
 use super::segment::{self, SelectState};
 use super::settings::{Config, GenSettings};
+pub use super::state::{Confirm, Message, ModelState};
 use super::tools::ToolState;
 
 mod commands;
 mod documents;
+mod keys;
 pub(crate) mod select;
 
 /// How the editor starts.
@@ -74,57 +75,6 @@ pub fn default_model() -> Option<PathBuf> {
     .into_iter()
     .flatten()
     .find(|p| p.join("model.json").is_file())
-}
-
-/// The loaded model, as the UI knows it.
-#[derive(Default)]
-pub struct ModelState {
-    /// Where it was loaded from.
-    pub path: Option<PathBuf>,
-    /// Its card, once loaded.
-    pub card: Option<ModelCard>,
-    /// Non-fatal findings.
-    pub warnings: Vec<String>,
-    /// A load in progress.
-    pub loading: Option<PathBuf>,
-    /// Tokenizer of a text-conditional model.
-    pub tokenizer: Option<PromptTokenizer>,
-    /// Why the last load failed.
-    pub error: Option<String>,
-    /// An import in progress (output folder).
-    pub importing: Option<PathBuf>,
-    /// How an import stores the stage weights.
-    pub import_weights: crate::editor::files::ImportWeights,
-    /// How the loaded model holds its transformer weights (from the engine).
-    pub weights: Option<String>,
-}
-
-impl ModelState {
-    /// Whether the model path is an official manifest (can be imported).
-    pub fn is_official(&self) -> bool {
-        self.path.as_deref().is_some_and(|p| {
-            p.extension().is_some_and(|e| e == "yaml" || e == "yml")
-                || p.join("sampling.yaml").is_file()
-        })
-    }
-}
-
-/// A message in the status bar / error list.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// Text.
-    pub text: String,
-    /// Whether it is an error (stays until dismissed).
-    pub error: bool,
-}
-
-/// A question the app waits on.
-#[derive(Debug, Clone)]
-pub enum Confirm {
-    /// The save target exists.
-    Overwrite(Purpose, PathBuf),
-    /// A recovery project from a crashed session exists.
-    Restore(PathBuf),
 }
 
 /// Work done on helper threads.
@@ -504,17 +454,51 @@ impl EditorApp {
         }
     }
 
+    /// Runs `f` on the panels' view of the editor, then carries out the commands it sent.
+    pub(crate) fn with_panels<R>(&mut self, f: impl FnOnce(&mut Panels) -> R) -> R {
+        let preflight = self.preflight();
+        let mut p = Panels {
+            doc: self.doc.as_ref(),
+            history: &self.history,
+            model: &mut self.model,
+            jobs: &self.jobs,
+            generations: &self.generations,
+            messages: &self.messages,
+            settings: &mut self.settings,
+            canvas_settings: &mut self.canvas_settings,
+            config: &mut self.config,
+            tools: &mut self.tools,
+            select: &mut self.select,
+            confirm: &mut self.confirm,
+            show_help: &mut self.show_help,
+            preflight,
+            thumbs: &mut self.thumbs,
+            class_filter: &mut self.class_filter,
+            prompt_check: &mut self.prompt_check,
+            negative_check: &mut self.negative_check,
+            out: Vec::new(),
+        };
+        let r = f(&mut p);
+        let commands = std::mem::take(&mut p.out);
+        for c in commands {
+            self.apply(c);
+        }
+        r
+    }
+
     /// One frame of the whole UI (also what tests drive).
     pub fn frame(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         self.poll();
         self.input_files(&ctx);
         select::keys(self, &ctx);
-        super::panels::shortcuts(self, &ctx);
-        super::panels::menu_bar(self, ui);
-        super::panels::status_bar(self, ui, self.hover, self.zoom);
-        super::panels::left_panel(self, ui);
-        super::panels::right_panel(self, ui);
+        keys::shortcuts(self, &ctx);
+        self.with_panels(|p| panels::menu_bar(p, ui));
+        let (hover, zoom) = (self.hover, self.zoom);
+        self.with_panels(|p| panels::status_bar(p, ui, hover, zoom));
+        self.with_panels(|p| panels::left_panel(p, ui));
+        self.with_panels(|p| panels::right_panel(p, ui));
+        let mut welcome = false;
         egui::CentralPanel::default().show(ui, |ui| match &mut self.doc {
             Some(doc) => {
                 let out = self
@@ -527,9 +511,14 @@ impl EditorApp {
                 }
                 segment::canvas_ui(&mut self.select, ui, &self.canvas, doc, &self.tools);
             }
-            None => super::panels::welcome(self, ui),
+            None => welcome = true,
         });
-        super::panels::windows(self, &ctx);
+        if welcome {
+            egui::CentralPanel::default().show(ui, |ui| {
+                self.with_panels(|p| panels::welcome(p, ui));
+            });
+        }
+        self.with_panels(|p| panels::windows(p, &ctx));
         let pointer_down = ctx.input(|i| i.pointer.any_down());
         self.tick_grid(pointer_down);
         self.tick_autosave(pointer_down);

@@ -5,6 +5,7 @@ pub mod action;
 pub mod app;
 pub mod binding;
 pub mod canvas;
+pub mod command;
 pub mod document;
 pub mod files;
 pub mod history;
@@ -15,6 +16,7 @@ pub mod panels;
 pub mod project;
 pub mod segment;
 pub mod settings;
+pub mod state;
 pub mod tools;
 
 pub use app::{EditorApp, EditorOptions, run};

@@ -8,11 +8,11 @@ use std::ops::Range;
 use tessera_engine::loader::card::{Conditioning, ModelCard};
 use tessera_engine::pipeline::MAX_CANDIDATES;
 
-use crate::editor::app::EditorApp;
+use super::Panels;
 use crate::editor::settings::{Preset, SeedMode, level_name, random_seed};
 
-pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
-    let Some(card) = app.model.card.clone() else {
+pub(super) fn ui(p: &mut Panels, ui: &mut egui::Ui) {
+    let Some(card) = p.model.card.clone() else {
         ui.label("Load a model to set up generation.");
         return;
     };
@@ -26,20 +26,20 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             n_classes,
             class_names,
             null_class,
-        } => class_picker(app, ui, *n_classes, class_names, null_class.is_some()),
+        } => class_picker(p, ui, *n_classes, class_names, null_class.is_some()),
         Conditioning::Text {
             context_len,
             class_names,
             ..
         } => {
-            prompt_box(app, ui, *context_len);
+            prompt_box(p, ui, *context_len);
             if !class_names.is_empty() {
-                class_picker(app, ui, class_names.len(), class_names, true);
+                class_picker(p, ui, class_names.len(), class_names, true);
             }
         }
     }
     ui.separator();
-    let s = &mut app.settings;
+    let s = &mut *p.settings;
     ui.horizontal(|ui| {
         ui.label("Seed");
         ui.add(DragValue::new(&mut s.seed));
@@ -64,9 +64,9 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         Slider::new(&mut s.guidance_scale, 0.0..=10.0).text("guidance scale"),
     )
     .on_disabled_hover_text("this model was not trained with a dropped condition");
-    negative_ui(app, ui, &card);
-    strength_ui(app, ui, card.levels());
-    let s = &mut app.settings;
+    negative_ui(p, ui, &card);
+    strength_ui(p, ui, card.levels());
+    let s = &mut *p.settings;
     ui.horizontal(|ui| {
         ui.label("Preset");
         for p in Preset::ALL {
@@ -114,8 +114,8 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
 
 /// The negative prompt (text models) or negative class (class models), enabled with a
 /// guidance scale ≠ 1.
-fn negative_ui(app: &mut EditorApp, ui: &mut egui::Ui, card: &ModelCard) {
-    let enabled = app.settings.guidance_scale != 1.0;
+fn negative_ui(p: &mut Panels, ui: &mut egui::Ui, card: &ModelCard) {
+    let enabled = p.settings.guidance_scale != 1.0;
     let hint = "used with guidance ≠ 1";
     match &card.conditioning {
         Conditioning::None => {}
@@ -124,17 +124,15 @@ fn negative_ui(app: &mut EditorApp, ui: &mut egui::Ui, card: &ModelCard) {
                 "what guidance steers away from (empty = the empty prompt); used with guidance ≠ 1",
             );
             // Re-encode only when the negative prompt changed.
-            let stale = app
+            let stale = p
                 .negative_check
                 .as_ref()
-                .is_none_or(|(p, _)| *p != app.settings.negative_prompt);
-            if stale && let Some(tok) = &app.model.tokenizer {
-                let enc = tok
-                    .encode(&app.settings.negative_prompt)
-                    .unwrap_or_default();
-                app.negative_check = Some((app.settings.negative_prompt.clone(), enc));
+                .is_none_or(|(text, _)| *text != p.settings.negative_prompt);
+            if stale && let Some(tok) = &p.model.tokenizer {
+                let enc = tok.encode(&p.settings.negative_prompt).unwrap_or_default();
+                *p.negative_check = Some((p.settings.negative_prompt.clone(), enc));
             }
-            let unknown: Vec<Range<usize>> = match &app.negative_check {
+            let unknown: Vec<Range<usize>> = match &*p.negative_check {
                 Some((_, e)) if enabled => e.unknown.iter().map(|(r, _)| r.clone()).collect(),
                 _ => Vec::new(),
             };
@@ -143,7 +141,7 @@ fn negative_ui(app: &mut EditorApp, ui: &mut egui::Ui, card: &ModelCard) {
             };
             ui.add_enabled(
                 enabled,
-                egui::TextEdit::singleline(&mut app.settings.negative_prompt)
+                egui::TextEdit::singleline(&mut p.settings.negative_prompt)
                     .desired_width(f32::INFINITY)
                     .hint_text(hint)
                     .layouter(&mut layouter),
@@ -167,12 +165,12 @@ fn negative_ui(app: &mut EditorApp, ui: &mut egui::Ui, card: &ModelCard) {
                 ui.horizontal(|ui| {
                     ui.label("Negative class");
                     egui::ComboBox::from_id_salt("negative_class")
-                        .selected_text(name(app.settings.negative_class))
+                        .selected_text(name(p.settings.negative_class))
                         .show_ui(ui, |ui| {
-                            ui.selectable_value(&mut app.settings.negative_class, None, name(None));
+                            ui.selectable_value(&mut p.settings.negative_class, None, name(None));
                             for c in 0..*n_classes {
                                 ui.selectable_value(
-                                    &mut app.settings.negative_class,
+                                    &mut p.settings.negative_class,
                                     Some(c),
                                     name(Some(c)),
                                 );
@@ -190,11 +188,11 @@ fn negative_ui(app: &mut EditorApp, ui: &mut egui::Ui, card: &ModelCard) {
 }
 
 /// Strength: how many of the T levels an inpainting run redoes.
-fn strength_ui(app: &mut EditorApp, ui: &mut egui::Ui, levels: usize) {
+fn strength_ui(p: &mut Panels, ui: &mut egui::Ui, levels: usize) {
     if levels < 2 {
         return;
     }
-    let mut k = app.settings.redo_levels(levels);
+    let mut k = p.settings.redo_levels(levels);
     let what = if k == levels {
         "new content"
     } else if k == 1 {
@@ -208,7 +206,7 @@ fn strength_ui(app: &mut EditorApp, ui: &mut egui::Ui, levels: usize) {
             "inpainting: T = generate the masked area anew; fewer levels start from the current \
          content noised to that level (coarse → fine) and keep its structure",
         );
-    app.settings.strength = (k < levels).then_some(k);
+    p.settings.strength = (k < levels).then_some(k);
 }
 
 /// Lays out `text` with the byte ranges `unknown` underlined in red (unknown prompt words).
@@ -245,13 +243,13 @@ fn layout_underlined(
 }
 
 fn class_picker(
-    app: &mut EditorApp,
+    p: &mut Panels,
     ui: &mut egui::Ui,
     n_classes: usize,
     names: &[String],
     allows_none: bool,
 ) {
-    let current = match app.settings.class {
+    let current = match p.settings.class {
         Some(c) => names
             .get(c)
             .map(|n| format!("{c}: {n}"))
@@ -260,16 +258,16 @@ fn class_picker(
     };
     ui.label(format!("Class: {current}"));
     if names.is_empty() {
-        let mut c = app.settings.class.unwrap_or(0);
+        let mut c = p.settings.class.unwrap_or(0);
         if ui
             .add(DragValue::new(&mut c).range(0..=n_classes.saturating_sub(1)))
             .changed()
         {
-            app.settings.class = Some(c);
+            p.settings.class = Some(c);
         }
     } else {
-        ui.add(egui::TextEdit::singleline(&mut app.class_filter).hint_text("search classes"));
-        let needle = app.class_filter.to_lowercase();
+        ui.add(egui::TextEdit::singleline(p.class_filter).hint_text("search classes"));
+        let needle = p.class_filter.to_lowercase();
         egui::ScrollArea::vertical()
             .id_salt("classes")
             .max_height(140.0)
@@ -282,35 +280,35 @@ fn class_picker(
                         continue;
                     }
                     if ui
-                        .selectable_label(app.settings.class == Some(i), format!("{i}: {n}"))
+                        .selectable_label(p.settings.class == Some(i), format!("{i}: {n}"))
                         .clicked()
                     {
-                        app.settings.class = Some(i);
+                        p.settings.class = Some(i);
                     }
                 }
             });
     }
     if allows_none
         && ui
-            .selectable_label(app.settings.class.is_none(), "no class (unconditional)")
+            .selectable_label(p.settings.class.is_none(), "no class (unconditional)")
             .clicked()
     {
-        app.settings.class = None;
+        p.settings.class = None;
     }
 }
 
-fn prompt_box(app: &mut EditorApp, ui: &mut egui::Ui, context_len: usize) {
+fn prompt_box(p: &mut Panels, ui: &mut egui::Ui, context_len: usize) {
     ui.label("Prompt");
     // Re-encode only when the prompt changed.
-    let stale = app
+    let stale = p
         .prompt_check
         .as_ref()
-        .is_none_or(|(p, _)| *p != app.settings.prompt);
-    if stale && let Some(tok) = &app.model.tokenizer {
-        let enc = tok.encode(&app.settings.prompt).unwrap_or_default();
-        app.prompt_check = Some((app.settings.prompt.clone(), enc));
+        .is_none_or(|(text, _)| *text != p.settings.prompt);
+    if stale && let Some(tok) = &p.model.tokenizer {
+        let enc = tok.encode(&p.settings.prompt).unwrap_or_default();
+        *p.prompt_check = Some((p.settings.prompt.clone(), enc));
     }
-    let unknown: Vec<std::ops::Range<usize>> = app
+    let unknown: Vec<std::ops::Range<usize>> = p
         .prompt_check
         .as_ref()
         .map(|(_, e)| e.unknown.iter().map(|(r, _)| r.clone()).collect())
@@ -319,18 +317,18 @@ fn prompt_box(app: &mut EditorApp, ui: &mut egui::Ui, context_len: usize) {
         layout_underlined(ui, text.as_str(), wrap, &unknown)
     };
     ui.add(
-        egui::TextEdit::multiline(&mut app.settings.prompt)
+        egui::TextEdit::multiline(&mut p.settings.prompt)
             .desired_rows(2)
             .desired_width(f32::INFINITY)
             .hint_text("describe what to paint (empty = no condition)")
             .layouter(&mut layouter),
     );
-    if app.model.tokenizer.is_none() {
+    if p.model.tokenizer.is_none() {
         ui.label(
             RichText::new("the model's tokenizer did not load").color(ui.visuals().warn_fg_color),
         );
     }
-    if let Some((_, enc)) = &app.prompt_check {
+    if let Some((_, enc)) = &*p.prompt_check {
         if !enc.unknown.is_empty() {
             let words: Vec<&str> = enc.unknown.iter().map(|(_, w)| w.as_str()).collect();
             ui.label(

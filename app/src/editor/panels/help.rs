@@ -1,13 +1,12 @@
-//! The hotkey sheet (which also rebinds keys) and the shortcuts themselves, both from the
-//! [`Keymap`] in the config.
+//! The hotkey sheet (which also rebinds keys), from the [`Keymap`] in the config.
+//!
+//! [`Keymap`]: crate::editor::keymap::Keymap
 
 use egui::{Event, Key, Modifiers, RichText};
 
-use crate::editor::app::EditorApp;
-use crate::editor::files::Purpose;
+use super::Panels;
+use crate::editor::command::Command;
 use crate::editor::keymap::{Action, Binding};
-use crate::editor::mask_ops::GlobalOp;
-use crate::editor::tools::Tool;
 
 /// What the sheet lists besides the keymap's actions: (keys, what they do); not remappable.
 pub const FIXED_SHORTCUTS: &[(&str, &str)] = &[
@@ -47,12 +46,12 @@ pub(crate) fn capturing(ctx: &egui::Context) -> bool {
 
 /// While the sheet waits for a combination: takes this frame's keys, binds the first press
 /// (Esc cancels; a combination another action has is refused). Returns whether it waited.
-fn capture(app: &mut EditorApp, ctx: &egui::Context) -> bool {
+pub(crate) fn capture(p: &mut Panels, ctx: &egui::Context) -> bool {
     let mut st = sheet(ctx);
     let Some((action, slot)) = st.capture else {
         return false;
     };
-    if !app.show_help {
+    if !*p.show_help {
         st.capture = None;
         set_sheet(ctx, st);
         return false;
@@ -83,18 +82,18 @@ fn capture(app: &mut EditorApp, ctx: &egui::Context) -> bool {
     if binding == Binding::new(Modifiers::NONE, Key::Escape) {
         st.message = None;
     } else {
-        match app.config.hotkeys.set(action, slot, binding) {
+        match p.config.hotkeys.set(action, slot, binding) {
             Ok(()) => {
-                let text = app.config.hotkeys.text(action);
+                let text = p.config.hotkeys.text(action);
                 st.message = Some(format!("{}: {text}", action.label()));
-                app.save_config();
+                p.send(Command::SaveConfig);
             }
             Err(other) => {
                 let text = format!(
                     "{binding} is already used for “{}”; not changed",
                     other.label()
                 );
-                app.info(text.clone());
+                p.send(Command::Info(text.clone()));
                 st.message = Some(text);
             }
         }
@@ -104,8 +103,8 @@ fn capture(app: &mut EditorApp, ctx: &egui::Context) -> bool {
 }
 
 /// The hotkey sheet: every action with its keys (click one to change it).
-pub(super) fn window(app: &mut EditorApp, ctx: &egui::Context) {
-    let mut open = app.show_help;
+pub(super) fn window(p: &mut Panels, ctx: &egui::Context) {
+    let mut open = *p.show_help;
     let mut st = sheet(ctx);
     egui::Window::new("Keyboard shortcuts")
         .open(&mut open)
@@ -123,7 +122,7 @@ pub(super) fn window(app: &mut EditorApp, ctx: &egui::Context) {
                         .show(ui, |ui| {
                             for &action in actions {
                                 ui.label(action.label());
-                                ui.horizontal(|ui| bindings_ui(app, &mut st, ui, action));
+                                ui.horizontal(|ui| bindings_ui(p, &mut st, ui, action));
                                 ui.end_row();
                             }
                         });
@@ -146,20 +145,20 @@ pub(super) fn window(app: &mut EditorApp, ctx: &egui::Context) {
             ui.horizontal(|ui| {
                 let reset = egui::Button::new("Reset to defaults");
                 if ui
-                    .add_enabled(!app.config.hotkeys.is_default(), reset)
+                    .add_enabled(!p.config.hotkeys.is_default(), reset)
                     .clicked()
                 {
-                    app.config.hotkeys.reset();
+                    p.config.hotkeys.reset();
                     st.capture = None;
                     st.message = Some("all keys reset to the defaults".into());
-                    app.save_config();
+                    p.send(Command::SaveConfig);
                 }
                 if let Some(m) = &st.message {
                     ui.label(m);
                 }
             });
         });
-    app.show_help = open;
+    *p.show_help = open;
     if !open {
         st.capture = None;
     }
@@ -167,8 +166,8 @@ pub(super) fn window(app: &mut EditorApp, ctx: &egui::Context) {
 }
 
 /// One action's binding buttons and the + button.
-fn bindings_ui(app: &mut EditorApp, st: &mut Sheet, ui: &mut egui::Ui, action: Action) {
-    let bindings = app.config.hotkeys.bindings(action).to_vec();
+fn bindings_ui(p: &mut Panels, st: &mut Sheet, ui: &mut egui::Ui, action: Action) {
+    let bindings = p.config.hotkeys.bindings(action).to_vec();
     for slot in 0..=bindings.len() {
         let waiting = st.capture == Some((action, slot));
         let text = match (waiting, bindings.get(slot)) {
@@ -187,83 +186,9 @@ fn bindings_ui(app: &mut EditorApp, st: &mut Sheet, ui: &mut egui::Ui, action: A
             st.capture = if waiting { None } else { Some((action, slot)) };
         }
         if r.secondary_clicked() && slot < bindings.len() {
-            app.config.hotkeys.remove(action, slot);
+            p.config.hotkeys.remove(action, slot);
             st.message = Some(format!("{}: removed {}", action.label(), bindings[slot]));
-            app.save_config();
+            p.send(Command::SaveConfig);
         }
     }
-}
-
-/// Runs `action` (everything but the tool keys and the hold keys).
-fn run(app: &mut EditorApp, action: Action) {
-    match action {
-        Action::Open => app.ask(Purpose::OpenImage),
-        Action::SaveProject => match app.project_path.clone() {
-            Some(p) => app.act(Purpose::SaveProject, p),
-            None => app.ask(Purpose::SaveProject),
-        },
-        Action::ExportImage => app.ask(Purpose::SaveImage),
-        Action::Undo => app.undo(),
-        Action::Redo => app.redo(),
-        Action::Generate => app.generate(),
-        Action::Cancel => {
-            if app.confirm.is_some() {
-                app.confirm = None;
-            } else if app.jobs.busy() {
-                app.cancel();
-            } else if app.jobs.results.is_some() {
-                app.discard();
-            }
-        }
-        Action::Accept | Action::PreviousCandidate | Action::NextCandidate => {
-            let Some(res) = &app.jobs.results else {
-                return;
-            };
-            let (sel, n) = (res.selected, res.levels.len());
-            match action {
-                Action::Accept => app.accept(sel),
-                _ if n == 0 => {}
-                Action::NextCandidate => app.select_candidate((sel + 1) % n),
-                _ => app.select_candidate((sel + n - 1) % n),
-            }
-        }
-        Action::InvertMask => app.mask_op(GlobalOp::Invert),
-        Action::ClearMask => app.mask_op(GlobalOp::Clear),
-        Action::ReuseMask => app.reuse_last_mask(),
-        Action::Help => app.show_help = !app.show_help,
-        a if a.is_zoom() => {
-            app.canvas.zoom_action(a);
-        }
-        _ => {}
-    }
-}
-
-/// Applies this frame's keyboard shortcuts, as bound in the config's keymap (and hands the
-/// keys to the hotkey sheet while it waits for a new combination).
-pub(crate) fn shortcuts(app: &mut EditorApp, ctx: &egui::Context) {
-    for p in app.config.hotkeys.take_problems() {
-        app.error(p);
-    }
-    app.canvas.set_keymap(&app.config.hotkeys);
-    if capture(app, ctx) {
-        return;
-    }
-    let typing = ctx.egui_wants_keyboard_input();
-    let results = app.jobs.results.is_some();
-    let actions = ctx.input_mut(|i| {
-        app.config.hotkeys.consume(i, typing, |a| match a {
-            Action::Accept | Action::PreviousCandidate | Action::NextCandidate => results,
-            Action::ShowOriginal | Action::BrushSmaller | Action::BrushLarger => false,
-            a => Tool::of_action(a).is_none(),
-        })
-    });
-    for action in actions {
-        run(app, action);
-    }
-    if typing {
-        return;
-    }
-    app.canvas_settings.show_original =
-        ctx.input(|i| app.config.hotkeys.held(i, Action::ShowOriginal));
-    app.tools.handle_keys(ctx, &app.config.hotkeys);
 }

@@ -5,18 +5,29 @@ mod guidance;
 mod help;
 mod model;
 mod results;
+mod select;
 
 use std::collections::HashMap;
 
 use egui::{Panel, RichText, ScrollArea};
+use tessera_engine::text::Encoded;
 
-use super::app::{Confirm, EditorApp};
+use super::canvas::CanvasSettings;
+use super::command::Command;
+use super::document::Document;
 use super::files::Purpose;
+use super::history::History;
+use super::jobs::Jobs;
 use super::keymap::Action;
 use super::mask_ops::GlobalOp;
+use super::project::GenRecord;
+use super::segment::SelectState;
+use super::settings::{Config, GenSettings};
+use super::state::{Confirm, Message, ModelState};
+use super::tools::ToolState;
 
 pub use help::FIXED_SHORTCUTS;
-pub(crate) use help::{capturing, shortcuts};
+pub(crate) use help::{capture as help_capture, capturing};
 
 /// Candidate thumbnails, keyed by candidate, rebuilt when a new level arrives.
 #[derive(Default)]
@@ -31,59 +42,107 @@ impl Thumbs {
     }
 }
 
+/// The editor as the panels see it: what they show, the settings their widgets edit in place,
+/// and the commands they send for everything else (carried out by the app once the
+/// panel has drawn).
+pub struct Panels<'a> {
+    /// The open document.
+    pub doc: Option<&'a Document>,
+    /// Undo/redo.
+    pub history: &'a History,
+    /// The model (the panel edits only the import's weights choice).
+    pub model: &'a mut ModelState,
+    /// Jobs and results.
+    pub jobs: &'a Jobs,
+    /// Accepted generations.
+    pub generations: &'a [GenRecord],
+    /// Messages.
+    pub messages: &'a [Message],
+    /// Generation settings.
+    pub settings: &'a mut GenSettings,
+    /// Canvas display settings.
+    pub canvas_settings: &'a mut CanvasSettings,
+    /// Preferences (hotkeys, mask colour, load options).
+    pub config: &'a mut Config,
+    /// Mask tools.
+    pub tools: &'a mut ToolState,
+    /// The Select object tool.
+    pub select: &'a mut SelectState,
+    /// The question the app waits on.
+    pub confirm: &'a mut Option<Confirm>,
+    /// Whether the hotkey sheet is open.
+    pub show_help: &'a mut bool,
+    /// Masked tokens and sampled tokens of the next generation (the cost preflight).
+    pub preflight: Option<(usize, usize)>,
+    pub(crate) thumbs: &'a mut Thumbs,
+    pub(crate) class_filter: &'a mut String,
+    pub(crate) prompt_check: &'a mut Option<(String, Encoded)>,
+    pub(crate) negative_check: &'a mut Option<(String, Encoded)>,
+    pub(crate) out: Vec<Command>,
+}
+
+impl Panels<'_> {
+    /// Asks the editor to do something (after the panel has drawn).
+    pub fn send(&mut self, c: Command) {
+        self.out.push(c);
+    }
+
+    /// What a hotkey action does.
+    pub fn run(&mut self, a: Action) {
+        self.send(Command::Run(a));
+    }
+}
+
 /// The menu bar.
-pub(crate) fn menu_bar(app: &mut EditorApp, ui: &mut egui::Ui) {
+pub(crate) fn menu_bar(p: &mut Panels, ui: &mut egui::Ui) {
     Panel::top("menu").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
                 if ui.button("Open image or project…  Ctrl+O").clicked() {
-                    app.ask(Purpose::OpenImage);
+                    p.run(Action::Open);
                 }
                 ui.menu_button("Open recent", |ui| {
-                    if app.config.recent.is_empty() {
+                    if p.config.recent.is_empty() {
                         ui.label("(none)");
                     }
-                    for p in app.config.recent.clone() {
-                        if ui.button(p.display().to_string()).clicked() {
-                            app.open_path(&p);
+                    for path in p.config.recent.clone() {
+                        if ui.button(path.display().to_string()).clicked() {
+                            p.send(Command::OpenPath(path));
                         }
                     }
                 });
                 ui.separator();
-                let has_doc = app.doc.is_some();
+                let has_doc = p.doc.is_some();
                 if ui
                     .add_enabled(has_doc, egui::Button::new("Save project  Ctrl+S"))
                     .clicked()
                 {
-                    match app.project_path.clone() {
-                        Some(p) => app.act(Purpose::SaveProject, p),
-                        None => app.ask(Purpose::SaveProject),
-                    }
+                    p.run(Action::SaveProject);
                 }
                 if ui
                     .add_enabled(has_doc, egui::Button::new("Save project as…"))
                     .clicked()
                 {
-                    app.ask(Purpose::SaveProject);
+                    p.send(Command::Ask(Purpose::SaveProject));
                 }
                 if ui
                     .add_enabled(has_doc, egui::Button::new("Export image…  Ctrl+Shift+S"))
                     .clicked()
                 {
-                    app.ask(Purpose::SaveImage);
+                    p.run(Action::ExportImage);
                 }
                 ui.separator();
                 if ui
                     .add_enabled(has_doc, egui::Button::new("Load mask…"))
                     .clicked()
                 {
-                    app.ask(Purpose::OpenMask);
+                    p.send(Command::Ask(Purpose::OpenMask));
                 }
                 if ui
                     .add_enabled(has_doc, egui::Button::new("Save mask…"))
                     .clicked()
                 {
-                    app.ask(Purpose::SaveMask);
+                    p.send(Command::Ask(Purpose::SaveMask));
                 }
                 ui.separator();
                 if ui.button("Quit").clicked() {
@@ -91,28 +150,28 @@ pub(crate) fn menu_bar(app: &mut EditorApp, ui: &mut egui::Ui) {
                 }
             });
             ui.menu_button("Edit", |ui| {
-                let label = app
+                let label = p
                     .history
                     .undo_label()
                     .map(|l| format!("Undo {l}  Ctrl+Z"))
                     .unwrap_or("Undo  Ctrl+Z".into());
                 if ui
-                    .add_enabled(app.history.can_undo(), egui::Button::new(label))
+                    .add_enabled(p.history.can_undo(), egui::Button::new(label))
                     .clicked()
                 {
-                    app.undo();
+                    p.run(Action::Undo);
                 }
                 if ui
                     .add_enabled(
-                        app.history.can_redo(),
+                        p.history.can_redo(),
                         egui::Button::new("Redo  Ctrl+Shift+Z"),
                     )
                     .clicked()
                 {
-                    app.redo();
+                    p.run(Action::Redo);
                 }
             });
-            ui.menu_button("Mask", |ui| mask_menu(app, ui));
+            ui.menu_button("Mask", |ui| mask_menu(p, ui));
             ui.menu_button("View", |ui| {
                 let zooms = [
                     ("Fit", Action::ZoomFit),
@@ -122,53 +181,53 @@ pub(crate) fn menu_bar(app: &mut EditorApp, ui: &mut egui::Ui) {
                     ("800 %", Action::Zoom800),
                 ];
                 for (label, action) in zooms {
-                    let text = format!("{label}  {}", app.config.hotkeys.text(action));
+                    let text = format!("{label}  {}", p.config.hotkeys.text(action));
                     if ui.button(text.trim_end()).clicked() {
-                        app.canvas.zoom_action(action);
+                        p.run(action);
                     }
                 }
-                ui.checkbox(&mut app.canvas_settings.show_token_grid, "Token grid");
-                ui.checkbox(&mut app.canvas_settings.show_confidence, "Confidence")
+                ui.checkbox(&mut p.canvas_settings.show_token_grid, "Token grid");
+                ui.checkbox(&mut p.canvas_settings.show_confidence, "Confidence")
                     .on_hover_text("Tint each generated token by how sure the model was of it");
                 ui.horizontal(|ui| {
                     ui.label("Mask colour");
                     if ui
-                        .color_edit_button_srgba(&mut app.canvas_settings.mask_colour)
+                        .color_edit_button_srgba(&mut p.canvas_settings.mask_colour)
                         .changed()
                     {
-                        let c = app.canvas_settings.mask_colour;
-                        app.config.mask_colour = [c.r(), c.g(), c.b()];
+                        let c = p.canvas_settings.mask_colour;
+                        p.config.mask_colour = [c.r(), c.g(), c.b()];
                     }
                 });
                 if ui
                     .add(
-                        egui::Slider::new(&mut app.canvas_settings.mask_opacity, 0.0..=1.0)
+                        egui::Slider::new(&mut p.canvas_settings.mask_opacity, 0.0..=1.0)
                             .text("opacity"),
                     )
                     .changed()
                 {
-                    app.config.mask_opacity = app.canvas_settings.mask_opacity;
+                    p.config.mask_opacity = p.canvas_settings.mask_opacity;
                 }
             });
             ui.menu_button("Model", |ui| {
                 if ui.button("Open model folder…").clicked() {
-                    app.ask(Purpose::OpenModelFolder);
+                    p.send(Command::Ask(Purpose::OpenModelFolder));
                 }
                 if ui.button("Open official manifest…").clicked() {
-                    app.ask(Purpose::OpenManifest);
+                    p.send(Command::Ask(Purpose::OpenManifest));
                 }
             });
             ui.menu_button("Help", |ui| {
                 if ui.button("Keyboard shortcuts  F1").clicked() {
-                    app.show_help = true;
+                    *p.show_help = true;
                 }
             });
         });
     });
 }
 
-fn mask_menu(app: &mut EditorApp, ui: &mut egui::Ui) {
-    let enabled = app.doc.is_some();
+fn mask_menu(p: &mut Panels, ui: &mut egui::Ui) {
+    let enabled = p.doc.is_some();
     let ops = [
         ("Clear  Ctrl+D", GlobalOp::Clear),
         ("Invert  Ctrl+I", GlobalOp::Invert),
@@ -179,28 +238,23 @@ fn mask_menu(app: &mut EditorApp, ui: &mut egui::Ui) {
     ];
     for (label, op) in ops {
         if ui.add_enabled(enabled, egui::Button::new(label)).clicked() {
-            app.mask_op(op);
+            p.send(Command::MaskOp(op));
         }
     }
-    let reuse = enabled && app.jobs.last_mask.is_some();
+    let reuse = enabled && p.jobs.last_mask.is_some();
     if ui
         .add_enabled(reuse, egui::Button::new("Reuse last mask  Ctrl+M"))
         .clicked()
     {
-        app.reuse_last_mask();
+        p.run(Action::ReuseMask);
     }
 }
 
 /// The status bar.
-pub(crate) fn status_bar(
-    app: &mut EditorApp,
-    ui: &mut egui::Ui,
-    hover: Option<(u32, u32)>,
-    zoom: f32,
-) {
+pub(crate) fn status_bar(p: &mut Panels, ui: &mut egui::Ui, hover: Option<(u32, u32)>, zoom: f32) {
     Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
-            if let Some(doc) = &app.doc {
+            if let Some(doc) = p.doc {
                 let (w, h) = doc.size();
                 ui.label(format!("{w}×{h}"));
                 ui.label(format!("{:.0} %", zoom * 100.0));
@@ -209,7 +263,7 @@ pub(crate) fn status_bar(
                 }
                 ui.separator();
             }
-            if let Some(m) = app.messages.iter().rev().find(|m| !m.error) {
+            if let Some(m) = p.messages.iter().rev().find(|m| !m.error) {
                 ui.label(&m.text);
             }
         });
@@ -217,64 +271,64 @@ pub(crate) fn status_bar(
 }
 
 /// Tools and mask operations.
-pub(crate) fn left_panel(app: &mut EditorApp, ui: &mut egui::Ui) {
+pub(crate) fn left_panel(p: &mut Panels, ui: &mut egui::Ui) {
     Panel::left("tools")
         .resizable(false)
         .default_size(150.0)
         .show(ui, |ui| {
             ui.heading("Tools");
-            app.tools.ui(ui, &app.config.hotkeys);
-            if app.tools.tool == crate::editor::tools::Tool::Select {
-                crate::editor::app::select::options_ui(app, ui);
+            p.tools.ui(ui, &p.config.hotkeys);
+            if p.tools.tool == crate::editor::tools::Tool::Select {
+                select::options_ui(p, ui);
             }
             ui.separator();
             ui.label("Mask");
-            mask_menu(app, ui);
+            mask_menu(p, ui);
         });
 }
 
 /// Model, guidance, generation, results and history.
-pub(crate) fn right_panel(app: &mut EditorApp, ui: &mut egui::Ui) {
+pub(crate) fn right_panel(p: &mut Panels, ui: &mut egui::Ui) {
     Panel::right("side")
         .resizable(true)
         .default_size(340.0)
         .show(ui, |ui| {
             ScrollArea::vertical().show(ui, |ui| {
                 // What changes during a job first, so it is never scrolled out of view.
-                results::generate_ui(app, ui);
-                results::results_ui(app, ui);
+                results::generate_ui(p, ui);
+                results::results_ui(p, ui);
                 ui.separator();
                 egui::CollapsingHeader::new("Guidance & settings")
                     .default_open(true)
-                    .show(ui, |ui| guidance::ui(app, ui));
+                    .show(ui, |ui| guidance::ui(p, ui));
                 egui::CollapsingHeader::new("Model")
                     .default_open(true)
-                    .show(ui, |ui| model::ui(app, ui));
+                    .show(ui, |ui| model::ui(p, ui));
                 egui::CollapsingHeader::new("History")
                     .default_open(false)
-                    .show(ui, |ui| results::history_ui(app, ui));
+                    .show(ui, |ui| results::history_ui(p, ui));
             });
         });
 }
 
 /// What the canvas area shows without a document.
-pub(crate) fn welcome(app: &mut EditorApp, ui: &mut egui::Ui) {
+pub(crate) fn welcome(p: &mut Panels, ui: &mut egui::Ui) {
     ui.vertical_centered(|ui| {
         ui.add_space(ui.available_height() / 3.0);
         ui.heading("Tessera");
         ui.label("Open an image (Ctrl+O), drop one here, or paste one (Ctrl+V).");
         if ui.button("Open image…").clicked() {
-            app.ask(Purpose::OpenImage);
+            p.run(Action::Open);
         }
-        if app.model.card.is_some() {
+        if p.model.card.is_some() {
             ui.label("Or press Generate to sample a whole new image.");
         }
     });
 }
 
 /// Floating windows: errors, confirmations, the hotkey sheet.
-pub(crate) fn windows(app: &mut EditorApp, ctx: &egui::Context) {
-    let errors: Vec<usize> = app
+pub(crate) fn windows(p: &mut Panels, ctx: &egui::Context) {
+    let errors: Vec<usize> = p
         .messages
         .iter()
         .enumerate()
@@ -288,30 +342,28 @@ pub(crate) fn windows(app: &mut EditorApp, ctx: &egui::Context) {
             .anchor(egui::Align2::CENTER_TOP, [0.0, 40.0])
             .show(ctx, |ui| {
                 for &i in errors.iter().rev().take(5) {
-                    ui.label(
-                        RichText::new(&app.messages[i].text).color(ui.visuals().error_fg_color),
-                    );
+                    ui.label(RichText::new(&p.messages[i].text).color(ui.visuals().error_fg_color));
                 }
                 if ui.button("Dismiss").clicked() {
                     dismiss = true;
                 }
             });
         if dismiss {
-            app.messages.retain(|m| !m.error);
+            p.send(Command::DismissErrors);
         }
     }
-    if let Some(c) = app.confirm.clone() {
+    if let Some(c) = p.confirm.clone() {
         let modal =
             egui::Modal::new(egui::Id::unique("tessera-confirm")).show(ctx, |ui| match &c {
                 Confirm::Overwrite(purpose, path) => {
                     ui.label(format!("{} exists. Replace it?", path.display()));
                     ui.horizontal(|ui| {
                         if ui.button("Replace").clicked() {
-                            app.confirm = None;
-                            app.act(purpose.clone(), path.clone());
+                            *p.confirm = None;
+                            p.send(Command::Act(purpose.clone(), path.clone()));
                         }
                         if ui.button("Cancel").clicked() {
-                            app.confirm = None;
+                            *p.confirm = None;
                         }
                     });
                 }
@@ -320,21 +372,21 @@ pub(crate) fn windows(app: &mut EditorApp, ctx: &egui::Context) {
                     ui.label("Restore the unsaved work it kept?");
                     ui.horizontal(|ui| {
                         if ui.button("Restore").clicked() {
-                            app.confirm = None;
-                            app.restore(path.clone());
+                            *p.confirm = None;
+                            p.send(Command::Restore(path.clone()));
                         }
                         if ui.button("Discard").clicked() {
-                            app.confirm = None;
-                            std::fs::remove_file(path).ok();
+                            *p.confirm = None;
+                            p.send(Command::DiscardRecovery(path.clone()));
                         }
                     });
                 }
             });
         if modal.should_close() && matches!(c, Confirm::Overwrite(..)) {
-            app.confirm = None;
+            *p.confirm = None;
         }
     }
-    if app.show_help {
-        help::window(app, ctx);
+    if *p.show_help {
+        help::window(p, ctx);
     }
 }

@@ -3,7 +3,8 @@
 use egui::RichText;
 use tessera_engine::loader::card::{Conditioning, Network};
 
-use crate::editor::app::EditorApp;
+use super::Panels;
+use crate::editor::command::Command;
 use crate::editor::files::{ImportWeights, Purpose};
 use crate::editor::settings::LoadWeights;
 
@@ -18,14 +19,14 @@ fn count(n: usize) -> String {
     }
 }
 
-pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
-    if let Some(p) = &app.model.loading {
+pub(super) fn ui(p: &mut Panels, ui: &mut egui::Ui) {
+    if let Some(path) = &p.model.loading {
         ui.horizontal(|ui| {
             ui.spinner();
-            ui.label(format!("loading {}", p.display()));
+            ui.label(format!("loading {}", path.display()));
         });
     }
-    if let Some(out) = &app.model.importing {
+    if let Some(out) = &p.model.importing {
         ui.horizontal(|ui| {
             ui.spinner();
             ui.label(format!("importing into {}", out.display()));
@@ -33,17 +34,17 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
     }
     ui.horizontal_wrapped(|ui| {
         if ui.button("Open model folder…").clicked() {
-            app.ask(Purpose::OpenModelFolder);
+            p.send(Command::Ask(Purpose::OpenModelFolder));
         }
         if ui.button("Open official manifest…").clicked() {
-            app.ask(Purpose::OpenManifest);
+            p.send(Command::Ask(Purpose::OpenManifest));
         }
     });
-    if let Some(e) = &app.model.error {
+    if let Some(e) = &p.model.error {
         ui.label(RichText::new(format!("Load failed: {e}")).color(ui.visuals().error_fg_color));
     }
-    let Some(card) = &app.model.card else {
-        if app.model.loading.is_none() {
+    let Some(card) = p.model.card.clone() else {
+        if p.model.loading.is_none() {
             ui.label(
                 RichText::new("No model — open a model folder or an official release manifest")
                     .strong(),
@@ -91,7 +92,7 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         row("conditioning", conditioning);
         row(
             "weights",
-            app.model
+            p.model
                 .weights
                 .clone()
                 .unwrap_or_else(|| card.dtype.clone()),
@@ -127,38 +128,38 @@ pub(super) fn ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             },
         );
     });
-    if let Some(p) = &app.model.path {
-        ui.add(egui::Label::new(RichText::new(p.display().to_string()).small()).truncate());
+    if let Some(path) = &p.model.path {
+        ui.add(egui::Label::new(RichText::new(path.display().to_string()).small()).truncate());
     }
-    for w in &app.model.warnings {
+    for w in &p.model.warnings {
         ui.label(RichText::new(format!("warning: {w}")).color(ui.visuals().warn_fg_color));
     }
-    if app.model.is_official() && app.model.importing.is_none() {
+    if p.model.is_official() && p.model.importing.is_none() {
         ui.label("This is an official release. Import it into Tessera's format (faster to load, optionally smaller)?");
         egui::ComboBox::from_label("import weights")
-            .selected_text(app.model.import_weights.label())
+            .selected_text(p.model.import_weights.label())
             .show_ui(ui, |ui| {
                 for w in ImportWeights::ALL {
-                    ui.selectable_value(&mut app.model.import_weights, w, w.label());
+                    ui.selectable_value(&mut p.model.import_weights, w, w.label());
                 }
             });
         if ui.button("Import into Tessera format…").clicked()
-            && let Some(p) = app.model.path.clone()
+            && let Some(path) = p.model.path.clone()
         {
-            app.ask(Purpose::ImportTo(p));
+            p.send(Command::Ask(Purpose::ImportTo(path)));
         }
     }
-    load_preferences(app, ui);
+    load_preferences(p, ui);
 }
 
 /// How models load (kept in the config); a change reloads the open model with it.
-fn load_preferences(app: &mut EditorApp, ui: &mut egui::Ui) {
-    let before = (app.config.load_weights, app.config.low_memory);
+fn load_preferences(p: &mut Panels, ui: &mut egui::Ui) {
+    let before = (p.config.load_weights, p.config.low_memory);
     egui::ComboBox::from_label("weights at load")
-        .selected_text(app.config.load_weights.label())
+        .selected_text(p.config.load_weights.label())
         .show_ui(ui, |ui| {
             for w in LoadWeights::ALL {
-                ui.selectable_value(&mut app.config.load_weights, w, w.label());
+                ui.selectable_value(&mut p.config.load_weights, w, w.label());
             }
         })
         .response
@@ -167,17 +168,14 @@ fn load_preferences(app: &mut EditorApp, ui: &mut egui::Ui) {
              steps, logits within a small KL of the stored weights. A model stored quantized \
              loads as stored.",
         );
-    ui.checkbox(
-        &mut app.config.low_memory,
-        "low memory (one stage resident)",
-    )
-    .on_hover_text("Load each level's stage when the chain reaches it and release it after");
-    if (app.config.load_weights, app.config.low_memory) != before {
-        app.save_config();
-        if app.model.loading.is_none()
-            && let Some(p) = app.model.path.clone()
+    ui.checkbox(&mut p.config.low_memory, "low memory (one stage resident)")
+        .on_hover_text("Load each level's stage when the chain reaches it and release it after");
+    if (p.config.load_weights, p.config.low_memory) != before {
+        p.send(Command::SaveConfig);
+        if p.model.loading.is_none()
+            && let Some(path) = p.model.path.clone()
         {
-            app.load_model(&p);
+            p.send(Command::LoadModel(path));
         }
     }
 }

@@ -6,19 +6,20 @@ use std::sync::Arc;
 use egui::{ProgressBar, RichText};
 use image::RgbImage;
 
-use super::Thumbs;
-use crate::editor::app::EditorApp;
+use super::{Panels, Thumbs};
+use crate::editor::command::Command;
 use crate::editor::jobs::format_secs;
+use crate::editor::keymap::Action;
 use crate::editor::settings::level_name;
 
 /// Tokens above which the preflight warns.
 const EXPENSIVE_TOKENS: usize = 20_000;
 
-pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
-    let busy = app.jobs.busy();
-    let has_model = app.model.card.is_some();
+pub(super) fn generate_ui(p: &mut Panels, ui: &mut egui::Ui) {
+    let busy = p.jobs.busy();
+    let has_model = p.model.card.is_some();
     ui.horizontal(|ui| {
-        let label = if app.doc.is_some() {
+        let label = if p.doc.is_some() {
             "Generate  Ctrl+Enter"
         } else {
             "Sample new image"
@@ -29,40 +30,40 @@ pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             .on_hover_text("While a job runs, Generate adds the request to the queue")
             .clicked()
         {
-            app.generate();
+            p.run(Action::Generate);
         }
         if busy && ui.button("Cancel  Esc").clicked() {
-            app.cancel();
+            p.run(Action::Cancel);
         }
         if busy
-            && !app.jobs.queue.is_empty()
+            && !p.jobs.queue.is_empty()
             && ui
                 .button("Cancel all")
                 .on_hover_text("Cancel the running job and empty the queue")
                 .clicked()
         {
-            app.cancel_all();
+            p.send(Command::CancelAll);
         }
     });
-    queue_ui(app, ui);
-    if let Some((masked, tokens)) = app.preflight()
-        && app.model.card.is_some()
+    queue_ui(p, ui);
+    if let Some((masked, tokens)) = p.preflight
+        && p.model.card.is_some()
     {
-        let levels = app.settings.redo_levels(app.settings.levels.len());
-        let eta = app
+        let levels = p.settings.redo_levels(p.settings.levels.len());
+        let eta = p
             .jobs
             .secs_per_token
             .map(|s| {
                 format!(
                     ", ≈ {}",
-                    format_secs(s * tokens as f64 / app.settings.candidates.max(1) as f64)
+                    format_secs(s * tokens as f64 / p.settings.candidates.max(1) as f64)
                 )
             })
             .unwrap_or_default();
         let text = format!(
             "cost: {masked} masked tokens × {levels} levels ({} passes) × {} candidates = {tokens} token steps{eta}",
-            app.settings.inpaint_passes(),
-            app.settings.candidates
+            p.settings.inpaint_passes(),
+            p.settings.candidates
         );
         if tokens > EXPENSIVE_TOKENS {
             ui.label(RichText::new(text).color(ui.visuals().warn_fg_color));
@@ -70,7 +71,7 @@ pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
             ui.small(text);
         }
     }
-    if let Some(r) = &app.jobs.running {
+    if let Some(r) = &p.jobs.running {
         let eta = r
             .eta_secs()
             .map(|s| format!(" · ETA {}", format_secs(s)))
@@ -85,26 +86,26 @@ pub(super) fn generate_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
 }
 
 /// The queued requests ("2 queued"), each removable, and results waiting their turn.
-fn queue_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
-    let waiting = app.jobs.waiting.len();
+fn queue_ui(p: &mut Panels, ui: &mut egui::Ui) {
+    let waiting = p.jobs.waiting.len();
     if waiting > 0 {
         ui.small(format!(
             "{waiting} more result set{} after these (accept or discard to see them)",
             if waiting == 1 { "" } else { "s" }
         ));
     }
-    if app.jobs.queue.is_empty() {
+    if p.jobs.queue.is_empty() {
         return;
     }
     let mut remove = None;
     let mut clear = false;
     ui.horizontal(|ui| {
-        ui.label(format!("{} queued", app.jobs.queue.len()));
+        ui.label(format!("{} queued", p.jobs.queue.len()));
         if ui.small_button("clear queue").clicked() {
             clear = true;
         }
     });
-    for (i, q) in app.jobs.queue.iter().enumerate() {
+    for (i, q) in p.jobs.queue.iter().enumerate() {
         ui.horizontal(|ui| {
             if ui.small_button("remove").clicked() {
                 remove = Some(i);
@@ -119,9 +120,9 @@ fn queue_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         });
     }
     if clear {
-        app.jobs.queue.clear();
+        p.send(Command::ClearQueue);
     } else if let Some(i) = remove {
-        app.remove_queued(i);
+        p.send(Command::RemoveQueued(i));
     }
 }
 
@@ -150,8 +151,9 @@ fn thumb(
     tex
 }
 
-pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
-    let Some(res) = &app.jobs.results else {
+pub(super) fn results_ui(p: &mut Panels, ui: &mut egui::Ui) {
+    let jobs = p.jobs;
+    let Some(res) = &jobs.results else {
         return;
     };
     let ctx = ui.ctx().clone();
@@ -169,15 +171,15 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
                 Some(_) => Some(usize::MAX),
                 None => (!res.levels[i].is_empty()).then_some(res.levels[i].len()),
             };
-            let cached = app.thumbs.map.get(&i);
+            let cached = p.thumbs.map.get(&i);
             let fresh = version.is_some_and(|v| cached.is_some_and(|(cv, _)| *cv == v));
             let mut tex = cached.map(|(_, t)| t.clone());
             if !fresh && budget > 0 {
-                if let (Some(v), Some(p)) = (version, res.levels[i].last()) {
-                    let img = &p.overlay.pixels;
+                if let (Some(v), Some(prev)) = (version, res.levels[i].last()) {
+                    let img = &prev.overlay.pixels;
                     if img.width() > 0 && img.height() > 0 {
                         budget -= 1;
-                        tex = Some(thumb(&mut app.thumbs, &ctx, i, v, img));
+                        tex = Some(thumb(p.thumbs, &ctx, i, v, img));
                     }
                 }
             } else if !fresh && version.is_some() {
@@ -201,7 +203,7 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         .get(selected)
         .map(|l| l.iter().map(|p| p.level).collect())
         .unwrap_or_default();
-    let model_levels = app.settings.levels.len();
+    let model_levels = p.settings.levels.len();
     let view = res.view_level;
     let ready = res.ready(selected);
     let finished = res.finished;
@@ -248,12 +250,12 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
     let mut repaint = false;
     if let Some(conf) = res.final_confidence(selected) {
         let mean = conf.confidence.mean_prob().unwrap_or(1.0);
-        let below = conf.below(app.canvas_settings.unsure_below);
+        let below = conf.below(p.canvas_settings.unsure_below);
         let count = below.iter().filter(|b| **b).count();
         let sampled = conf.confidence.sampled.iter().filter(|s| **s).count();
         ui.horizontal(|ui| {
             ui.add(
-                egui::Slider::new(&mut app.canvas_settings.unsure_below, 0.0..=1.0)
+                egui::Slider::new(&mut p.canvas_settings.unsure_below, 0.0..=1.0)
                     .text("unsure below")
                     .fixed_decimals(2),
             )
@@ -272,49 +274,49 @@ pub(super) fn results_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
                 "mean confidence {:.0}% · {count} of {sampled} tokens unsure",
                 100.0 * mean
             ));
-            let label = if app.canvas_settings.show_confidence {
+            let label = if p.canvas_settings.show_confidence {
                 "hide confidence"
             } else {
                 "show confidence"
             };
             if ui.small_button(label).clicked() {
-                app.canvas_settings.show_confidence = !app.canvas_settings.show_confidence;
+                p.canvas_settings.show_confidence = !p.canvas_settings.show_confidence;
             }
         });
     }
     if repaint {
-        let t = app.canvas_settings.unsure_below;
-        return app.repaint_unsure(selected, t);
+        let t = p.canvas_settings.unsure_below;
+        return p.send(Command::RepaintUnsure(selected, t));
     }
     if let Some(i) = select {
-        app.select_candidate(i);
+        p.send(Command::SelectCandidate(i));
     }
     if let Some(v) = view_to {
-        app.view_level(v);
+        p.send(Command::ViewLevel(v));
     }
     if accept {
-        app.accept(selected);
+        p.send(Command::Accept(selected));
     } else if discard {
-        app.discard();
+        p.send(Command::Discard);
     }
 }
 
-pub(super) fn history_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
-    if app.doc.is_some()
-        && app.jobs.last_mask.is_some()
+pub(super) fn history_ui(p: &mut Panels, ui: &mut egui::Ui) {
+    if p.doc.is_some()
+        && p.jobs.last_mask.is_some()
         && ui
             .button("Reuse last mask  Ctrl+M")
             .on_hover_text("Restore the mask of the last generation (undoable)")
             .clicked()
     {
-        app.reuse_last_mask();
+        p.run(Action::ReuseMask);
     }
-    if app.generations.is_empty() {
+    if p.generations.is_empty() {
         ui.label("Accepted results appear here.");
         return;
     }
     let mut again = None;
-    for (i, g) in app.generations.iter().enumerate().rev() {
+    for (i, g) in p.generations.iter().enumerate().rev() {
         ui.group(|ui| {
             ui.label(format!("#{} {}", i + 1, g.summary()));
             ui.small(format!(
@@ -337,6 +339,6 @@ pub(super) fn history_ui(app: &mut EditorApp, ui: &mut egui::Ui) {
         });
     }
     if let Some(i) = again {
-        app.run_again(i);
+        p.send(Command::RunAgain(i));
     }
 }
