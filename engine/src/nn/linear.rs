@@ -1,0 +1,353 @@
+//! The linear layer of the stages: f32/f16 weights through the GEMM or the few-row kernels,
+//! quantized weights (`Q8_0`, k-quants) through Tessera's AVX2 kernel, candle's `QMatMul` or a
+//! per-call dequantization, and the differentiable path for training.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{grad, skinny};
+
+/// From this many rows on (encoder passes, cross-attention keys, batched prefills), a layer in
+/// a block format multiplies through its weight dequantized for the call and the f32 GEMM:
+/// ggml's block dot products run well below the GEMM's rate there, and unpacking the blocks
+/// once costs a few percent of such a product. Decoding steps (1–16 rows) read the blocks
+/// instead — a quarter of the bytes — through [`skinny::matmul_xwt_q8_0`] for `Q8_0` and
+/// candle's kernels for the k-quants.
+const DEQUANTIZED_MIN_ROWS: usize = 64;
+
+/// A fully connected layer `y = x Wᵀ (+ b)` with the PyTorch weight layout `[out, in]`.
+///
+/// Unlike `candle_nn::Linear` it can be built from several PyTorch layers that read the same
+/// input (query/key/value), concatenated along the output dimension, so one matrix product
+/// replaces three.
+///
+/// The weight is kept as `Wᵀ` `(in, out)`: a transposed view of the PyTorch tensor for f32
+/// (candle's CPU GEMM is fastest on that layout; products of 1–16 rows, i.e. decoding, go
+/// through the few-row kernel of `nn/skinny.rs` instead), a contiguous copy for half precision
+/// on the CPU (the f16 GEMM is several times faster on row-major right-hand sides when only a
+/// few rows are multiplied), or a ggml block format ([`Linear::quantized`]).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `Wᵀ`, `(in, out)` (for a quantized layer, the dequantized weight is not kept: this is
+    /// an empty placeholder and `quant` holds the weight).
+    weight_t: Tensor,
+    /// The weight in a ggml block format (see [`Linear::quantized`]).
+    quant: Option<QMatMul>,
+    out_dim: usize,
+    bias: Option<Tensor>,
+    /// The parameter prefixes the weight was loaded from (`decoder.layers.0.1.to_q`), one per
+    /// part of a fused layer in output order; empty for a layer built from a bare tensor.
+    names: Vec<String>,
+}
+
+impl Linear {
+    /// Loads `weight` `[out, in]` (and `bias` `[out]` when `bias` is true) under `vb`.
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        let mut layer = Self::from_weight(weight, bias)?;
+        layer.names = vec![vb.prefix()];
+        Ok(layer)
+    }
+
+    /// Builds the layer from a PyTorch-layout weight `[out, in]` and an optional bias `[out]`.
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_dim, _) = weight.dims2()?;
+        if let Some(b) = &bias
+            && b.dims1()? != out_dim
+        {
+            candle_core::bail!(
+                "linear: bias {:?} does not match weight {:?}",
+                b.dims(),
+                weight.dims()
+            )
+        }
+        let weight_t = match (weight.device(), weight.dtype()) {
+            (Device::Cpu, DType::F16 | DType::BF16) => weight.t()?.contiguous()?,
+            _ => weight.t()?,
+        };
+        Ok(Self {
+            weight_t,
+            quant: None,
+            out_dim,
+            bias,
+            names: Vec::new(),
+        })
+    }
+
+    /// This layer with its weight quantized to the ggml block format `dtype` (e.g. `Q8_0`,
+    /// `Q4K`); the bias stays in f32. The product then runs through candle's quantized kernels
+    /// on f32 activations, reading `dtype`'s bytes per weight instead of 4.
+    ///
+    /// The input width must be a multiple of the format's block (32 for `Q8_0`, 256 for the
+    /// k-quants). Where a k-quant's block does not divide it (the released width 1152) the
+    /// layer falls back to `Q8_0`, and where 32 does not either it stays unquantized, as
+    /// llama.cpp does with such tensors; [`Linear::is_quantized`] tells which.
+    pub fn quantized(&self, dtype: GgmlDType) -> Result<Self> {
+        if self.quant.is_some() {
+            candle_core::bail!("linear: the layer is already quantized")
+        }
+        let w = self.weight()?.to_dtype(DType::F32)?.contiguous()?;
+        let (out_dim, in_dim) = w.dims2()?;
+        let Some(dtype) = Self::block_format(dtype, in_dim) else {
+            return Ok(self.clone());
+        };
+        debug_assert_eq!(out_dim, self.out_dim);
+        self.with_blocks(QTensor::quantize(&w, dtype)?)
+    }
+
+    /// This layer computing with the block-format weight `q` (`[out, in]`); the bias in f32.
+    fn with_blocks(&self, q: QTensor) -> Result<Self> {
+        Ok(Self {
+            weight_t: Tensor::zeros(0, DType::F32, self.weight_t.device())?,
+            quant: Some(QMatMul::from_qtensor(q)?),
+            out_dim: self.out_dim,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.to_dtype(DType::F32))
+                .transpose()?,
+            names: self.names.clone(),
+        })
+    }
+
+    /// Whether the weight is held in a quantized block format.
+    pub fn is_quantized(&self) -> bool {
+        self.quant.is_some()
+    }
+
+    /// Bytes of weight (not bias) a product reads.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.quant {
+            Some(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+            None => self.weight_t.elem_count() * self.weight_t.dtype().size_in_bytes(),
+        }
+    }
+
+    /// Loads several layers with the same input and concatenates their outputs: the result
+    /// computes `[y_0, y_1, …]` along the last dimension, each `y_i` `out_dim` wide.
+    pub fn fused(vbs: &[VarBuilder], in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weights = vbs
+            .iter()
+            .map(|vb| vb.get((out_dim, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        let biases = if bias {
+            Some(
+                vbs.iter()
+                    .map(|vb| vb.get(out_dim, "bias"))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        let weight = if weights.iter().all(Self::is_placeholder) {
+            // Stored blocks follow; do not materialise zeros the size of the layer.
+            Self::placeholder(vec![out_dim * weights.len(), in_dim], weights[0].device())?
+        } else {
+            Tensor::cat(&weights, 0)?
+        };
+        let bias = biases.map(|b| Tensor::cat(&b, 0)).transpose()?;
+        let mut layer = Self::from_weight(weight, bias)?;
+        layer.names = vbs.iter().map(|vb| vb.prefix()).collect();
+        Ok(layer)
+    }
+
+    /// A stand-in for a weight whose block-format data is swapped in after the network is built
+    /// ([`Linear::with_stored_quant`]): one f32 zero broadcast to `shape`, so it holds no memory.
+    pub fn placeholder(shape: impl Into<candle_core::Shape>, device: &Device) -> Result<Tensor> {
+        Tensor::zeros((), DType::F32, device)?.broadcast_as(shape)
+    }
+
+    fn is_placeholder(t: &Tensor) -> bool {
+        t.elem_count() > 1 && t.stride().iter().all(|&s| s == 0)
+    }
+
+    /// The parameter names of the weight, `<prefix>.weight`, one per part of a fused layer in
+    /// output order (empty for a layer built with [`Linear::from_weight`]).
+    pub fn weight_names(&self) -> Vec<String> {
+        self.names.iter().map(|n| format!("{n}.weight")).collect()
+    }
+
+    /// The block format a weight of input width `in_dim` is stored in when `dtype` is asked
+    /// for (see [`Linear::quantized`]); `None` when it stays unquantized.
+    pub fn block_format(dtype: GgmlDType, in_dim: usize) -> Option<GgmlDType> {
+        if in_dim.is_multiple_of(dtype.block_size()) {
+            Some(dtype)
+        } else if in_dim.is_multiple_of(GgmlDType::Q8_0.block_size()) {
+            Some(GgmlDType::Q8_0)
+        } else {
+            None
+        }
+    }
+
+    /// This layer with its weight taken from stored quantized blocks instead of the tensor it
+    /// was built with: `find` gives the stored tensor of a weight name, `None` when that weight
+    /// is not stored quantized (the layer is then returned as it is). The parts of a fused
+    /// layer must all be stored, in one format; their rows are concatenated, which is exact
+    /// because a block never spans two rows.
+    pub fn with_stored_quant(
+        &self,
+        find: &mut dyn FnMut(&str) -> Result<Option<QTensor>>,
+    ) -> Result<Self> {
+        let names = self.weight_names();
+        let mut parts = Vec::with_capacity(names.len());
+        for name in &names {
+            parts.push(find(name)?);
+        }
+        if parts.iter().all(Option::is_none) {
+            return Ok(self.clone());
+        }
+        let Some(mut parts) = parts.into_iter().collect::<Option<Vec<QTensor>>>() else {
+            candle_core::bail!("linear {names:?}: only some parts are stored quantized")
+        };
+        let (in_dim, _) = self.weight_t.dims2()?;
+        let dtype = parts[0].dtype();
+        let mut rows = 0;
+        for (name, p) in names.iter().zip(&parts) {
+            let (out, inp) = p.shape().dims2()?;
+            if inp != in_dim || p.dtype() != dtype {
+                candle_core::bail!(
+                    "linear `{name}`: stored as {:?} {:?}, the layer needs [{}, {in_dim}] in \
+                     {dtype:?} like its other parts",
+                    p.dtype(),
+                    p.shape().dims(),
+                    out
+                )
+            }
+            rows += out;
+        }
+        if rows != self.out_dim {
+            candle_core::bail!(
+                "linear {names:?}: stored weights have {rows} rows, the layer {}",
+                self.out_dim
+            )
+        }
+        let q = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            let mut bytes = Vec::new();
+            for p in &parts {
+                bytes.extend_from_slice(&p.data()?);
+            }
+            candle_core::quantized::ggml_file::qtensor_from_ggml(
+                dtype,
+                &bytes,
+                vec![rows, in_dim],
+                self.weight_t.device(),
+            )?
+        };
+        self.with_blocks(q)
+    }
+
+    /// Few-row f32 products of a dense layer on the CPU through [`skinny::matmul_xwt`]; `None` when the GEMM
+    /// is the better choice.
+    fn skinny(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+        if !(1..=16).contains(&rows)
+            || x2.track_op()
+            || self.weight_t.track_op()
+            || !matches!(x2.device(), Device::Cpu)
+            || x2.dtype() != DType::F32
+            || self.weight_t.dtype() != DType::F32
+        {
+            return Ok(None);
+        }
+        let w = self.weight_t.t()?;
+        let (out, k) = w.dims2()?;
+        let (w_guard, w_layout) = w.storage_and_layout();
+        let (x_guard, x_layout) = x2.storage_and_layout();
+        let (candle_core::Storage::Cpu(ws), candle_core::Storage::Cpu(xs)) = (&*w_guard, &*x_guard)
+        else {
+            return Ok(None);
+        };
+        let (Some((w0, w1)), Some((x0, x1))) =
+            (w_layout.contiguous_offsets(), x_layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let y = skinny::matmul_xwt(
+            &xs.as_slice::<f32>()?[x0..x1],
+            rows,
+            k,
+            &ws.as_slice::<f32>()?[w0..w1],
+            out,
+        );
+        drop((w_guard, x_guard));
+        Ok(Some(Tensor::from_vec(y, (rows, out), x2.device())?))
+    }
+
+    /// Whether the weight tracks gradients (training).
+    pub fn tracks_gradients(&self) -> bool {
+        self.weight_t.track_op()
+    }
+
+    /// The weight in PyTorch layout, `[out, in]` (a view; dequantized for a quantized layer).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.quant {
+            Some(QMatMul::QTensor(q)) => q.dequantize(self.weight_t.device()),
+            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.clone()),
+            None => self.weight_t.t(),
+        }
+    }
+
+    /// Applies the layer to `x` of shape `(…, in)`, giving `(…, out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if (x.track_op() || self.weight_t.track_op())
+            && self.quant.is_none()
+            && matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && self.weight_t.dtype() == DType::F32
+        {
+            // Training: one differentiable node (see `grad::LinearOp`).
+            let w = self.weight_t.t()?.contiguous()?;
+            let x = x.contiguous()?;
+            return match &self.bias {
+                Some(b) => x.apply_op3(&w, b, grad::LinearOp),
+                None => x.apply_op2(&w, grad::LinearOp),
+            };
+        }
+        let dims = x.dims();
+        let Some((&in_dim, lead)) = dims.split_last() else {
+            candle_core::bail!("linear: input must have at least one dimension")
+        };
+        let rows: usize = lead.iter().product();
+        let x2 = x.contiguous()?.reshape((rows, in_dim))?;
+        let y = match &self.quant {
+            Some(QMatMul::QTensor(q))
+                if rows >= DEQUANTIZED_MIN_ROWS && matches!(x2.device(), Device::Cpu) =>
+            {
+                x2.to_dtype(DType::F32)?
+                    .matmul(&q.dequantize(x2.device())?.t()?)?
+            }
+            Some(QMatMul::QTensor(q))
+                if (1..=16).contains(&rows)
+                    && q.dtype() == GgmlDType::Q8_0
+                    && matches!(x2.device(), Device::Cpu) =>
+            {
+                let x2 = x2.to_dtype(DType::F32)?;
+                let xs = x2.flatten_all()?.to_vec1::<f32>()?;
+                let y = skinny::matmul_xwt_q8_0(&xs, rows, in_dim, &q.data()?, self.out_dim);
+                Tensor::from_vec(y, (rows, self.out_dim), x2.device())?
+            }
+            Some(q) => q.forward(&x2.to_dtype(DType::F32)?)?,
+            None => match self.skinny(&x2, rows)? {
+                Some(y) => y,
+                None => x2.matmul(&self.weight_t)?,
+            },
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_shape = lead.to_vec();
+        out_shape.push(self.out_dim);
+        y.reshape(out_shape)
+    }
+}
