@@ -3,6 +3,8 @@
 //! (imagebart.md §5, §6), classifier-free guidance (against the empty condition for models
 //! trained with a dropped condition, or against a negative condition), and branching from a
 //! given level (e.g. inpainting strength, [`strength_start`]).
+//! One file (≈ 660 lines): the chain and the per-level context it runs stages with belong
+//! together.
 //!
 //! Beyond the official sampler, known tokens are never stepped through one by one: at a known
 //! position the guide allows exactly one token, so each run of known tokens is fed to the

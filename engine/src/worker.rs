@@ -1,6 +1,9 @@
 //! The job API the editor and the command line drive: a worker thread owns the loaded model;
 //! callers send requests and receive [`Event`]s over a channel, and never wait on the engine.
 //! Cancelling sets a flag that the sampler checks at every token step.
+//!
+//! One file (≈ 670 lines) because a job's path is read top to bottom here: the request, the
+//! window and token planning, the chain with its observer, and the events it sends.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,6 +2,10 @@
 //! `ResidualScaledXTransformer` (`imagebart/modules/xtransformers/x_transformer.py` at
 //! CompVis/imagebart c11ea83, a trimmed copy of lucidrains' x-transformers).
 //!
+//! One file for the whole network (≈ 800 lines), as candle-transformers keeps its model files:
+//! the encoder, the decoder, their caches and the training forward share the blocks and are read
+//! together against the official code.
+//!
 //! Effective architecture of every released config (see the reference notes, §3.2):
 //! - encoder: `token_emb[src] + pos_emb[0..Ls]`, `enc_depth` pre-LN blocks of
 //!   (self-attention, feed-forward), final LayerNorm — the *context*;

@@ -11,10 +11,9 @@
 //! 4. the model folder (card, VQGAN, stages in the storage type, tokenizer), written to a
 //!    temporary folder and renamed into place.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use tessera_engine::loader::card::{
@@ -23,7 +22,6 @@ use tessera_engine::loader::card::{
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::schedule::Schedule;
 use tessera_engine::text::{PromptTokenizer, train_word_level};
-use tessera_engine::vqgan::{Vqgan, VqganConfig};
 use tessera_engine::{Error, Result};
 
 use super::data::{EmojiSet, SceneConfig, SceneGen, batch_to_tensor, class_names};
@@ -32,7 +30,12 @@ use super::vqgan::{
     DecoderProgress, DecoderTuneConfig, VqganProgress, VqganTrainConfig, train_vqgan, tune_decoder,
 };
 
+mod files;
+mod pool;
 mod stages;
+use files::{VqganMeta, check_recipe_file, copy, load_vqgan, read_json, to_f16, write_json};
+pub use pool::Pool;
+use pool::pool;
 use stages::{StageData, train_stages};
 
 /// File name of the tokenizer in the work and model folders.
@@ -290,17 +293,6 @@ pub fn train_scenes<'a>(set: &'a EmojiSet, _recipe: &Recipe) -> Result<SceneGen<
 /// model knows) in scenes from streams no training phase draws ([`SceneGen::held_out`]).
 pub fn val_scenes<'a>(set: &'a EmojiSet, _recipe: &Recipe) -> Result<SceneGen<'a>> {
     Ok(SceneGen::new(set.all(), SceneConfig::default())?.held_out())
-}
-
-/// The x_0 pool: token grids of training scenes with their classes and captions.
-#[derive(Debug, Clone)]
-pub struct Pool {
-    /// Grids, `len × positions`.
-    pub tokens: Vec<Vec<u32>>,
-    /// Class of each scene.
-    pub classes: Vec<usize>,
-    /// Caption of each scene.
-    pub captions: Vec<String>,
 }
 
 /// How [`run`] runs; none of it changes the trained model.
@@ -603,168 +595,4 @@ pub fn condition_of(
             }
         }
     })
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct VqganMeta {
-    config: VqganConfig,
-    n_used: usize,
-}
-
-fn load_vqgan(path: &Path, meta: &VqganMeta) -> Result<Vqgan> {
-    // The file is ours and small; read it whole rather than memory-mapping.
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::bad_file(path, e.to_string()))?;
-    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-    Ok(Vqgan::new(vb, &meta.config, meta.n_used)?)
-}
-
-/// Encodes (or reads back) the pool of training scenes.
-fn pool(
-    recipe: &Recipe,
-    scenes: &SceneGen,
-    vqgan: &Vqgan,
-    work: &Path,
-    events: &mut dyn FnMut(TrainEvent) -> bool,
-) -> Result<Pool> {
-    let path = work.join(POOL_FILE);
-    let cap_path = work.join(CAPTIONS_FILE);
-    let done = path.is_file() && cap_path.is_file();
-    events(TrainEvent::Phase {
-        name: "pool".into(),
-        done,
-    });
-    let seed = recipe.seed ^ 0x504f_4f4c;
-    if !done {
-        let chunk = 64;
-        let mut tokens: Vec<u32> = Vec::new();
-        let mut classes = Vec::new();
-        let mut captions = Vec::new();
-        let mut positions = 0;
-        let mut start = 0;
-        while start < recipe.pool {
-            let n = chunk.min(recipe.pool - start);
-            let batch = scenes.scenes(seed, start as u64, n, recipe.res);
-            let images: Vec<_> = batch.iter().map(|s| s.image.clone()).collect();
-            let x = batch_to_tensor(&images, &Device::Cpu)?;
-            let t = vqgan.encode_tokens(&x)?.flatten_from(1)?;
-            positions = t.dim(1)?;
-            tokens.extend(t.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?);
-            for s in batch {
-                classes.push(s.class as u32);
-                captions.push(s.caption);
-            }
-            start += n;
-            events(TrainEvent::Pool(start, recipe.pool));
-        }
-        let mut map = HashMap::new();
-        map.insert(
-            "tokens".to_string(),
-            Tensor::from_vec(tokens, (recipe.pool, positions), &Device::Cpu)?,
-        );
-        map.insert(
-            "classes".to_string(),
-            Tensor::from_vec(classes, recipe.pool, &Device::Cpu)?,
-        );
-        let tmp = work.join("pool.safetensors.tmp");
-        candle_core::safetensors::save(&map, &tmp)
-            .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
-        let cap_tmp = work.join("captions.txt.tmp");
-        std::fs::write(&cap_tmp, captions.join("\n")).map_err(|e| Error::io(&cap_tmp, e))?;
-        std::fs::rename(&cap_tmp, &cap_path).map_err(|e| Error::io(&cap_path, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    }
-    read_pool(&path, &cap_path)
-}
-
-fn read_pool(path: &Path, cap_path: &Path) -> Result<Pool> {
-    let map = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::bad_file(path, e.to_string()))?;
-    let get = |k: &str| {
-        map.get(k).cloned().ok_or_else(|| Error::MissingKey {
-            path: path.to_path_buf(),
-            key: k.into(),
-        })
-    };
-    let tokens = get("tokens")?.to_vec2::<u32>()?;
-    let classes = get("classes")?
-        .to_vec1::<u32>()?
-        .into_iter()
-        .map(|c| c as usize)
-        .collect::<Vec<_>>();
-    let text = std::fs::read_to_string(cap_path).map_err(|e| Error::io(cap_path, e))?;
-    let captions: Vec<String> = text.lines().map(str::to_string).collect();
-    if captions.len() != tokens.len() || classes.len() != tokens.len() || tokens.is_empty() {
-        return Err(Error::bad_file(
-            path,
-            format!(
-                "pool holds {} grids, {} classes and {} captions",
-                tokens.len(),
-                classes.len(),
-                captions.len()
-            ),
-        ));
-    }
-    Ok(Pool {
-        tokens,
-        classes,
-        captions,
-    })
-}
-
-/// A rerun must use the recipe the work folder was started with.
-fn check_recipe_file(recipe: &Recipe, work: &Path) -> Result<()> {
-    let path = work.join(RECIPE_FILE);
-    if path.is_file() {
-        let saved: Recipe = read_json(&path)?;
-        if &saved != recipe {
-            return Err(Error::Input(format!(
-                "{} was started with another recipe ({}); use a new work folder",
-                work.display(),
-                path.display()
-            )));
-        }
-        Ok(())
-    } else {
-        write_json(&path, recipe)
-    }
-}
-
-/// Rewrites a safetensors file with its float tensors in f16.
-fn to_f16(path: &Path) -> Result<()> {
-    let map = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::bad_file(path, e.to_string()))?;
-    let half: HashMap<String, Tensor> = map
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if v.dtype() == DType::F32 {
-                v.to_dtype(DType::F16)?
-            } else {
-                v
-            };
-            Ok((k, v))
-        })
-        .collect::<Result<_>>()?;
-    let tmp = path.with_extension("f16.tmp");
-    candle_core::safetensors::save(&half, &tmp)
-        .map_err(|e| Error::io(&tmp, std::io::Error::other(e)))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to).map_err(|e| Error::io(to, e))?;
-    Ok(())
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Input(format!("cannot serialise {}: {e}", path.display())))?;
-    let tmp: PathBuf = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::config(path, e))
 }
