@@ -21,6 +21,29 @@ fn tessera(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `tessera sample --model M --class C --seed S -o OUT EXTRA…`.
+fn sample_class(
+    model: &Path,
+    class: &str,
+    seed: &str,
+    out: &Path,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args = vec![
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--class",
+        class,
+        "--seed",
+        seed,
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tessera(&args)
+}
+
 #[test]
 fn check_reference_passes_on_every_golden_case() {
     let mut n = 0;
@@ -536,19 +559,7 @@ fn negative_class_and_strength_options() {
     let model = golden().join("class_custom");
     let sample = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec![
-            "sample",
-            "--model",
-            model.to_str().unwrap(),
-            "--class",
-            "12",
-            "--seed",
-            "3",
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (ok, text) = tessera(&args);
+        let (ok, text) = sample_class(&model, "12", "3", &out, extra);
         (ok.then(|| image::open(&out).unwrap().to_rgb8()), text)
     };
     // The model has no null class: guidance needs a negative class.
@@ -655,19 +666,7 @@ fn the_cards_recommended_guidance_is_the_default() {
     std::fs::write(&card_path, card.to_string()).unwrap();
     let sample = |extra: &[&str], name: &str| {
         let out = dir.path().join(name);
-        let mut args = vec![
-            "sample",
-            "--model",
-            model.to_str().unwrap(),
-            "--class",
-            "0",
-            "--seed",
-            "5",
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (ok, text) = tessera(&args);
+        let (ok, text) = sample_class(&model, "0", "5", &out, extra);
         assert!(ok, "{text}");
         std::fs::read(&out).unwrap()
     };
