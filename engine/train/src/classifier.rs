@@ -25,7 +25,7 @@ mod im2col;
 use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Module, Tensor, Var};
-use candle_nn::{AdamW, Init, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{Init, Linear, VarBuilder, VarMap};
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +36,7 @@ pub use fid::{fid, mean_cov, sym_eigen};
 use tessera_engine::{Error, Result};
 
 use crate::data::{EmojiView, SceneConfig, SceneGen, batch_to_tensor, class_names};
+use crate::optim::{AdamW, AdamWConfig};
 
 /// Architecture of the classifier (stored next to the weights as JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,26 +446,18 @@ pub fn train_classifier(
     }
     let model = Classifier::new(&cfg.model, seed, device)?;
     let scenes = SceneGen::new(train.clone(), cfg.scenes.clone())?;
-    let params = ParamsAdamW {
-        lr: cfg.lr,
-        weight_decay: cfg.weight_decay,
-        ..Default::default()
-    };
-    // Running statistics are buffers, not parameters.
-    let trainable: Vec<Var> = {
-        let data = model
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::Input("classifier weights are poisoned".into()))?;
-        let mut named: Vec<(&String, &Var)> = data
-            .iter()
-            .filter(|(k, _)| !k.contains("running_"))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(_, v)| v.clone()).collect()
-    };
-    let mut opt = AdamW::new(trainable, params)?;
+    // Tessera's one AdamW; decay on the conv and linear weights (rank ≥ 2), not on BatchNorm
+    // or biases. Running statistics are buffers: they get no gradient, so it leaves them alone.
+    let mut opt = AdamW::with_decay(
+        &model.varmap,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: cfg.weight_decay,
+        },
+        |name, rank| rank >= 2 && !name.contains("running_"),
+    )?;
     for step in 0..steps {
         let batch = scenes.scenes(
             seed,
@@ -482,8 +475,7 @@ pub fn train_classifier(
         let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let correct = pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
         let lr = lr_at(cfg, step, steps);
-        opt.set_learning_rate(lr);
-        opt.backward_step(&loss)?;
+        opt.step(&loss.backward()?, lr, None)?;
         model.update_running(&stats)?;
         let report = ClassifierProgress {
             step: step + 1,

@@ -91,8 +91,18 @@ pub fn sorted_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
 }
 
 impl AdamW {
-    /// Zero moments for every variable of `varmap`.
+    /// Zero moments for every variable of `varmap`; weight decay on the matrices of linear
+    /// layers ([`decays`]).
     pub fn new(varmap: &VarMap, cfg: AdamWConfig) -> Result<Self> {
+        Self::with_decay(varmap, cfg, decays)
+    }
+
+    /// The same with another rule for which variables (name, rank) get weight decay.
+    pub fn with_decay(
+        varmap: &VarMap,
+        cfg: AdamWConfig,
+        decays: impl Fn(&str, usize) -> bool,
+    ) -> Result<Self> {
         let slots = sorted_vars(varmap)?
             .into_iter()
             .map(|(name, var)| {
