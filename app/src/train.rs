@@ -111,6 +111,39 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// `tessera eval --vqgan-of WORK`: the work folder's VQGAN on held-out scenes.
+fn eval_work_vqgan(args: &EvalArgs, work: &Path) -> Result<()> {
+    use tessera_train::eval::{EvalConfig, vqgan_quality};
+    let Some((recipe, vqgan, n_embed, tuned)) = recipe::work_vqgan(work)
+        .with_context(|| format!("cannot read the work folder {}", work.display()))?
+    else {
+        bail!(
+            "{} has no VQGAN yet (its VQGAN phase has not finished)",
+            work.display()
+        );
+    };
+    let set = load_set(&args.data, args.fixture)?;
+    let val = recipe::val_scenes(&set, &recipe)?;
+    let scenes = val.scenes(EvalConfig::default().seed, 0, args.n, recipe.res);
+    eprintln!(
+        "{} VQGAN of {} ({}), {} held-out scenes of {} px",
+        if tuned { "fine-tuned" } else { "first-stage" },
+        work.display(),
+        recipe.name,
+        scenes.len(),
+        recipe.res
+    );
+    let (q, _) = vqgan_quality(&vqgan, n_embed, &scenes, &mut |line| eprintln!("{line}"))?;
+    if let Some(path) = &args.json {
+        let mut value = serde_json::to_value(&q)?;
+        value["fine_tuned"] = tuned.into();
+        write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())
+            .map_err(anyhow::Error::msg)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// `tessera train --scenes`: a sheet of training scenes, captions on stdout.
 fn scene_sheet(recipe: &Recipe, set: &EmojiSet, path: &Path) -> Result<()> {
     let (n, cols, gap) = (24u32, 6u32, 4u32);
@@ -333,6 +366,11 @@ pub struct EvalArgs {
     /// Rows of the contact sheet.
     #[arg(long, default_value_t = 6)]
     pub sheet_rows: usize,
+    /// Measure only the VQGAN of a training work folder (the fine-tuned one once its decoder
+    /// phase is done) on `--n` held-out scenes of the recipe it was started with — before the
+    /// stages are trained. `--json` writes the numbers.
+    #[arg(long, value_name = "WORK")]
+    pub vqgan_of: Option<PathBuf>,
 }
 
 /// Runs `tessera eval`.
@@ -357,6 +395,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         });
     if let Some(Err(e)) = explicit.map(|s| s.validate()) {
         anyhow::bail!("{e}");
+    }
+    if let Some(work) = &args.vqgan_of {
+        return eval_work_vqgan(args, work);
     }
     let recipe = load_recipe(&args.recipe)?;
     let set = load_set(&args.data, args.fixture)?;

@@ -1,4 +1,7 @@
 //! The command line as a user runs it.
+//!
+//! One test file per module under test (each is its own test binary, and each binary links the
+//! whole crate: splitting would cost CI disk and link time, not help a reader).
 
 use std::path::Path;
 use std::process::Command;

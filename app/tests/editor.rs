@@ -1,5 +1,8 @@
 //! The editor driven through egui_kittest: the real app struct, fake file dialogs, the golden
 //! model (tiny random weights, official format).
+//!
+//! One test file per module under test (each is its own test binary, and each binary links the
+//! whole crate: splitting would cost CI disk and link time, not help a reader).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

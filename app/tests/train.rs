@@ -113,6 +113,37 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (32, 32));
 
+    // The work folder's VQGAN is measured on its own (before any stage would be trained).
+    let vq_json = dir.path().join("vq.json");
+    let (ok, text) = tessera(&[
+        "eval",
+        "--vqgan-of",
+        work.to_str().unwrap(),
+        "--fixture",
+        "--data",
+        fixture().to_str().unwrap(),
+        "--n",
+        "4",
+        "--json",
+        vq_json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("fine-tuned VQGAN of"), "{text}");
+    let vq: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&vq_json).unwrap()).unwrap();
+    assert!(
+        vq["psnr_db"]
+            .as_f64()
+            .is_some_and(|p| p.is_finite() && p > 0.0),
+        "{vq}"
+    );
+    assert_eq!(vq["fine_tuned"], true);
+    let empty = dir.path().join("empty-work");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::copy(work.join("recipe.json"), empty.join("recipe.json")).unwrap();
+    let (ok, text) = tessera(&["eval", "--vqgan-of", empty.to_str().unwrap()]);
+    assert!(!ok && text.contains("has no VQGAN yet"), "{text}");
+
     // Evaluation runs end to end and reports sane numbers.
     let json = dir.path().join("eval.json");
     let sheet = dir.path().join("sheet.png");

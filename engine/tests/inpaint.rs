@@ -1,4 +1,7 @@
 //! Pixel-space inpainting helpers: windows, token masks, tensor conversion, composite.
+//!
+//! One test file per module under test (each is its own test binary, and each binary links the
+//! whole crate: splitting would cost CI disk and link time, not help a reader).
 
 use candle_core::{Device, Tensor};
 use image::{GrayImage, Luma, Rgb, RgbImage};

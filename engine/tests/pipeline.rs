@@ -3,6 +3,9 @@
 //! against the network's own argmax, cancellation, chains, branching, class conditioning,
 //! classifier-free guidance, and the known-run prefill against a reference implementation
 //! that recomputes every step the way the official sampler does.
+//!
+//! One test file per module under test (each is its own test binary, and each binary links the
+//! whole crate: splitting would cost CI disk and link time, not help a reader).
 
 use candle_core::{Device, IndexOp, Tensor};
 use tessera_engine::Error;

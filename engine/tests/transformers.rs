@@ -5,6 +5,9 @@
 //! steps, batch rows are independent, the residual term is what the official code adds, the
 //! masks are what the official code uses, and bad inputs give errors. The golden tests compare
 //! with logits the official PyTorch code computed from the checkpoints in `shared/golden`.
+//!
+//! One test file per module under test (each is its own test binary, and each binary links the
+//! whole crate: splitting would cost CI disk and link time, not help a reader).
 
 use std::collections::HashMap;
 

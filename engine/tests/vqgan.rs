@@ -1,5 +1,8 @@
 //! VQGAN first stage: structural tests with random weights, and agreement with the official
 //! implementation on the golden checkpoint.
+//!
+//! One test file per module under test (each is its own test binary, and each binary links the
+//! whole crate: splitting would cost CI disk and link time, not help a reader).
 
 use std::collections::HashMap;
 

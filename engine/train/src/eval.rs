@@ -23,6 +23,7 @@ use tessera_engine::loader::card::{Condition, Conditioning};
 use tessera_engine::pipeline::{ChainRequest, Silent, run_chain};
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::text::PromptTokenizer;
+use tessera_engine::vqgan::Vqgan;
 use tessera_engine::{Error, Result};
 
 use super::classifier::Classifier;
@@ -241,58 +242,13 @@ pub fn evaluate(
 
     // VQGAN.
     let scenes = val.scenes(cfg.seed, 0, cfg.recon.max(cfg.nll), res);
-    let mut psnr_sum = 0.0;
-    let mut by_background: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
-    let mut counts = vec![0usize; card.vqgan.n_embed];
-    let mut grids: Vec<Vec<u32>> = Vec::new();
-    for chunk in scenes.chunks(32) {
-        let images: Vec<_> = chunk.iter().map(|s| s.image.clone()).collect();
-        let x = batch_to_tensor(&images, &dev)?;
-        let tokens = model.vqgan.encode_tokens(&x)?;
-        let rec = model.vqgan.decode_tokens(&tokens)?;
-        for (i, scene) in chunk.iter().enumerate() {
-            let p = psnr(&x.get(i)?, &rec.get(i)?.to_dtype(DType::F32)?)?;
-            psnr_sum += p;
-            let kind = by_background
-                .entry(background_kind(&scene.background).into())
-                .or_default();
-            kind.0 += 1;
-            kind.1 += p;
-        }
-        for row in tokens.to_vec2::<u32>()? {
-            for &tk in &row {
-                counts[model.vqgan.used()[tk as usize] as usize] += 1;
-            }
-            grids.push(row);
-        }
-    }
-    let total: usize = counts.iter().sum();
-    let entropy: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / total as f64;
-            -p * p.ln()
-        })
-        .sum();
-    let psnr_db = psnr_sum / scenes.len() as f64;
-    for (n, sum) in by_background.values_mut() {
-        *sum /= *n as f64;
-    }
-    let codes_used = counts.iter().filter(|&&c| c > 0).count();
-    log(&format!(
-        "vqgan: PSNR {psnr_db:.3} dB over {} held-out scenes; {codes_used} of {} codes used \
-         (perplexity {:.1})",
-        scenes.len(),
-        card.vqgan.n_embed,
-        entropy.exp()
-    ));
-
-    let kinds: Vec<String> = by_background
-        .iter()
-        .map(|(k, (n, p))| format!("{k} {p:.2} ({n})"))
-        .collect();
-    log(&format!("vqgan: PSNR by background: {}", kinds.join(", ")));
+    let (q, grids) = vqgan_quality(&model.vqgan, card.vqgan.n_embed, &scenes, log)?;
+    let VqganQuality {
+        psnr_db,
+        psnr_by_background: by_background,
+        codes_used,
+        code_perplexity,
+    } = q;
 
     // NLL per stage.
     let conds: Vec<Condition> = scenes
@@ -477,13 +433,96 @@ pub fn evaluate(
         psnr_by_background: by_background,
         codes_used,
         n_embed: card.vqgan.n_embed,
-        code_perplexity: entropy.exp(),
+        code_perplexity,
         nll_bits,
         nll_bits_uncond,
         guidance,
         fid_uncond,
         fid_upper_half,
     })
+}
+
+/// Reconstruction quality of a VQGAN on scenes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VqganQuality {
+    /// Mean PSNR (dB).
+    pub psnr_db: f64,
+    /// The same per background kind: (scenes, mean PSNR).
+    pub psnr_by_background: std::collections::BTreeMap<String, (usize, f64)>,
+    /// Distinct codes the scenes use.
+    pub codes_used: usize,
+    /// Perplexity of the code distribution.
+    pub code_perplexity: f64,
+}
+
+/// Encodes and decodes `scenes` through `vqgan` (codebook of `n_embed`): PSNR overall and by
+/// background, code usage, and the scenes' token grids; logs a summary.
+pub fn vqgan_quality(
+    vqgan: &Vqgan,
+    n_embed: usize,
+    scenes: &[Scene],
+    log: &mut dyn FnMut(&str),
+) -> Result<(VqganQuality, Vec<Vec<u32>>)> {
+    let dev = Device::Cpu;
+    let mut psnr_sum = 0.0;
+    let mut by_background: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+    let mut counts = vec![0usize; n_embed];
+    let mut grids: Vec<Vec<u32>> = Vec::new();
+    for chunk in scenes.chunks(32) {
+        let images: Vec<_> = chunk.iter().map(|s| s.image.clone()).collect();
+        let x = batch_to_tensor(&images, &dev)?;
+        let tokens = vqgan.encode_tokens(&x)?;
+        let rec = vqgan.decode_tokens(&tokens)?;
+        for (i, scene) in chunk.iter().enumerate() {
+            let p = psnr(&x.get(i)?, &rec.get(i)?.to_dtype(DType::F32)?)?;
+            psnr_sum += p;
+            let kind = by_background
+                .entry(background_kind(&scene.background).into())
+                .or_default();
+            kind.0 += 1;
+            kind.1 += p;
+        }
+        for row in tokens.to_vec2::<u32>()? {
+            for &tk in &row {
+                counts[vqgan.used()[tk as usize] as usize] += 1;
+            }
+            grids.push(row);
+        }
+    }
+    let total: usize = counts.iter().sum();
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total as f64;
+            -p * p.ln()
+        })
+        .sum();
+    let psnr_db = psnr_sum / scenes.len().max(1) as f64;
+    for (n, sum) in by_background.values_mut() {
+        *sum /= *n as f64;
+    }
+    let codes_used = counts.iter().filter(|&&c| c > 0).count();
+    log(&format!(
+        "vqgan: PSNR {psnr_db:.3} dB over {} held-out scenes; {codes_used} of {n_embed} codes \
+         used (perplexity {:.1})",
+        scenes.len(),
+        entropy.exp()
+    ));
+    let kinds: Vec<String> = by_background
+        .iter()
+        .map(|(k, (n, p))| format!("{k} {p:.2} ({n})"))
+        .collect();
+    log(&format!("vqgan: PSNR by background: {}", kinds.join(", ")));
+    Ok((
+        VqganQuality {
+            psnr_db,
+            psnr_by_background: by_background,
+            codes_used,
+            code_perplexity: entropy.exp(),
+        },
+        grids,
+    ))
 }
 
 /// Short name of a background's kind.

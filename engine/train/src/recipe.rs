@@ -529,6 +529,32 @@ pub fn run(
     Ok(card)
 }
 
+/// The VQGAN of a work folder and the recipe it was started with: the fine-tuned one once the
+/// decoder phase is done (then `true`), else the first stage's; `None` while the VQGAN phase
+/// runs. Returns it with its codebook size.
+pub fn work_vqgan(
+    work: &Path,
+) -> Result<Option<(Recipe, tessera_engine::vqgan::Vqgan, usize, bool)>> {
+    let recipe: Recipe = read_json(&work.join(RECIPE_FILE))?;
+    let (vq_path, meta_path) = (work.join(VQGAN_FILE), work.join(VQGAN_META));
+    if !(vq_path.is_file() && meta_path.is_file()) {
+        return Ok(None);
+    }
+    let meta: VqganMeta = read_json(&meta_path)?;
+    let n_embed = meta.config.n_embed;
+    let tuned_path = work.join(VQGAN_TUNED);
+    if recipe.decoder.steps > 0 && tuned_path.is_file() {
+        let tuned = VqganMeta {
+            config: recipe.decoder.tuned_config(&meta.config),
+            n_used: meta.n_used,
+        };
+        let vqgan = load_vqgan(&tuned_path, &tuned)?;
+        return Ok(Some((recipe, vqgan, n_embed, true)));
+    }
+    let vqgan = load_vqgan(&vq_path, &meta)?;
+    Ok(Some((recipe, vqgan, n_embed, false)))
+}
+
 /// A tuned VQGAN found in the work folder must come from the recipe's decoder fine-tune: the
 /// card describes the decoder by that configuration.
 fn same_decoder_config(dir: &Path, cfg: &DecoderTuneConfig, tuned: &Path) -> Result<()> {

@@ -1,4 +1,4 @@
-//! Emoji data, scenes, the category classifier and FID (fixture only; the `#[ignore]`d tests
+//! Emoji data, the concept vocabulary, scenes, the concept classifier and FID (fixture only; the `#[ignore]`d tests
 //! need `scripts/fetch-data.sh` to have run).
 
 use std::collections::BTreeSet;

@@ -3,6 +3,9 @@
 //! lowers the error and resumes exactly.
 //!
 //! `trial` (ignored) is the measured run on emoji scenes: see its doc comment.
+//!
+//! One test file per module under test (each is its own test binary, and each binary links the
+//! whole crate: splitting would cost CI disk and link time, not help a reader).
 
 use std::collections::HashMap;
 use std::path::Path;
