@@ -162,7 +162,7 @@ pub fn info(model: &Path) -> Result<()> {
             class_names,
             ..
         } if !class_names.is_empty() => format!(
-            "text ({context_len} tokens) and class words for {} categories: {}",
+            "text ({context_len} tokens) and class words for {} classes: {}",
             class_names.len(),
             class_names.join(", ")
         ),

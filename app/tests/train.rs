@@ -113,6 +113,45 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (32, 32));
 
+    // What only goes into the card may change after training (a guidance measured best): the
+    // rerun exports the card anew from the finished phases; anything that trains may not.
+    let (ok, printed) = tessera(&["train", "--recipe", "smoke", "--print-recipe"]);
+    assert!(ok, "{printed}");
+    let mut recipe: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    recipe["guidance_scale"] = 2.5.into();
+    let recipe_path = dir.path().join("smoke-guided.json");
+    std::fs::write(&recipe_path, recipe.to_string()).unwrap();
+    let stage1 = std::fs::read(out.join("stage1.safetensors")).unwrap();
+    let retrain = |path: &Path| {
+        let data = fixture();
+        tessera(&[
+            "train",
+            "--recipe",
+            path.to_str().unwrap(),
+            "--fixture",
+            "--data",
+            data.to_str().unwrap(),
+            "--work",
+            work.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--force",
+        ])
+    };
+    let (ok, text) = retrain(&recipe_path);
+    assert!(ok, "{text}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["guidance_scale"], 2.5, "{card}");
+    assert_eq!(
+        std::fs::read(out.join("stage1.safetensors")).unwrap(),
+        stage1
+    );
+    recipe["stage_steps"] = serde_json::json!([5, 5]);
+    std::fs::write(&recipe_path, recipe.to_string()).unwrap();
+    let (ok, text) = retrain(&recipe_path);
+    assert!(!ok && text.contains("another recipe"), "{text}");
+
     // The work folder's VQGAN is measured on its own (before any stage would be trained).
     let vq_json = dir.path().join("vq.json");
     let (ok, text) = tessera(&[
@@ -210,9 +249,9 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     );
     assert!(text.contains("per requested class"), "{text}");
     assert!(
-        text.contains("sampling: guidance 1, temperature 1, top-k off, top-p off"),
-        "the card recommends nothing, so no guidance and the network's own distribution: \
-         {text}"
+        text.contains("sampling: guidance 2.5, temperature 1, top-k off, top-p off"),
+        "the card recommends guidance 2.5 (the recipe above) and no sampling, so the \
+         network's own distribution: {text}"
     );
     let sheet = image::open(&sheet).unwrap();
     assert!(sheet.width() > sheet.height(), "4 columns, 2 rows");

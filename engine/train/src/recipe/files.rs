@@ -26,17 +26,30 @@ pub(super) fn load_vqgan(path: &Path, meta: &VqganMeta) -> Result<Vqgan> {
     Ok(Vqgan::new(vb, &meta.config, meta.n_used)?)
 }
 
-/// A rerun must use the recipe the work folder was started with.
+/// A rerun must use the recipe the work folder was started with — except for what only goes
+/// into the card (name, description, the recommended sampling and guidance), which is chosen
+/// after measuring the trained model: the rerun then exports the card anew (and the work
+/// folder's copy of the recipe is updated).
 pub(super) fn check_recipe_file(recipe: &Recipe, work: &Path) -> Result<()> {
     let path = work.join(RECIPE_FILE);
     if path.is_file() {
         let saved: Recipe = read_json(&path)?;
-        if &saved != recipe {
+        let training = |r: &Recipe| Recipe {
+            name: String::new(),
+            description: String::new(),
+            sampling: None,
+            guidance_scale: None,
+            ..r.clone()
+        };
+        if training(&saved) != training(recipe) {
             return Err(Error::Input(format!(
                 "{} was started with another recipe ({}); use a new work folder",
                 work.display(),
                 path.display()
             )));
+        }
+        if &saved != recipe {
+            write_json(&path, recipe)?;
         }
         Ok(())
     } else {
