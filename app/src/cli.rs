@@ -303,3 +303,21 @@ pub fn bench_model(model: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// `tessera classes PROMPT`: the ImageNet classes it names, best first; unknown words on
+/// stderr. Fails when it names none.
+pub fn classes(prompt: &str, n: usize) -> Result<ExitCode> {
+    use tessera_engine::imagenet::{classes_for_prompt, unknown_words};
+    for w in unknown_words(prompt) {
+        eprintln!("warning: no ImageNet class name has the word `{w}`");
+    }
+    let found = classes_for_prompt(prompt, n);
+    if found.is_empty() {
+        eprintln!("error: “{prompt}” names no ImageNet class (try a class name or synonym)");
+        return Ok(ExitCode::FAILURE);
+    }
+    for m in found {
+        println!("{} {}", m.id, m.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -235,6 +235,37 @@ fn find_class(class_names: &[String], n_classes: usize, c: &str) -> Result<usize
         .ok_or_else(|| anyhow!("no class named `{c}` (give a class id 0..{n_classes})"))
 }
 
+/// The class a prompt names for a class-conditional model (by its class names and their
+/// synonyms, as `tessera classes` lists them); says which it picked and what else matched.
+fn class_of_prompt(class_names: &[String], prompt: &str) -> Result<usize> {
+    use tessera_engine::imagenet::{match_classes, unknown_words};
+    if class_names.is_empty() {
+        bail!("this model's classes have no names to match a prompt against; give --class");
+    }
+    for w in unknown_words(prompt) {
+        eprintln!("warning: no ImageNet class name has the word `{w}`");
+    }
+    let found = match_classes(class_names.iter().map(String::as_str), prompt, 4);
+    let Some(best) = found.first() else {
+        bail!("“{prompt}” names none of the model's classes; try `tessera classes` or --class");
+    };
+    let others: Vec<String> = found[1..]
+        .iter()
+        .map(|m| format!("{} {}", m.id, m.matched))
+        .collect();
+    eprintln!(
+        "prompt “{prompt}” → class {} {}{}",
+        best.id,
+        best.name,
+        if others.is_empty() {
+            String::new()
+        } else {
+            format!(" (also: {})", others.join(", "))
+        }
+    );
+    Ok(best.id)
+}
+
 /// The condition of `--class` / `--prompt`, or with `negative` of `--negative-class` /
 /// `--negative-prompt`.
 fn condition(
@@ -250,7 +281,10 @@ fn condition(
     };
     match (&card.conditioning, class, prompt) {
         (Conditioning::Class { .. }, Some(_), Some(_)) => {
-            bail!("this model takes a class, not a prompt; drop --{neg}prompt")
+            bail!("this model takes a class, not a prompt; give --{neg}class or --{neg}prompt")
+        }
+        (Conditioning::Class { class_names, .. }, None, Some(prompt)) => {
+            Ok(Condition::Class(class_of_prompt(class_names, prompt)?))
         }
         (
             Conditioning::Class {

@@ -73,10 +73,19 @@ enum Command {
         args: train::TrainArgs,
     },
     /// Measure a trained model on the held-out split: VQGAN PSNR and code usage, NLL per
-    /// stage, guidance accuracy (category classifier), FID, and a contact sheet.
+    /// stage, guidance accuracy (concept classifier), FID, and a contact sheet.
     Eval {
         #[command(flatten)]
         args: train::EvalArgs,
+    },
+    /// The ImageNet classes a prompt names, best first, one per line, id first
+    /// (`277 red fox, Vulpes vulpes`): what `--prompt` picks for the class-conditional models.
+    Classes {
+        /// The prompt ("a red fox in the snow").
+        prompt: String,
+        /// How many candidates to list.
+        #[arg(short, long, default_value_t = 5)]
+        n: usize,
     },
     /// Benchmarks of released-size networks with random weights (use a release build).
     Bench {
@@ -131,6 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             train::eval(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Classes { prompt, n }) => cli::classes(&prompt, n),
         Some(Command::Bench {
             quick,
             only,

@@ -688,3 +688,69 @@ fn the_cards_recommended_guidance_is_the_default() {
     ]);
     assert!(!ok && text.contains("guidance_scale"), "{text}");
 }
+
+#[test]
+fn classes_lists_what_a_prompt_names() {
+    let (ok, text) = tessera(&["classes", "a red fox in the snow", "-n", "3"]);
+    assert!(ok, "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("warning")).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "277 red fox, Vulpes vulpes");
+    let (ok, text) = tessera(&["classes", "qwertyuiop"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("`qwertyuiop`") && text.contains("names no ImageNet class"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_prompt_picks_the_class_of_a_class_model() {
+    // The golden class model with the first 100 ImageNet names as its class names.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("named");
+    let manifest = golden().join("class_custom/sampling.yaml");
+    let (ok, text) = tessera(&[
+        "import",
+        manifest.to_str().unwrap(),
+        model.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let card_path = model.join("model.json");
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    let names: Vec<String> = tessera_engine::imagenet::class_names()[..100].to_vec();
+    assert_eq!(card["conditioning"]["kind"], "class", "{card}");
+    card["conditioning"]["class_names"] = serde_json::json!(names);
+    std::fs::write(&card_path, card.to_string()).unwrap();
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    let (ok, text) = tessera(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a great white shark",
+        "--seed",
+        "4",
+        "-o",
+        a.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("→ class 2 great white shark"), "{text}");
+    let (ok, text) = sample_class(&model, "2", "4", &b, &[]);
+    assert!(ok, "{text}");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let (ok, text) = tessera(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "qwertyuiop",
+        "-o",
+        dir.path().join("c.png").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && text.contains("names none of the model's classes"),
+        "{text}"
+    );
+}
