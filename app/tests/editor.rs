@@ -998,3 +998,40 @@ fn repaint_unsure_accepts_masks_the_unsure_tokens_and_regenerates_only_them() {
         "the select-all mask is back"
     );
 }
+
+/// A class model's picker takes a description: typing it picks the class it names best.
+#[test]
+fn describing_a_class_picks_it() {
+    let s = Setup::new();
+    let model = s.dir.path().join("named");
+    let manifest = common::golden().join("class_custom/sampling.yaml");
+    tessera_engine::loader::import::import(
+        &manifest,
+        &model,
+        &tessera_engine::loader::import::ImportOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let card_path = model.join("model.json");
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    card["conditioning"]["class_names"] =
+        serde_json::json!(tessera_engine::imagenet::class_names()[..100].to_vec());
+    std::fs::write(&card_path, card.to_string()).unwrap();
+    let mut h = harness(s.options(Some(model)));
+    run_until(&mut h, "the model", |a| a.model.card.is_some());
+    let field = "Describe:";
+    let role = egui::accesskit::Role::TextInput;
+    h.get_by_role_and_label(role, field).scroll_to_me();
+    h.run_steps(2);
+    h.get_by_role_and_label(role, field).focus();
+    h.run_steps(2);
+    h.get_by_role_and_label(role, field)
+        .type_text("a great white shark");
+    h.run_steps(3);
+    assert_eq!(h.state().settings.class, Some(2));
+    // The candidates are listed first; another is one click away.
+    h.get_by_label("3: tiger shark, Galeocerdo cuvieri").click();
+    h.run_steps(2);
+    assert_eq!(h.state().settings.class, Some(3));
+}

@@ -266,21 +266,55 @@ fn class_picker(
             p.settings.class = Some(c);
         }
     } else {
-        ui.add(egui::TextEdit::singleline(p.class_filter).hint_text("search classes"));
-        let needle = p.class_filter.to_lowercase();
+        // Typing a description picks the class it names best (by the class names and their
+        // synonyms); the other candidates are listed first, one click away.
+        let typed = ui
+            .horizontal(|ui| {
+                let label = ui.label("Describe:");
+                ui.add(
+                    egui::TextEdit::singleline(p.class_filter)
+                        .hint_text("a red fox in the snow, or a name"),
+                )
+                .labelled_by(label.id)
+                .changed()
+            })
+            .inner;
+        let text = p.class_filter.trim().to_string();
+        let ranked = if text.is_empty() {
+            Vec::new()
+        } else {
+            tessera_engine::imagenet::match_classes(names.iter().map(String::as_str), &text, 8)
+        };
+        if typed && let Some(best) = ranked.first() {
+            p.settings.class = Some(best.id);
+        }
+        let unknown = if text.is_empty() {
+            Vec::new()
+        } else {
+            tessera_engine::imagenet::unknown_words(&text)
+        };
+        if !unknown.is_empty() {
+            ui.label(
+                RichText::new(format!("no class has: {}", unknown.join(", ")))
+                    .small()
+                    .color(ui.visuals().warn_fg_color),
+            );
+        }
+        let needle = text.to_lowercase();
         egui::ScrollArea::vertical()
             .id_salt("classes")
             .max_height(140.0)
             .show(ui, |ui| {
-                for (i, n) in names.iter().enumerate() {
-                    if !needle.is_empty()
-                        && !n.to_lowercase().contains(&needle)
-                        && i.to_string() != needle
-                    {
-                        continue;
-                    }
+                let listed: Vec<usize> = ranked.iter().map(|m| m.id).collect();
+                let rest = (0..names.len()).filter(|i| {
+                    !listed.contains(i)
+                        && (needle.is_empty()
+                            || names[*i].to_lowercase().contains(&needle)
+                            || i.to_string() == needle)
+                });
+                for i in listed.iter().copied().chain(rest) {
                     if ui
-                        .selectable_label(p.settings.class == Some(i), format!("{i}: {n}"))
+                        .selectable_label(p.settings.class == Some(i), format!("{i}: {}", names[i]))
                         .clicked()
                     {
                         p.settings.class = Some(i);
