@@ -237,17 +237,23 @@ fn find_class(class_names: &[String], n_classes: usize, c: &str) -> Result<usize
 
 /// The class a prompt names for a class-conditional model (by its class names and their
 /// synonyms, as `tessera classes` lists them); says which it picked and what else matched.
-fn class_of_prompt(class_names: &[String], prompt: &str) -> Result<usize> {
+fn class_of_prompt(class_names: &[String], prompt: &str, neg: &str) -> Result<usize> {
     use tessera_engine::imagenet::{match_classes, unknown_words};
     if class_names.is_empty() {
-        bail!("this model's classes have no names to match a prompt against; give --class");
+        bail!(
+            "--{neg}prompt: this model's classes have no names to match a prompt against; give \
+             --{neg}class"
+        );
     }
     for w in unknown_words(prompt) {
         eprintln!("warning: no ImageNet class name has the word `{w}`");
     }
     let found = match_classes(class_names.iter().map(String::as_str), prompt, 4);
     let Some(best) = found.first() else {
-        bail!("“{prompt}” names none of the model's classes; try `tessera classes` or --class");
+        bail!(
+            "--{neg}prompt: “{prompt}” names none of the model's classes; try `tessera classes` \
+             or --{neg}class"
+        );
     };
     let others: Vec<String> = found[1..]
         .iter()
@@ -284,7 +290,7 @@ fn condition(
             bail!("this model takes a class, not a prompt; give --{neg}class or --{neg}prompt")
         }
         (Conditioning::Class { class_names, .. }, None, Some(prompt)) => {
-            Ok(Condition::Class(class_of_prompt(class_names, prompt)?))
+            Ok(Condition::Class(class_of_prompt(class_names, prompt, neg)?))
         }
         (
             Conditioning::Class {
