@@ -23,11 +23,16 @@ fn tessera(args: &[&str]) -> (bool, String) {
 
 /// `tessera train` of the smoke recipe on the fixture, into `work` and `out`.
 fn train_smoke(work: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    train_recipe("smoke", work, out, extra)
+}
+
+/// `tessera train --recipe RECIPE` on the fixture, into `work` and `out`.
+fn train_recipe(recipe: &str, work: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
     let data = fixture();
     let mut args = vec![
         "train",
         "--recipe",
-        "smoke",
+        recipe,
         "--fixture",
         "--data",
         data.to_str().unwrap(),
@@ -122,22 +127,7 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     let recipe_path = dir.path().join("smoke-guided.json");
     std::fs::write(&recipe_path, recipe.to_string()).unwrap();
     let stage1 = std::fs::read(out.join("stage1.safetensors")).unwrap();
-    let retrain = |path: &Path| {
-        let data = fixture();
-        tessera(&[
-            "train",
-            "--recipe",
-            path.to_str().unwrap(),
-            "--fixture",
-            "--data",
-            data.to_str().unwrap(),
-            "--work",
-            work.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--force",
-        ])
-    };
+    let retrain = |path: &Path| train_recipe(path.to_str().unwrap(), &work, &out, &["--force"]);
     let (ok, text) = retrain(&recipe_path);
     assert!(ok, "{text}");
     let card: serde_json::Value =

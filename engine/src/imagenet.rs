@@ -117,7 +117,9 @@ pub fn match_classes<'a>(
 /// Words of `prompt` that no class name contains (stop words aside): what the class models
 /// cannot be asked for.
 pub fn unknown_words(prompt: &str) -> Vec<String> {
-    let known: Vec<String> = words(NAMES);
+    // The editor asks every frame while a description is typed: split the list once.
+    static KNOWN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| words(NAMES));
     words(prompt)
         .into_iter()
         .filter(|w| !STOP_WORDS.contains(&w.as_str()))
