@@ -498,7 +498,6 @@ impl EditorApp {
         self.with_panels(|p| panels::status_bar(p, ui, hover, zoom));
         self.with_panels(|p| panels::left_panel(p, ui));
         self.with_panels(|p| panels::right_panel(p, ui));
-        let mut welcome = false;
         egui::CentralPanel::default().show(ui, |ui| match &mut self.doc {
             Some(doc) => {
                 let out = self
@@ -511,13 +510,8 @@ impl EditorApp {
                 }
                 segment::canvas_ui(&mut self.select, ui, &self.canvas, doc, &self.tools);
             }
-            None => welcome = true,
+            None => self.with_panels(|p| panels::welcome(p, ui)),
         });
-        if welcome {
-            egui::CentralPanel::default().show(ui, |ui| {
-                self.with_panels(|p| panels::welcome(p, ui));
-            });
-        }
         self.with_panels(|p| panels::windows(p, &ctx));
         let pointer_down = ctx.input(|i| i.pointer.any_down());
         self.tick_grid(pointer_down);
