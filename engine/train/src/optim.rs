@@ -1,5 +1,6 @@
-//! Optimisation for the stage trainer: AdamW with the official betas (0.9, 0.95), a linear
-//! warm-up followed by cosine decay, gradient clipping by global norm, an exponential moving
+//! Optimisation for every trainer (stages, VQGAN and its discriminator, decoder fine-tune,
+//! classifier): one AdamW (the stage trainer's official betas (0.9, 0.95) by default; the VQGAN
+//! passes taming's (0.5, 0.9)), a linear warm-up followed by cosine decay, gradient clipping by global norm, an exponential moving
 //! average of the weights with the official warm-up (`imagebart/modules/ema.py`), and atomic
 //! checkpoint files.
 //!
@@ -184,17 +185,40 @@ impl AdamW {
         Ok(norm)
     }
 
+    /// Zeroes both moments of rows `rows` of the matrix `name` (a codebook entry restarted by
+    /// the VQGAN trainer starts its statistics afresh). Unknown names and rows are ignored.
+    pub fn reset_rows(&mut self, name: &str, rows: &[usize]) {
+        let Some(s) = self.slots.iter_mut().find(|s| s.name == name) else {
+            return;
+        };
+        let dims = s.var.dims();
+        let width = if dims.len() == 2 { dims[1] } else { return };
+        for &r in rows {
+            let span = r * width..(r + 1) * width;
+            if span.end <= s.m.len() {
+                s.m[span.clone()].fill(0.0);
+                s.v[span].fill(0.0);
+            }
+        }
+    }
+
     /// The moments as named tensors (`adam_m.<name>`, `adam_v.<name>`), for checkpoints.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.moments("adam_")
+    }
+
+    /// The moments as `{prefix}m.<name>` and `{prefix}v.<name>`: one checkpoint can hold the
+    /// states of several optimizers (the VQGAN's generator and discriminator).
+    pub fn moments(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.slots.len());
         for s in &self.slots {
             let shape = s.var.shape();
             out.push((
-                format!("adam_m.{}", s.name),
+                format!("{prefix}m.{}", s.name),
                 Tensor::from_slice(&s.m, shape, &Device::Cpu)?,
             ));
             out.push((
-                format!("adam_v.{}", s.name),
+                format!("{prefix}v.{}", s.name),
                 Tensor::from_slice(&s.v, shape, &Device::Cpu)?,
             ));
         }
@@ -203,18 +227,28 @@ impl AdamW {
 
     /// Restores the moments written by [`AdamW::state`] and the update count.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, updates: u64) -> Result<()> {
+        self.load_moments("adam_", tensors, updates)
+    }
+
+    /// Restores the moments written by [`AdamW::moments`] under `prefix` and the update count.
+    pub fn load_moments(
+        &mut self,
+        prefix: &str,
+        tensors: &HashMap<String, Tensor>,
+        updates: u64,
+    ) -> Result<()> {
         for s in &mut self.slots {
-            for (prefix, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
-                let key = format!("{prefix}.{}", s.name);
+            for (kind, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
+                let key = format!("{prefix}{kind}.{}", s.name);
                 let t = tensors
                     .get(&key)
                     .ok_or_else(|| Error::Input(format!("checkpoint lacks tensor `{key}`")))?;
                 let v = flat(t)?;
                 if v.len() != dst.len() {
                     return Err(Error::Input(format!(
-                        "checkpoint tensor {key} has {} values, expected {}",
-                        v.len(),
-                        dst.len()
+                        "checkpoint tensor {key} has shape {:?}, expected {:?}",
+                        t.dims(),
+                        s.var.dims()
                     )));
                 }
                 *dst = v;
@@ -389,5 +423,34 @@ mod tests {
         for x in v {
             assert!((x + 0.1).abs() < 1e-5, "{x}");
         }
+    }
+
+    #[test]
+    fn moments_round_trip_under_a_prefix_and_rows_reset() {
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let w = vb.get((3, 2), "emb").unwrap();
+        let grads = (w.sqr().unwrap().sum_all().unwrap() + w.sum_all().unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut opt = AdamW::new(&vm, AdamWConfig::default()).unwrap();
+        opt.step(&grads, 0.1, None).unwrap();
+        let saved: HashMap<String, Tensor> = opt.moments("opt.g.").unwrap().into_iter().collect();
+        let mut keys: Vec<&String> = saved.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["opt.g.m.emb", "opt.g.v.emb"]);
+
+        let mut other = AdamW::new(&vm, AdamWConfig::default()).unwrap();
+        assert!(other.load_moments("opt.d.", &saved, 1).is_err());
+        other.load_moments("opt.g.", &saved, 1).unwrap();
+        assert_eq!(other.updates(), 1);
+        other.reset_rows("emb", &[1, 7]);
+        let m = other.moments("x.").unwrap()[0].1.to_vec2::<f32>().unwrap();
+        let before = saved["opt.g.m.emb"].to_vec2::<f32>().unwrap();
+        assert_eq!(m[0], before[0]);
+        assert_eq!(m[1], [0.0, 0.0]);
+        assert_eq!(m[2], before[2]);
+        assert!(before[1].iter().all(|x| *x != 0.0));
     }
 }

@@ -11,7 +11,6 @@
 //! The training network lives in `vqgan/model.rs` (candle ops with a cheap backward pass, see
 //! `vqgan/ops.rs`); inference uses [`tessera_engine::vqgan::Vqgan`] unchanged.
 
-mod adam;
 mod disc;
 mod model;
 mod ops;

@@ -12,7 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use tessera_engine::vqgan::Vqgan;
 use tessera_engine::{Error, Result};
 
-use super::adam::Adam;
+use crate::optim::{AdamW, AdamWConfig};
+
 use super::disc::{Discriminator, hinge_d_loss};
 use super::model::VqModel;
 use super::{CKPT_FILE, VqganProgress, VqganTrainConfig, lock, psnr, save_atomic};
@@ -24,8 +25,8 @@ pub(super) struct Run {
     pub(super) d_vars: VarMap,
     pub(super) model: VqModel,
     pub(super) disc: Discriminator,
-    pub(super) g_opt: Adam,
-    pub(super) d_opt: Adam,
+    pub(super) g_opt: AdamW,
+    pub(super) d_opt: AdamW,
     /// Times each code was chosen since the last restart check.
     pub(super) hits: Vec<f32>,
     pub(super) step: usize,
@@ -74,8 +75,8 @@ impl Run {
                 var.set(&init)?;
             }
         }
-        let g_opt = Adam::new(&g_vars, cfg.betas[0], cfg.betas[1], cfg.weight_decay)?;
-        let d_opt = Adam::new(&d_vars, cfg.betas[0], cfg.betas[1], cfg.weight_decay)?;
+        let g_opt = optimizer(&g_vars, cfg.betas, cfg.weight_decay)?;
+        let d_opt = optimizer(&d_vars, cfg.betas, cfg.weight_decay)?;
         Ok(Self {
             cfg: cfg.clone(),
             g_vars,
@@ -96,8 +97,8 @@ impl Run {
                 t.insert(format!("{prefix}{k}"), v.as_tensor().detach());
             }
         }
-        self.g_opt.state("opt.g.", &mut t);
-        self.d_opt.state("opt.d.", &mut t);
+        t.extend(self.g_opt.moments("opt.g.")?);
+        t.extend(self.d_opt.moments("opt.d.")?);
         let dev = Device::Cpu;
         t.insert(
             "state.step".into(),
@@ -134,14 +135,18 @@ impl Run {
                 v.set(src)?;
             }
         }
-        let bad = |e: candle_core::Error| Error::bad_file(&path, e);
-        self.g_opt.load_state("opt.g.", &t).map_err(bad)?;
-        self.d_opt.load_state("opt.d.", &t).map_err(bad)?;
         self.step = get("state.step")?
             .to_vec1::<i64>()?
             .first()
             .copied()
             .unwrap_or(0) as usize;
+        let bad = |e: Error| Error::bad_file(&path, e);
+        self.g_opt
+            .load_moments("opt.g.", &t, self.step as u64)
+            .map_err(bad)?;
+        self.d_opt
+            .load_moments("opt.d.", &t, self.disc_updates() as u64)
+            .map_err(bad)?;
         let hits = get("state.hits")?.to_vec1::<f32>()?;
         if hits.len() != self.hits.len() {
             return Err(Error::bad_file(
@@ -152,6 +157,17 @@ impl Run {
         self.hits = hits;
         Ok(())
     }
+}
+
+/// The trainer's AdamW with taming's betas; weight decay on convolution kernels (rank 4) only.
+fn optimizer(vars: &VarMap, betas: [f64; 2], weight_decay: f64) -> Result<AdamW> {
+    let cfg = AdamWConfig {
+        beta1: betas[0],
+        beta2: betas[1],
+        eps: 1e-8,
+        weight_decay,
+    };
+    AdamW::with_decay(vars, cfg, |_, rank| rank == 4)
 }
 
 /// Initial value of a parameter, drawn from `rng`: uniform ±1/√fan_in for convolution kernels
@@ -205,6 +221,15 @@ impl Run {
         Ok(Tensor::cat(&crops, 0)?)
     }
 
+    /// Discriminator updates done so far: one per step from `disc_start` on.
+    fn disc_updates(&self) -> usize {
+        if self.cfg.disc_weight > 0.0 {
+            self.step.saturating_sub(self.cfg.disc_start)
+        } else {
+            0
+        }
+    }
+
     /// One generator step and (after `disc_start`) one discriminator step.
     pub(super) fn train_step(&mut self, x: &Tensor) -> Result<VqganProgress> {
         let cfg = self.cfg.clone();
@@ -217,7 +242,6 @@ impl Run {
             )));
         }
         let lr = cfg.lr_at(self.step);
-        let t = self.step as u64 + 1;
         if self.step == 0 {
             // Codes start on encoder outputs of the first batch (every code counts as dead),
             // instead of collapsing onto the one nearest entry of a tiny random codebook.
@@ -249,13 +273,13 @@ impl Run {
             loss = (loss + surrogate)?;
         }
         let grads = loss.backward()?;
-        self.g_opt.step(&grads, lr, t)?;
+        self.g_opt.step(&grads, lr, None)?;
         if gan {
             let real = self.disc.forward(x)?;
             let fake = self.disc.forward(&fwd.xrec.detach())?;
             let dl = hinge_d_loss(&real, &fake)?;
             d_loss = dl.to_scalar::<f32>()? as f64;
-            self.d_opt.step(&dl.backward()?, lr, t)?;
+            self.d_opt.step(&dl.backward()?, lr, None)?;
         }
         // Codebook statistics and restarts of dead codes.
         let mut counts = vec![0f32; cfg.n_embed];
@@ -333,7 +357,7 @@ impl Run {
             .ok_or_else(|| Error::Input("vqgan: the codebook variable is missing".into()))?;
         var.set(&new)?;
         drop(vars);
-        self.g_opt.reset_rows(EMBEDDING, &dead)?;
+        self.g_opt.reset_rows(EMBEDDING, &dead);
         Ok(dead.len())
     }
 }

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use tessera_engine::vqgan::{Vqgan, VqganConfig};
 use tessera_engine::{Error, Result};
 
-use super::adam::Adam;
 use super::model::VqModel;
 use super::{
     CKPT_FILE, METRICS_FILE, VqganTrainConfig, cosine_lr, lock, psnr, save_atomic, start_run,
 };
+use crate::optim::{AdamW, AdamWConfig};
 
 const USED: &str = "quantize.used";
 
@@ -160,7 +160,13 @@ pub fn tune_decoder(
         })?
         .clone();
     warm_start(&varmap, &base, vq.beta, &exported, start)?;
-    let mut opt = Adam::new(&varmap, vq.betas[0], vq.betas[1], 0.0)?;
+    let adam = AdamWConfig {
+        beta1: vq.betas[0],
+        beta2: vq.betas[1],
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut opt = AdamW::new(&varmap, adam)?;
     let mut step = 0usize;
     let ckpt = dir.join(CKPT_FILE);
     let resume = ckpt.is_file();
@@ -169,8 +175,6 @@ pub fn tune_decoder(
         let t =
             candle_core::safetensors::load(&ckpt, &dev).map_err(|e| Error::bad_file(&ckpt, e))?;
         set_vars(&varmap, &t, "g.", &ckpt, &|_| false)?;
-        opt.load_state("opt.", &t)
-            .map_err(|e| Error::bad_file(&ckpt, e))?;
         step = t
             .get("state.step")
             .ok_or_else(|| Error::MissingKey {
@@ -181,13 +185,15 @@ pub fn tune_decoder(
             .first()
             .copied()
             .unwrap_or(0) as usize;
+        opt.load_moments("opt.", &t, step as u64)
+            .map_err(|e| Error::bad_file(&ckpt, e))?;
     }
-    let save = |step: usize, opt: &Adam| -> Result<()> {
+    let save = |step: usize, opt: &AdamW| -> Result<()> {
         let mut t: HashMap<String, Tensor> = lock(&varmap)?
             .iter()
             .map(|(k, v)| (format!("g.{k}"), v.as_tensor().detach()))
             .collect();
-        opt.state("opt.", &mut t);
+        t.extend(opt.moments("opt.")?);
         t.insert(
             "state.step".into(),
             Tensor::from_vec(vec![step as i64], 1, &dev)?,
@@ -204,7 +210,7 @@ pub fn tune_decoder(
         let (q, x) = crop_codes(&model.quantized(&x)?, &x, cfg.crop, step)?;
         let xrec = model.decode(&q)?;
         let mse = (&xrec - &x)?.sqr()?.mean_all()?;
-        opt.step(&mse.backward()?, lr, step as u64 + 1)?;
+        opt.step(&mse.backward()?, lr, None)?;
         step += 1;
         let elapsed_s = started.elapsed().as_secs_f64();
         let p = DecoderProgress {
