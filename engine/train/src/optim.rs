@@ -6,6 +6,8 @@
 //!
 //! The optimiser state lives in plain `Vec<f32>`s and is updated in one pass per parameter, so
 //! an update costs a few memory sweeps over the weights and is bit-for-bit reproducible.
+//! candle-nn's `AdamW` is not used because it keeps its moments private: a resumed run could
+//! not continue exactly where it stopped.
 
 use std::collections::HashMap;
 use std::path::Path;
