@@ -19,7 +19,8 @@ use tessera_engine::worker::{Engine, Event, JobKind};
 /// Options shared by `inpaint` and `sample`.
 #[derive(Args, Debug)]
 pub struct SamplingArgs {
-    /// Model folder or official manifest (default: the model in assets/).
+    /// Model folder, official manifest, or the name of an installed model (`tessera models
+    /// list`); default: the model in assets/.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Class id or (part of) a class name, for class-conditional models and text models with
@@ -447,7 +448,7 @@ fn chain_request(
 /// Runs an inpainting (`inpaint = Some`) or sampling job and writes its outputs.
 pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
     let model_path = match &args.model {
-        Some(p) => p.clone(),
+        Some(p) => crate::models::resolve_model(p),
         None => default_model()?,
     };
     let paths = output_paths(&args.output, args.candidates.max(1), args.force)?;

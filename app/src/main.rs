@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod generate;
+mod models;
 mod train;
 
 /// Tessera: inpainting with ImageBART.
@@ -48,6 +49,13 @@ enum Command {
         /// Replace an existing output folder.
         #[arg(long)]
         force: bool,
+    },
+    /// The official releases: list, get (download + install), import a zip from disk,
+    /// remove, path. Models live in the platform's data folder (or TESSERA_MODELS); an
+    /// installed model's name works wherever --model is taken.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
     },
     /// Describe a model: architecture, parameters, schedule, conditioning, expected memory.
     Info {
@@ -109,7 +117,9 @@ enum Command {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => edit(None, None),
-        Some(Command::Edit { image, model }) => edit(image, model),
+        Some(Command::Edit { image, model }) => {
+            edit(image, model.map(|m| models::resolve_model(&m)))
+        }
         Some(Command::CheckReference { dir }) => cli::check_reference(&dir),
         Some(Command::Import {
             manifest,
@@ -120,8 +130,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cli::import(&manifest, &out, &dtype, force).context("import failed")?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Models { command }) => {
+            models::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Info { model }) => {
-            cli::info(&model)?;
+            cli::info(&models::resolve_model(&model))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Inpaint { inpaint, sampling }) => {
@@ -149,7 +163,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }) => {
             match (model, chain) {
                 (Some(_), Some(_)) => anyhow::bail!("--model and --chain are separate benchmarks"),
-                (Some(m), None) => cli::bench_model(&m)?,
+                (Some(m), None) => cli::bench_model(&models::resolve_model(&m))?,
                 (None, Some(c)) => cli::bench_chain(&c)?,
                 (None, None) => cli::bench(quick, &only)?,
             }
