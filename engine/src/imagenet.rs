@@ -147,6 +147,11 @@ mod tests {
         assert_eq!(best("two Arctic foxes")[0].id, 279);
         assert_eq!(best("white fox")[0].id, 279);
         assert_eq!(best("a tabby cat on a sofa")[0].id, 281);
+        // The examples.
+        assert_eq!(best("goldfish")[0].id, 1);
+        assert_eq!(best("a church")[0].id, 497);
+        assert_eq!(best("volcano at night")[0].id, 980);
+        assert_eq!(best("espresso")[0].id, 967);
         assert!(best("the of and").is_empty());
         assert!(best("qwertyuiop").is_empty());
         assert_eq!(
