@@ -172,7 +172,7 @@ fn refuse_installed(folder: &ModelsFolder, name: &str, opts: &InstallOptions) ->
 }
 
 /// Installs from files on disk: one release zip, or the stage checkpoints
-/// (`scale1.ckpt` … `scaleT.ckpt`). `release` names the release when the files do not tell
+/// (`scale1.ckpt` … `scaleT.ckpt`; those not given are looked for beside the first). `release` names the release when the files do not tell
 /// (a zip is recognised by its name or its entries, checkpoints by their folder's name).
 pub fn import_files(
     folder: &ModelsFolder,
@@ -246,9 +246,12 @@ pub fn import_files(
     let mut chosen = Vec::with_capacity(wanted.len());
     for w in &wanted {
         let file_name = Path::new(w).file_name().unwrap_or_default();
+        // A stage not given is looked for beside the first (one picked file finds the rest).
+        let beside = first.with_file_name(file_name);
         let found = files
             .iter()
             .find(|f| f.file_name() == Some(file_name))
+            .or(beside.is_file().then_some(&beside))
             .ok_or_else(|| {
                 Error::Input(format!(
                     "{} needs {} stage checkpoints; {} is missing",
@@ -526,6 +529,20 @@ fn finish(
     let card = import_source(&source, &out, &import, &mut |step| {
         on(&InstallEvent::Importing(step.to_string()))
     })?;
+    // The card names the release, not the unpacking folder it was imported from.
+    let card_path = out.join(tessera_engine::loader::card::CARD_FILE);
+    let mut card = card;
+    card.name = release.title.clone();
+    card.description = release.description.clone();
+    card.provenance = match &origin.url {
+        Some(url) => format!("official release {} downloaded from {url}", release.name),
+        None => format!(
+            "official release {} imported from {}",
+            release.name, origin.source
+        ),
+    };
+    let text = serde_json::to_vec_pretty(&card).map_err(|e| Error::Input(e.to_string()))?;
+    write_atomic(&card_path, &text)?;
     origin.dtype = card.dtype.clone();
     origin.installed_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -285,6 +285,8 @@ fn the_golden_release_downloads_and_installs_as_a_tessera_model() {
     assert_eq!(m.name, "golden_cin");
     assert_eq!(m.card.levels(), 2);
     assert_eq!(m.card.dtype, "f16");
+    assert_eq!(m.card.name, "Golden test release");
+    assert!(m.card.provenance.contains(&release.url), "{}", m.card.provenance);
     let origin = m.origin.clone().unwrap();
     assert_eq!(origin.url.as_deref(), Some(release.url.as_str()));
     assert_eq!(origin.zip_bytes, Some(zip.len() as u64));
@@ -434,10 +436,22 @@ fn zips_and_checkpoints_on_disk_import_into_the_models_folder() {
     )
     .unwrap();
     assert_eq!(m.card.levels(), 2);
-    let e = import_files(
+    // One checkpoint picked: the others are found beside it; alone, one is missing.
+    let m = import_files(
         &folder,
         &cat,
         &list[..1],
+        Some("golden_cin"),
+        &replace,
+        &mut |_| {},
+    );
+    assert_eq!(m.unwrap().card.levels(), 2);
+    let alone = files.path().join("scale2.ckpt");
+    std::fs::copy(&list[0], &alone).unwrap();
+    let e = import_files(
+        &folder,
+        &cat,
+        &[alone],
         Some("golden_cin"),
         &replace,
         &mut |_| {},
