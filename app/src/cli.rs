@@ -4,10 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use candle_core::DType;
 use tessera_engine::loader::card::{Conditioning, Network};
 use tessera_engine::loader::import::{ImportOptions, import_source};
-use tessera_engine::loader::{LoadOptions, ModelSource, parse_dtype, parse_quantization};
+use tessera_engine::loader::{LoadOptions, ModelSource};
 use tessera_engine::reference::{self, Measure};
 
 /// `tessera check-reference <dir>`: the release as published, then its imported copy.
@@ -66,19 +65,9 @@ fn print_report(report: &reference::Report) {
     }
 }
 
-/// A storage type as `tessera import` and `tessera models` take it: the dtype of the
-/// transformer weights, or f32 with a block format for the linear layers.
-pub fn weight_format(name: &str) -> Result<(DType, Option<candle_core::quantized::GgmlDType>)> {
-    Ok(match name {
-        "q8_0" | "q4k" => (DType::F32, Some(parse_quantization(name)?)),
-        "f32" | "f16" | "bf16" => (parse_dtype(name)?, None),
-        other => bail!("unknown weight type `{other}` (use f32, f16, bf16, q8_0 or q4k)"),
-    })
-}
-
 /// `tessera import`.
 pub fn import(manifest: &Path, out: &Path, dtype: &str, force: bool) -> Result<()> {
-    let (dtype, quantize) = weight_format(dtype)?;
+    let (dtype, quantize) = tessera_store::install::weight_format(dtype)?;
     let opts = ImportOptions {
         dtype,
         quantize,

@@ -14,8 +14,6 @@ use tessera_store::{
     import_files,
 };
 
-use crate::cli::weight_format;
-
 /// What `tessera models` does.
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
@@ -135,7 +133,7 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
 }
 
 fn options(dtype: &str, keep_zip: bool, replace: bool) -> Result<InstallOptions> {
-    let (dtype, quantize) = weight_format(dtype)?;
+    let (dtype, quantize) = tessera_store::install::weight_format(dtype)?;
     Ok(InstallOptions {
         dtype,
         quantize,

@@ -16,6 +16,7 @@ use image::RgbaImage;
 use tessera::editor::command::Command;
 use tessera::editor::files::{Dialogs, Purpose};
 use tessera::editor::keymap::Action;
+use tessera::editor::library::LibraryOptions;
 use tessera::editor::mask_ops::GlobalOp;
 use tessera::editor::project;
 use tessera::editor::settings::Config;
@@ -23,6 +24,10 @@ use tessera::editor::tools::Tool;
 use tessera::editor::{EditorApp, EditorOptions};
 
 mod common;
+#[path = "../../engine/store/tests/common/release.rs"]
+mod release;
+#[path = "../../engine/store/tests/common/server.rs"]
+mod server;
 
 /// Answers dialogs from a queue (None = the user cancelled).
 #[derive(Default)]
@@ -66,6 +71,10 @@ impl Setup {
             data_dir: Some(self.dir.path().join("data")),
             autosave_every: Duration::from_secs(3600),
             frame_log: None,
+            library: LibraryOptions {
+                folder: Some(self.dir.path().join("models")),
+                catalogue: None,
+            },
         }
     }
 
@@ -1034,4 +1043,69 @@ fn describing_a_class_picks_it() {
     h.get_by_label("3: tiger shark, Galeocerdo cuvieri").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.class, Some(3));
+}
+
+#[test]
+fn the_models_window_downloads_uses_imports_and_removes_a_release() {
+    let zip = release::release_zip("class_custom", "golden_cin");
+    let server = server::Server::start(std::collections::HashMap::from([(
+        "/golden_cin.zip".to_string(),
+        zip.clone(),
+    )]));
+    let s = Setup::new();
+    let catalogue = s.dir.path().join("catalogue.json");
+    let json = release::release_json("class_custom", "golden_cin", &server.url("/golden_cin.zip"));
+    std::fs::write(&catalogue, serde_json::to_vec(&[json]).unwrap()).unwrap();
+    let mut opts = s.options(None);
+    opts.library.catalogue = Some(catalogue);
+    let models = opts.library.folder.clone().unwrap();
+    let mut h = harness(opts);
+    h.run_steps(2);
+    // Model → Models… sends this.
+    h.state_mut().apply(Command::ShowModels(true));
+    h.run_steps(3);
+    // The official releases are offered; the server first answers 404, which is shown.
+    h.get_by_label("ImageNet classes, 4 levels");
+    server.with(|b| b.statuses.push_back(404));
+    click_in_view(&mut h, "Download golden_cin");
+    run_until(&mut h, "the failed download", |a| !a.library.busy());
+    let (text, error) = h.state().library.last.clone().unwrap();
+    assert!(error && text.contains("404"), "{text}");
+
+    click_in_view(&mut h, "Download golden_cin");
+    run_until(&mut h, "the download", |a| !a.library.busy());
+    assert!(
+        models.join("golden_cin/model.json").is_file(),
+        "{:?}",
+        h.state().library.last
+    );
+    assert_eq!(h.state().library.installed.len(), 1);
+    h.run_steps(2);
+    // Switching to it needs no restart.
+    click_in_view(&mut h, "Use");
+    run_until(&mut h, "the installed model", |a| {
+        a.model
+            .card
+            .as_ref()
+            .is_some_and(|c| c.name == "Golden test release")
+    });
+
+    // Removal asks first.
+    click_in_view(&mut h, "Remove");
+    assert!(models.join("golden_cin").is_dir());
+    h.get_by_label("Delete its files").click();
+    h.run_steps(3);
+    assert!(!models.join("golden_cin").exists());
+    assert!(h.state().library.installed.is_empty());
+
+    // A zip from disk, through the (fake) file dialog.
+    let file = s.dir.path().join("golden_cin.zip");
+    std::fs::write(&file, &zip).unwrap();
+    s.dialogs.answer(&file);
+    click_in_view(&mut h, "Import zip/ckpt from disk…");
+    run_until(&mut h, "the import", |a| {
+        !a.library.busy() && !a.background_busy() && !a.library.installed.is_empty()
+    });
+    assert!(models.join("golden_cin/model.json").is_file());
+    assert!(file.is_file(), "the user's zip stays");
 }

@@ -12,6 +12,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use image::RgbaImage;
 use tessera::editor::files::{Dialogs, Purpose};
+use tessera::editor::library::LibraryOptions;
 use tessera::editor::tools::Tool;
 use tessera::editor::{EditorApp, EditorOptions};
 
@@ -90,6 +91,10 @@ fn click_select_apply_and_undo() {
         data_dir: None,
         autosave_every: Duration::from_secs(3600),
         frame_log: None,
+        library: LibraryOptions {
+            folder: Some(dir.path().join("models")),
+            catalogue: None,
+        },
     };
     let mut h = Harness::builder()
         .with_size(egui::vec2(1200.0, 800.0))

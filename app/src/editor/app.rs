@@ -17,6 +17,7 @@ use super::document::{Document, TokenGrid};
 use super::files::{self, DialogRunner, Dialogs, RfdDialogs};
 use super::history::{Change, History};
 use super::jobs::{Jobs, Outcome};
+use super::library::{Library, LibraryOptions};
 use super::mask_ops::{self, GlobalOp};
 use super::panels::{self, Panels};
 use super::project::{self, Autosave, GenRecord, Project};
@@ -46,6 +47,8 @@ pub struct EditorOptions {
     pub autosave_every: Duration,
     /// Per-frame CPU time log (`TESSERA_FRAME_LOG`).
     pub frame_log: Option<PathBuf>,
+    /// The models folder and catalogue of the Models window.
+    pub library: LibraryOptions,
 }
 
 impl Default for EditorOptions {
@@ -59,6 +62,7 @@ impl Default for EditorOptions {
             data_dir: files::data_dir(),
             autosave_every: Duration::from_secs(5),
             frame_log: std::env::var_os("TESSERA_FRAME_LOG").map(PathBuf::from),
+            library: LibraryOptions::default(),
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct EditorApp {
     pub show_help: bool,
     /// Persistent preferences.
     pub config: Config,
+    /// The models folder and the Models window.
+    pub library: Library,
     /// Where the image came from.
     pub source: Option<PathBuf>,
     /// Where the project was last saved.
@@ -196,6 +202,7 @@ impl EditorApp {
             messages: Vec::new(),
             confirm: recovery.map(Confirm::Restore),
             show_help: false,
+            library: Library::new(&opts.library),
             config,
             source: None,
             project_path: None,
@@ -361,6 +368,14 @@ impl EditorApp {
         for (text, error) in self.select.poll(self.doc.as_mut(), &mut self.history) {
             self.messages.push(Message { text, error });
         }
+        match self.library.poll() {
+            Some(Ok(m)) => self.info(format!("installed {}: use it from Model > Models…", m.name)),
+            Some(Err(e)) if e == tessera_engine::Error::Cancelled.to_string() => {
+                self.info("download cancelled; it resumes when started again")
+            }
+            Some(Err(e)) => self.error(format!("installing a model failed: {e}")),
+            None => {}
+        }
         while let Some((purpose, path)) = self.dialogs.poll() {
             if let Some(path) = path {
                 self.dialog_done(purpose, path);
@@ -476,6 +491,7 @@ impl EditorApp {
             class_filter: &mut self.class_filter,
             prompt_check: &mut self.prompt_check,
             negative_check: &mut self.negative_check,
+            library: &mut self.library,
             out: Vec::new(),
         };
         let r = f(&mut p);
@@ -516,7 +532,7 @@ impl EditorApp {
         let pointer_down = ctx.input(|i| i.pointer.any_down());
         self.tick_grid(pointer_down);
         self.tick_autosave(pointer_down);
-        if self.jobs.busy() || self.background_busy() || self.select.busy() {
+        if self.jobs.busy() || self.background_busy() || self.select.busy() || self.library.busy() {
             ctx.request_repaint_after(Duration::from_millis(100));
         }
         let title = format!(

@@ -45,6 +45,16 @@ pub enum Command {
     MaskOp(GlobalOp),
     /// Load a model folder or manifest.
     LoadModel(PathBuf),
+    /// Open or close the Models window.
+    ShowModels(bool),
+    /// Download and install an official release (by name).
+    DownloadModel(String),
+    /// Stop the running download or import (a partial download is kept).
+    CancelModelTask,
+    /// Ask, then remove an installed model (by name).
+    RemoveModel(String),
+    /// Remove an installed model (confirmed).
+    RemoveModelConfirmed(String),
     /// Merge the Select tool's proposal into the mask.
     ApplySelection,
     /// Write the preferences to `config.json`.

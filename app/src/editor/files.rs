@@ -33,6 +33,8 @@ pub enum Purpose {
     ImportTo(PathBuf),
     /// Open the segmentation (MobileSAM) weights for the Select object tool.
     OpenSegmentWeights,
+    /// Install an official release zip (or a stage checkpoint) into the models folder.
+    ImportRelease,
 }
 
 impl Purpose {
@@ -90,6 +92,9 @@ impl Dialogs for RfdDialogs {
             Purpose::SaveProject => d.add_filter("Tessera project", &["tessera"]).save_file(),
             Purpose::OpenSegmentWeights => d
                 .add_filter("MobileSAM weights", &["safetensors"])
+                .pick_file(),
+            Purpose::ImportRelease => d
+                .add_filter("ImageBART release zip or checkpoint", &["zip", "ckpt"])
                 .pick_file(),
         }
     }

@@ -11,6 +11,7 @@ pub mod files;
 pub mod history;
 pub mod jobs;
 pub mod keymap;
+pub mod library;
 pub mod mask_ops;
 pub mod panels;
 pub mod project;

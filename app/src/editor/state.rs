@@ -58,4 +58,6 @@ pub enum Confirm {
     Overwrite(Purpose, PathBuf),
     /// A recovery project from a crashed session exists.
     Restore(PathBuf),
+    /// Removing an installed model (its name) frees its disk space for good.
+    RemoveModel(String),
 }

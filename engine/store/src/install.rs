@@ -48,6 +48,22 @@ impl Default for InstallOptions {
     }
 }
 
+/// A storage type by name (`f16`, `f32`, `bf16`, or the block formats `q8_0` / `q4k`, which
+/// keep the other stage tensors f32): the dtype of the transformer weights and the format of
+/// the linear layers.
+pub fn weight_format(name: &str) -> Result<(DType, Option<GgmlDType>)> {
+    use tessera_engine::loader::{parse_dtype, parse_quantization};
+    Ok(match name {
+        "q8_0" | "q4k" => (DType::F32, Some(parse_quantization(name)?)),
+        "f32" | "f16" | "bf16" => (parse_dtype(name)?, None),
+        other => {
+            return Err(Error::Input(format!(
+                "unknown weight type `{other}` (use f32, f16, bf16, q8_0 or q4k)"
+            )));
+        }
+    })
+}
+
 /// What an installation reports while it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InstallEvent {

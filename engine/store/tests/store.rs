@@ -286,7 +286,11 @@ fn the_golden_release_downloads_and_installs_as_a_tessera_model() {
     assert_eq!(m.card.levels(), 2);
     assert_eq!(m.card.dtype, "f16");
     assert_eq!(m.card.name, "Golden test release");
-    assert!(m.card.provenance.contains(&release.url), "{}", m.card.provenance);
+    assert!(
+        m.card.provenance.contains(&release.url),
+        "{}",
+        m.card.provenance
+    );
     let origin = m.origin.clone().unwrap();
     assert_eq!(origin.url.as_deref(), Some(release.url.as_str()));
     assert_eq!(origin.zip_bytes, Some(zip.len() as u64));

@@ -218,6 +218,12 @@ impl EditorApp {
             }
             Purpose::OpenModelFolder | Purpose::OpenManifest => self.load_model(&path),
             Purpose::OpenSegmentWeights => self.select.load(&path),
+            Purpose::ImportRelease => {
+                let ctx = self.ctx.clone();
+                if let Err(e) = self.library.import(&path, move || ctx.request_repaint()) {
+                    self.error(e);
+                }
+            }
             Purpose::ImportTo(_) => {
                 // The picker returns an existing folder; import into a new one inside it.
                 let name: String = self

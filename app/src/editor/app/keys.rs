@@ -33,6 +33,29 @@ impl EditorApp {
             Command::RepaintUnsure(i, t) => self.repaint_unsure(i, t),
             Command::MaskOp(op) => self.mask_op(op),
             Command::LoadModel(path) => self.load_model(&path),
+            Command::ShowModels(open) => {
+                self.library.open = open;
+                if open {
+                    self.library.refresh();
+                }
+            }
+            Command::DownloadModel(name) => {
+                let ctx = self.ctx.clone();
+                if let Err(e) = self.library.get(&name, move || ctx.request_repaint()) {
+                    self.error(e);
+                }
+            }
+            Command::CancelModelTask => self.library.cancel(),
+            Command::RemoveModel(name) => {
+                self.confirm = Some(crate::editor::state::Confirm::RemoveModel(name))
+            }
+            Command::RemoveModelConfirmed(name) => match self.library.remove(&name) {
+                Ok(freed) => self.info(format!(
+                    "removed {name} ({} freed)",
+                    tessera_store::download::human_bytes(freed)
+                )),
+                Err(e) => self.error(e),
+            },
             Command::ApplySelection => {
                 if let Some(doc) = &mut self.doc {
                     self.select.apply(doc, &mut self.history);

@@ -3,6 +3,7 @@
 
 mod guidance;
 mod help;
+mod library;
 mod model;
 mod results;
 mod select;
@@ -19,6 +20,7 @@ use super::files::Purpose;
 use super::history::History;
 use super::jobs::Jobs;
 use super::keymap::Action;
+use super::library::Library;
 use super::mask_ops::GlobalOp;
 use super::project::GenRecord;
 use super::segment::SelectState;
@@ -78,6 +80,8 @@ pub struct Panels<'a> {
     pub(crate) class_filter: &'a mut String,
     pub(crate) prompt_check: &'a mut Option<(String, Encoded)>,
     pub(crate) negative_check: &'a mut Option<(String, Encoded)>,
+    /// The models folder and the Models window.
+    pub library: &'a mut Library,
     pub(crate) out: Vec<Command>,
 }
 
@@ -210,6 +214,9 @@ pub(crate) fn menu_bar(p: &mut Panels, ui: &mut egui::Ui) {
                 }
             });
             ui.menu_button("Model", |ui| {
+                if ui.button("Models…").clicked() {
+                    p.send(Command::ShowModels(true));
+                }
                 if ui.button("Open model folder…").clicked() {
                     p.send(Command::Ask(Purpose::OpenModelFolder));
                 }
@@ -367,6 +374,19 @@ pub(crate) fn windows(p: &mut Panels, ctx: &egui::Context) {
                         }
                     });
                 }
+                Confirm::RemoveModel(name) => {
+                    ui.label(format!("Remove the model “{name}” from the models folder?"));
+                    ui.label("Its files are deleted; downloading it again takes as long as the first time.");
+                    ui.horizontal(|ui| {
+                        if ui.button("Delete its files").clicked() {
+                            *p.confirm = None;
+                            p.send(Command::RemoveModelConfirmed(name.clone()));
+                        }
+                        if ui.button("Cancel").clicked() {
+                            *p.confirm = None;
+                        }
+                    });
+                }
                 Confirm::Restore(path) => {
                     ui.label("Tessera did not close cleanly last time.");
                     ui.label("Restore the unsaved work it kept?");
@@ -388,5 +408,8 @@ pub(crate) fn windows(p: &mut Panels, ctx: &egui::Context) {
     }
     if *p.show_help {
         help::window(p, ctx);
+    }
+    if p.library.open {
+        library::window(p, ctx);
     }
 }
