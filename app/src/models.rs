@@ -37,6 +37,9 @@ pub enum ModelsCommand {
         /// Replace an installed model of the same name.
         #[arg(long)]
         replace: bool,
+        /// Failed attempts in a row before giving up (the partial download is kept either way).
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
         /// Catalogue file adding releases (default: TESSERA_CATALOGUE).
         #[arg(long)]
         catalogue: Option<PathBuf>,
@@ -81,11 +84,13 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             dtype,
             keep_zip,
             replace,
+            retries,
             catalogue,
         } => {
             let cat = Catalogue::load(catalogue.as_deref())?;
             let release = cat.require(&name)?;
-            let opts = options(&dtype, keep_zip, replace)?;
+            let mut opts = options(&dtype, keep_zip, replace)?;
+            opts.download.retries = retries;
             eprintln!("{} — {}", release.title, release.url);
             let mut shown = Shown::new();
             let m = get(&folder, release, &opts, &mut |e| shown.event(e))?;

@@ -167,6 +167,39 @@ fn get_list_inpaint_by_name_and_remove() {
 }
 
 #[test]
+fn a_get_cut_short_resumes_on_the_next_run_with_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let (server, zip, catalogue) = setup(dir.path());
+    let cut = 1 + std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        % (zip.len() as u64 - 1);
+    server.with(|b| b.drops.push_back(cut));
+    let get = [
+        "models",
+        "get",
+        "golden_cin",
+        "--keep-zip",
+        "--retries",
+        "0",
+    ];
+    let (ok, text) = tessera(&models, &catalogue, &get);
+    assert!(
+        !ok && text.contains(&format!("{cut} bytes are kept")),
+        "cut {cut}: {text}"
+    );
+    assert!(!models.join("golden_cin").exists());
+    let (ok, text) = tessera(&models, &catalogue, &get);
+    assert!(ok && text.contains("resuming from"), "{text}");
+    let ranges: Vec<Option<u64>> = server.with(|b| b.seen.iter().map(|s| s.1).collect());
+    assert_eq!(ranges, [None, Some(cut)]);
+    let kept = models.join(".downloads/golden_cin.zip");
+    assert_eq!(std::fs::read(&kept).unwrap(), zip, "cut at byte {cut}");
+}
+
+#[test]
 fn server_errors_unknown_names_and_a_full_quota_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
