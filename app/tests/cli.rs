@@ -461,12 +461,12 @@ fn inpaint_bad_inputs() {
         assert!(!ok && text.contains(says), "{option}: {text}");
         assert!(!out.exists(), "{option} wrote an output");
     }
-    // Without --model the shipped default model (assets/model, 64×64 scenes) is used.
+    // Without --model the shipped default model (assets/model, 128×128 scenes) is used.
     let s = dir.path().join("s.png");
     let (ok, text) = tessera(&["sample", "--seed", "1", "-o", s.to_str().unwrap()]);
     assert!(ok, "{text}");
     let img = image::open(&s).unwrap();
-    assert_eq!((img.width(), img.height()), (64, 64));
+    assert_eq!((img.width(), img.height()), (128, 128));
 }
 
 #[test]

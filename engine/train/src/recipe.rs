@@ -150,7 +150,9 @@ impl Default for Recipe {
             ckpt_every: 100,
             export_f16: true,
             sampling: None,
-            guidance_scale: None,
+            // Measured on the held-out split (README): class / text top-1 31.2 / 28.9% at 3,
+            // 22.7 / 23.4% at 2, 31.2 / 23.4% at 5 (128 scenes each).
+            guidance_scale: Some(3.0),
         }
     }
 }

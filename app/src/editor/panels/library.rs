@@ -14,6 +14,7 @@ pub(super) fn window(p: &mut Panels, ctx: &egui::Context) {
     let mut open = p.library.open;
     egui::Window::new("Models")
         .open(&mut open)
+        .max_width(760.0)
         .default_width(620.0)
         .default_height(520.0)
         .show(ctx, |ui| body(p, ui));
@@ -132,15 +133,13 @@ fn body(p: &mut Panels, ui: &mut egui::Ui) {
                     .map(|s| format!(" · {:.0} s left", s))
                     .unwrap_or_default()
             ),
-            None => format!("{}: {}", t.name, t.step),
+            None => format!("{}: {:.0} s", t.name, t.elapsed_s()),
         };
         ui.add(ProgressBar::new(fraction.unwrap_or(0.0)).text(text));
-        ui.horizontal(|ui| {
-            ui.label(&t.step);
-            if ui.button("Cancel").clicked() {
-                send.push(Command::CancelModelTask);
-            }
-        });
+        if ui.button("Cancel").clicked() {
+            send.push(Command::CancelModelTask);
+        }
+        ui.add(egui::Label::new(&t.step).wrap());
     }
     if let Some((text, error)) = &lib.last {
         if *error {
