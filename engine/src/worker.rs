@@ -292,9 +292,11 @@ impl Worker {
     fn handle(&mut self, req: Request) {
         match req {
             Request::Load(path, opts) => {
-                let loaded = ModelSource::open(&path).and_then(|s| {
-                    let warnings = s.warnings().to_vec();
-                    s.load(&opts).map(|m| (m, warnings))
+                let loaded = guarded(|| {
+                    ModelSource::open(&path).and_then(|s| {
+                        let warnings = s.warnings().to_vec();
+                        s.load(&opts).map(|m| (m, warnings))
+                    })
                 });
                 match loaded {
                     Ok((model, warnings)) => {
@@ -319,7 +321,7 @@ impl Worker {
                     return;
                 }
                 let start = Instant::now();
-                match self.run(id, &job, &cancel) {
+                match guarded(|| self.run(id, &job, &cancel)) {
                     Ok(true) => self.emit(Event::Finished {
                         job: id,
                         secs: start.elapsed().as_secs_f64(),
@@ -479,6 +481,24 @@ impl Context {
         }
         let ring = inpaint::colour_match_ring_px(self.feather);
         inpaint::match_colours(&self.image, &self.mask, &self.window, &generated, ring)
+    }
+}
+
+/// Runs `f`, turning a panic into an error for that one job or load: the engine thread lives
+/// on and takes the next request (a panic is a bug, but it must not cost the user the session).
+pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown cause".into());
+            Err(Error::Input(format!(
+                "internal error in the engine ({what}); this job was stopped, the next one runs"
+            )))
+        }
     }
 }
 

@@ -420,3 +420,18 @@ fn a_standing_quantize_preference_loads_stored_blocks_as_stored_and_says_how() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_panic_in_a_job_becomes_that_jobs_error() {
+    use tessera_engine::worker::guarded;
+    let r: tessera_engine::Result<u32> = guarded(|| panic!("index 7 out of range"));
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.contains("index 7 out of range") && e.contains("the next one runs"),
+        "{e}"
+    );
+    let r: tessera_engine::Result<u32> = guarded(|| panic!("{}", String::from("owned message")));
+    assert!(r.unwrap_err().to_string().contains("owned message"));
+    // The same thread goes on with the next request.
+    assert_eq!(guarded(|| Ok(5)).unwrap(), 5);
+}
