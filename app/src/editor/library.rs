@@ -233,7 +233,20 @@ impl Library {
     pub fn poll(&mut self) -> Option<Result<Installed, String>> {
         let task = self.task.as_mut()?;
         let mut finished = None;
-        while let Ok(msg) = task.rx.try_recv() {
+        loop {
+            let msg = match task.rx.try_recv() {
+                Ok(msg) => msg,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    // The thread ended without a result: it panicked.
+                    finished.get_or_insert(Err(
+                        "the download thread stopped on an internal error; a partial \
+                         download resumes when you download again"
+                            .into(),
+                    ));
+                    break;
+                }
+            };
             match msg {
                 TaskMsg::Event(e) => match e {
                     InstallEvent::Download(DownloadEvent::Connecting { attempt, from }) => {
