@@ -612,3 +612,35 @@ fn broken_gguf_stages_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn a_model_that_does_not_fit_in_memory_is_refused_up_front() {
+    use tessera_engine::loader::{check_memory, resident_bytes};
+    let source = ModelSource::open(golden().join("class_custom/sampling.yaml")).unwrap();
+    let card = source.card();
+    let params: u64 = card.stages.iter().map(|s| s.parameters as u64).sum();
+    let f32 = LoadOptions::default();
+    assert_eq!(resident_bytes(card, &f32), 4 * params);
+    let lazy = LoadOptions {
+        lazy: true,
+        ..LoadOptions::default()
+    };
+    let largest = card
+        .stages
+        .iter()
+        .map(|s| s.parameters as u64)
+        .max()
+        .unwrap();
+    assert_eq!(resident_bytes(card, &lazy), 4 * largest);
+    let q8 = LoadOptions {
+        quantize: Some(candle_core::quantized::GgmlDType::Q8_0),
+        ..LoadOptions::default()
+    };
+    assert!(resident_bytes(card, &q8) < resident_bytes(card, &f32) / 3);
+    assert!(check_memory(card, &f32, 4 * params).is_ok());
+    let e = check_memory(card, &f32, 1000).unwrap_err().to_string();
+    assert!(
+        e.contains("needs about 0.0 GB") && e.contains("only 0.0 GB") && e.contains("q8_0"),
+        "{e}"
+    );
+}

@@ -352,6 +352,9 @@ impl ModelSource {
     /// Loads the VQGAN and every stage (or, with `opts.lazy`, only the VQGAN; stages follow
     /// on demand).
     pub fn load(&self, opts: &LoadOptions) -> Result<Model> {
+        if let Some(available) = available_memory() {
+            check_memory(self.card(), opts, available)?;
+        }
         let vqgan = self.load_vqgan(opts)?;
         let stages = (1..=self.card().levels())
             .map(|t| {
@@ -371,6 +374,53 @@ impl ModelSource {
             opts: opts.clone(),
         })
     }
+}
+
+/// Bytes the stages' weights take once loaded under `opts` (all of them, or the largest alone
+/// when lazy): 4 per parameter in f32, 2 in f16/bf16, about 1.06 in q8_0 and 0.56 in q4k.
+pub fn resident_bytes(card: &ModelCard, opts: &LoadOptions) -> u64 {
+    let stored_blocks = [GgmlDType::Q8_0, GgmlDType::Q4K]
+        .into_iter()
+        .find(|q| card.dtype == gguf::format_name(*q));
+    let per_param = match opts.quantize.or(stored_blocks) {
+        Some(GgmlDType::Q4K) => 0.5625,
+        Some(_) => 1.0625,
+        None if opts.dtype == DType::F32 => 4.0,
+        None => 2.0,
+    };
+    let stage = |p: usize| (p as f64 * per_param) as u64;
+    let sizes = card.stages.iter().map(|s| stage(s.parameters));
+    if opts.lazy {
+        sizes.max().unwrap_or(0)
+    } else {
+        sizes.sum()
+    }
+}
+
+/// Refuses a load whose weights would not fit in `available` bytes of memory, before anything
+/// is read, naming both numbers and what would make it fit.
+pub fn check_memory(card: &ModelCard, opts: &LoadOptions, available: u64) -> Result<()> {
+    let needed = resident_bytes(card, opts);
+    if needed > available {
+        let gb = |b: u64| b as f64 / 1e9;
+        return Err(Error::Input(format!(
+            "the model needs about {:.1} GB of memory for its weights ({}), but only {:.1} GB \
+             are available; load one stage at a time (low-memory loading) or quantize to \
+             q8_0, or close other programs",
+            gb(needed),
+            opts.describe_weights(card),
+            gb(available)
+        )));
+    }
+    Ok(())
+}
+
+/// Memory the system can give without swapping (Linux `MemAvailable`); `None` where unknown.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Swaps the block-format weights stored in `weights` into the linear layers of `net` (built
