@@ -16,12 +16,7 @@ fn tessera(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run tessera");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::outcome(out)
 }
 
 /// `tessera sample --model M --class C --seed S -o OUT EXTRA…`.

@@ -1047,15 +1047,9 @@ fn describing_a_class_picks_it() {
 
 #[test]
 fn the_models_window_downloads_uses_imports_and_removes_a_release() {
-    let zip = release::release_zip("class_custom", "golden_cin");
-    let server = server::Server::start(std::collections::HashMap::from([(
-        "/golden_cin.zip".to_string(),
-        zip.clone(),
-    )]));
     let s = Setup::new();
-    let catalogue = s.dir.path().join("catalogue.json");
-    let json = release::release_json("class_custom", "golden_cin", &server.url("/golden_cin.zip"));
-    std::fs::write(&catalogue, serde_json::to_vec(&[json]).unwrap()).unwrap();
+    let (server, zip, catalogue) =
+        release::serve_release(s.dir.path(), "class_custom", "golden_cin");
     let mut opts = s.options(None);
     opts.library.catalogue = Some(catalogue);
     let models = opts.library.folder.clone().unwrap();

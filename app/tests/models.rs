@@ -2,16 +2,16 @@
 //! official release: get (with a dropped connection on the way), list, inpaint by name,
 //! import from disk, remove; error answers and a quota.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
 #[path = "../../engine/store/tests/common/release.rs"]
 mod release;
 #[path = "../../engine/store/tests/common/server.rs"]
 mod server;
 
-use release::{release_json, release_zip};
+use release::{release_zip, serve_release};
 use server::Server;
 
 /// Runs `tessera` with the models folder and catalogue of the test.
@@ -33,25 +33,12 @@ fn tessera_env(
         .envs(env.iter().copied())
         .output()
         .expect("run tessera");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::outcome(out)
 }
 
 /// A server with the golden release, and a catalogue file naming it.
 fn setup(dir: &Path) -> (Server, Vec<u8>, std::path::PathBuf) {
-    let zip = release_zip("class_custom", "golden_cin");
-    let server = Server::start(HashMap::from([(
-        "/golden_cin.zip".to_string(),
-        zip.clone(),
-    )]));
-    let json = release_json("class_custom", "golden_cin", &server.url("/golden_cin.zip"));
-    let catalogue = dir.join("catalogue.json");
-    std::fs::write(&catalogue, serde_json::to_vec(&[json]).unwrap()).unwrap();
-    (server, zip, catalogue)
+    serve_release(dir, "class_custom", "golden_cin")
 }
 
 #[test]

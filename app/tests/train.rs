@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/train/tests/fixtures/emoji")
 }
@@ -13,12 +15,7 @@ fn tessera(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run tessera");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::outcome(out)
 }
 
 /// `tessera train` of the smoke recipe on the fixture, into `work` and `out`.

@@ -3,6 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
+/// A finished `tessera` run: whether it succeeded, and its stdout then stderr as one text.
+pub fn outcome(out: std::process::Output) -> (bool, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// `../shared/golden` beside the checkout (CI has it too).
 pub fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden")

@@ -64,9 +64,7 @@ impl LoadOptions {
     /// (`"f16"`, `"q8_0 (stored)"`, `"q8_0 (quantized at load from f16)"`, with
     /// `", one stage resident"` when lazy).
     pub fn describe_weights(&self, card: &ModelCard) -> String {
-        let stored_blocks = [GgmlDType::Q8_0, GgmlDType::Q4K]
-            .into_iter()
-            .any(|q| card.dtype == gguf::format_name(q));
+        let stored_blocks = stored_format(card).is_some();
         let mut s = match self.quantize {
             _ if stored_blocks => format!("{} (stored)", card.dtype),
             Some(q) => format!(
@@ -376,13 +374,17 @@ impl ModelSource {
     }
 }
 
+/// The block format the card's stages are stored in (`q8_0`, `q4k`), if any.
+fn stored_format(card: &ModelCard) -> Option<GgmlDType> {
+    [GgmlDType::Q8_0, GgmlDType::Q4K]
+        .into_iter()
+        .find(|q| card.dtype == gguf::format_name(*q))
+}
+
 /// Bytes the stages' weights take once loaded under `opts` (all of them, or the largest alone
 /// when lazy): 4 per parameter in f32, 2 in f16/bf16, about 1.06 in q8_0 and 0.56 in q4k.
 pub fn resident_bytes(card: &ModelCard, opts: &LoadOptions) -> u64 {
-    let stored_blocks = [GgmlDType::Q8_0, GgmlDType::Q4K]
-        .into_iter()
-        .find(|q| card.dtype == gguf::format_name(*q));
-    let per_param = match opts.quantize.or(stored_blocks) {
+    let per_param = match opts.quantize.or(stored_format(card)) {
         Some(GgmlDType::Q4K) => 0.5625,
         Some(_) => 1.0625,
         None if opts.dtype == DType::F32 => 4.0,

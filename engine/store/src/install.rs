@@ -174,7 +174,15 @@ pub fn get(
 
 /// Errors that say the zip itself is bad (so a fresh download is the remedy).
 fn is_damaged(e: &Error) -> bool {
-    e.to_string().contains("damaged")
+    e.to_string().contains(DAMAGED)
+}
+
+/// What every error about a bad zip says (and what [`is_damaged`] looks for).
+const DAMAGED: &str = "damaged zip";
+
+/// An error about the zip itself.
+fn damaged(zip: &Path, detail: impl std::fmt::Display) -> Error {
+    Error::bad_file(zip, format!("{DAMAGED}: {detail}"))
 }
 
 fn refuse_installed(folder: &ModelsFolder, name: &str, opts: &InstallOptions) -> Result<()> {
@@ -321,21 +329,13 @@ fn identify_zip<'a>(catalogue: &'a Catalogue, zip: &Path) -> Result<&'a Release>
 
 fn open_zip(zip: &Path) -> Result<zip::ZipArchive<std::fs::File>> {
     let f = std::fs::File::open(zip).map_err(|e| Error::io(zip, e))?;
-    zip::ZipArchive::new(f).map_err(|e| {
-        Error::bad_file(
-            zip,
-            format!("damaged zip (not a complete zip archive: {e})"),
-        )
-    })
+    zip::ZipArchive::new(f).map_err(|e| damaged(zip, format!("not a complete zip archive ({e})")))
 }
 
 fn entry_names(zip: &Path, archive: &zip::ZipArchive<std::fs::File>) -> Result<Vec<String>> {
     archive
         .file_names()
-        .map(|n| {
-            n.map(|n| n.into_owned())
-                .map_err(|e| Error::bad_file(zip, format!("damaged zip: {e}")))
-        })
+        .map(|n| n.map(|n| n.into_owned()).map_err(|e| damaged(zip, e)))
         .collect()
 }
 
@@ -438,10 +438,10 @@ fn install_zip(
         let i = find_entry(&entries, w).ok_or_else(|| {
             let shown: Vec<&str> = entries.iter().take(6).map(String::as_str).collect();
             let more = entries.len().saturating_sub(shown.len());
-            Error::bad_file(
+            damaged(
                 zip,
                 format!(
-                    "is damaged or not the {} zip: it has no `{}` (it holds {}{})",
+                    "not the {} zip, or incomplete: it has no `{}` (it holds {}{})",
                     release.name,
                     w.strip_prefix("models/").unwrap_or(w),
                     shown.join(", "),
@@ -456,7 +456,7 @@ fn install_zip(
         let name = &entries[i];
         let entry = archive
             .by_name(name)
-            .map_err(|e| Error::bad_file(zip, format!("damaged zip: {name}: {e}")))?;
+            .map_err(|e| damaged(zip, format!("{name}: {e}")))?;
         unpacked += entry.size();
         picks.push(name.clone());
     }
@@ -481,12 +481,10 @@ fn install_zip(
         }
         let mut entry = archive
             .by_name(name)
-            .map_err(|e| Error::bad_file(zip, format!("damaged zip: {name}: {e}")))?;
+            .map_err(|e| damaged(zip, format!("{name}: {e}")))?;
         let mut file = std::fs::File::create(&out).map_err(|e| Error::io(&out, e))?;
         copy(&mut entry, &mut file, &opts.download.cancel).map_err(|e| match e {
-            CopyError::Read(e) => {
-                Error::bad_file(zip, format!("damaged zip: cannot read {name}: {e}"))
-            }
+            CopyError::Read(e) => damaged(zip, format!("cannot read {name}: {e}")),
             CopyError::Write(e) => Error::io(&out, e),
             CopyError::Cancelled => Error::Cancelled,
         })?;
@@ -566,9 +564,11 @@ fn finish(
         .unwrap_or(0);
     let text = serde_json::to_vec_pretty(&origin).map_err(|e| Error::Input(e.to_string()))?;
     write_atomic(&out.join(ORIGIN_FILE), &text)?;
-    folder
-        .installed()?
-        .into_iter()
-        .find(|m| m.name == release.name)
-        .ok_or_else(|| Error::Input(format!("{} was imported but cannot be read", out.display())))
+    Ok(Installed {
+        name: release.name.clone(),
+        bytes: crate::folder::disk_bytes(&out),
+        path: out,
+        card,
+        origin: Some(origin),
+    })
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::release::{release_json, release_zip};
+use common::release::{release_zip, write_catalogue};
 use common::server::Server;
 use tessera_engine::Error;
 use tessera_engine::loader::ModelSource;
@@ -246,14 +246,24 @@ fn a_quota_too_small_is_refused_before_anything_is_written() {
 
 /// The golden class-conditional case served as release `golden_cin`.
 fn golden_release(server: &Server) -> (Catalogue, Release) {
-    let json = release_json("class_custom", "golden_cin", &server.url("/golden_cin.zip"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("catalogue.json");
-    std::fs::write(&file, serde_json::to_vec(&[json]).unwrap()).unwrap();
+    write_catalogue(
+        &file,
+        "class_custom",
+        "golden_cin",
+        &server.url("/golden_cin.zip"),
+    );
     let mut cat = Catalogue::builtin();
     cat.extend_from(&file).unwrap();
     let release = cat.require("golden_cin").unwrap().clone();
     (cat, release)
+}
+
+/// Nothing left in the downloads folder (no part, zip or unpacked files).
+fn assert_no_leftovers(root: &Path) {
+    let left = leftovers(root);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 fn leftovers(root: &Path) -> Vec<String> {
@@ -312,11 +322,7 @@ fn the_golden_release_downloads_and_installs_as_a_tessera_model() {
     // The model runs from the models folder; downloads and unpacked files are gone.
     let source = ModelSource::open(folder.find("golden_cin").unwrap()).unwrap();
     assert_eq!(source.card().levels(), 2);
-    assert!(
-        leftovers(root.path()).is_empty(),
-        "{:?}",
-        leftovers(root.path())
-    );
+    assert_no_leftovers(root.path());
     let rec = folder.records();
     assert_eq!(rec[&release.url].sha256, sha);
     assert_eq!(folder.installed().unwrap().len(), 1);
@@ -345,11 +351,7 @@ fn the_golden_release_downloads_and_installs_as_a_tessera_model() {
         "{e}"
     );
     assert!(folder.find("golden_cin").is_none());
-    assert!(
-        leftovers(root.path()).is_empty(),
-        "{:?}",
-        leftovers(root.path())
-    );
+    assert_no_leftovers(root.path());
 }
 
 #[test]
@@ -372,11 +374,7 @@ fn a_damaged_zip_is_refused_deleted_and_leaves_no_model() {
     assert!(e.contains("damaged zip"), "{e}");
     assert!(folder.find("golden_cin").is_none());
     assert!(folder.installed().unwrap().is_empty());
-    assert!(
-        leftovers(root.path()).is_empty(),
-        "{:?}",
-        leftovers(root.path())
-    );
+    assert_no_leftovers(root.path());
 
     // A truncated zip (no central directory) the same.
     let server = serve("golden_cin.zip", &zip[..zip.len() - 100]);
@@ -386,11 +384,7 @@ fn a_damaged_zip_is_refused_deleted_and_leaves_no_model() {
         .to_string();
     assert!(e.contains("damaged") && e.len() < 600, "{e}");
     assert!(folder.find("golden_cin").is_none());
-    assert!(
-        leftovers(root.path()).is_empty(),
-        "{:?}",
-        leftovers(root.path())
-    );
+    assert_no_leftovers(root.path());
 }
 
 #[test]
@@ -417,7 +411,7 @@ fn zips_and_checkpoints_on_disk_import_into_the_models_folder() {
     assert_eq!(m.name, "golden_cin");
     assert!(m.origin.unwrap().url.is_none());
     assert!(path.is_file(), "the user's zip is left alone");
-    assert!(leftovers(root.path()).is_empty());
+    assert_no_leftovers(root.path());
 
     // Stage checkpoints from an unpacked release: named by their folder, or by the caller.
     let ckpts = common::release::golden("class_custom").join("models");

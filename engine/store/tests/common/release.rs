@@ -41,8 +41,32 @@ pub fn release_zip(case: &str, name: &str) -> Vec<u8> {
     zip.finish().unwrap().into_inner()
 }
 
+/// Writes a catalogue file at `path` with the one release `name`: the golden case served at `url`.
+pub fn write_catalogue(path: &Path, case: &str, name: &str, url: &str) {
+    let json = release_json(case, name, url);
+    std::fs::write(path, serde_json::to_vec(&[json]).unwrap()).unwrap();
+}
+
+/// The golden case `case` zipped as release `name`, served by a loopback server, and a
+/// catalogue file in `dir` naming it: (server, the zip's bytes, the catalogue file).
+pub fn serve_release(
+    dir: &Path,
+    case: &str,
+    name: &str,
+) -> (super::server::Server, Vec<u8>, PathBuf) {
+    let zip = release_zip(case, name);
+    let path = format!("/{name}.zip");
+    let server = super::server::Server::start(std::collections::HashMap::from([(
+        path.clone(),
+        zip.clone(),
+    )]));
+    let catalogue = dir.join("catalogue.json");
+    write_catalogue(&catalogue, case, name, &server.url(&path));
+    (server, zip, catalogue)
+}
+
 /// The catalogue entry (JSON) for the golden case served at `url`.
-pub fn release_json(case: &str, name: &str, url: &str) -> serde_json::Value {
+fn release_json(case: &str, name: &str, url: &str) -> serde_json::Value {
     let dir = golden(case);
     let manifest = std::fs::read_to_string(dir.join("sampling.yaml")).unwrap();
     let mut configs = BTreeMap::new();
