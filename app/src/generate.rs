@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use image::{GrayImage, RgbImage};
+use tessera::editor::files;
 use tessera_engine::inpaint::{PresetMask, WindowOptions, preset_mask};
 use tessera_engine::loader::LoadOptions;
 use tessera_engine::loader::card::{Condition, Conditioning, ModelCard, class_prompt};
@@ -136,9 +137,6 @@ pub struct InpaintArgs {
     pub strength: Option<usize>,
 }
 
-/// Largest image the command line accepts (pixels), to fail clearly instead of exhausting memory.
-const MAX_PIXELS: u64 = 16384 * 16384;
-
 fn default_model() -> Result<PathBuf> {
     let exe_dir = std::env::current_exe()
         .ok()
@@ -160,46 +158,23 @@ fn default_model() -> Result<PathBuf> {
 }
 
 fn load_image(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let (w, h) = reader
-        .into_dimensions()
-        .with_context(|| format!("{} is not a readable image", path.display()))?;
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        bail!(
-            "{} is {w}×{h}: larger than Tessera accepts (16384×16384)",
-            path.display()
-        );
-    }
-    let img = image::ImageReader::open(path)?
-        .with_guessed_format()?
-        .decode()
-        .with_context(|| format!("{} is not a readable image", path.display()))?;
-    Ok(img.to_rgb8())
+    let img = files::load_image(path).map_err(anyhow::Error::msg)?;
+    Ok(image::DynamicImage::ImageRgba8(img).to_rgb8())
 }
 
+/// A mask file: white (≥ 128) = regenerate; with transparency, the opaque white pixels.
 fn load_mask(path: &Path) -> Result<GrayImage> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()?
-        .decode()
-        .with_context(|| format!("{} is not a readable image", path.display()))?;
-    // A mask with transparency marks the painted (opaque) pixels.
-    if img.color().has_alpha() {
-        let rgba = img.to_rgba8();
-        let gray = img.to_luma8();
-        let any_transparent = rgba.pixels().any(|p| p.0[3] < 255);
-        if any_transparent {
-            return Ok(GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-                let a = rgba.get_pixel(x, y).0[3];
-                let l = gray.get_pixel(x, y).0[0];
-                image::Luma([if a >= 128 && l >= 128 { 255 } else { 0 }])
-            }));
-        }
+    let rgba = files::load_image(path).map_err(|e| anyhow!("the mask {e}"))?;
+    let transparent = rgba.pixels().any(|p| p.0[3] < 255);
+    let gray = image::DynamicImage::ImageRgba8(rgba.clone()).to_luma8();
+    if !transparent {
+        return Ok(gray);
     }
-    Ok(img.to_luma8())
+    Ok(GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let a = rgba.get_pixel(x, y).0[3];
+        let l = gray.get_pixel(x, y).0[0];
+        image::Luma([if a >= 128 && l >= 128 { 255 } else { 0 }])
+    }))
 }
 
 /// Per-level values given in sampling order (level T first) → indexed by level − 1.
@@ -323,8 +298,9 @@ fn condition(
             let tokenizer = PromptTokenizer::for_model(model_dir, card)?
                 .ok_or_else(|| anyhow!("the model declares no tokenizer"))?;
             let prompt = prompt.as_deref().unwrap_or("");
-            for (_, word) in &tokenizer.encode(prompt)?.unknown {
-                eprintln!("warning: the model does not know the word `{word}`");
+            let unknown = tokenizer.encode(prompt)?.unknown;
+            if !unknown.is_empty() {
+                eprintln!("warning: {}", unknown_words(&unknown));
             }
             let encoded = tokenizer.encode(&class_prompt(class_name, prompt))?;
             if encoded.truncated(*context_len) {
@@ -340,7 +316,67 @@ fn condition(
     }
 }
 
-fn output_paths(out: &Path, n: usize, force: bool) -> Result<Vec<PathBuf>> {
+/// "the model does not know the word(s) …": at most eight, each cut to 24 characters and
+/// with control characters escaped, so an odd prompt cannot flood or garble the terminal.
+fn unknown_words(unknown: &[(std::ops::Range<usize>, String)]) -> String {
+    const SHOWN: usize = 8;
+    let shown: Vec<String> = unknown
+        .iter()
+        .take(SHOWN)
+        .map(|(_, w)| {
+            let mut cut: String = w.chars().take(24).collect();
+            if cut.len() < w.len() {
+                cut.push('…');
+            }
+            format!("`{}`", cut.escape_debug())
+        })
+        .collect();
+    let more = match unknown.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    let s = if unknown.len() == 1 { "" } else { "s" };
+    format!(
+        "the model does not know the word{s} {}{more} (read as unknown)",
+        shown.join(", ")
+    )
+}
+
+/// The image format an output's extension asks for (`alpha`: the image has transparency,
+/// which JPEG cannot hold).
+fn output_format(out: &Path, alpha: bool) -> Result<image::ImageFormat> {
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let format = match ext.as_str() {
+        "png" => image::ImageFormat::Png,
+        "jpg" | "jpeg" if !alpha => image::ImageFormat::Jpeg,
+        "webp" => image::ImageFormat::WebP,
+        _ => {
+            let takes = if alpha {
+                ".png or .webp"
+            } else {
+                ".png, .jpg or .webp"
+            };
+            let got = if ext.is_empty() {
+                "has no extension".to_string()
+            } else {
+                format!("ends in .{ext}")
+            };
+            bail!(
+                "{} {got}: name the output {takes} (the extension picks the format)",
+                out.display()
+            )
+        }
+    };
+    Ok(format)
+}
+
+/// The files an output name stands for (`NAME-0.EXT`, … for several candidates), refused up
+/// front when one exists (without `force`) or the extension names no format Tessera writes.
+fn output_paths(out: &Path, n: usize, force: bool, alpha: bool) -> Result<Vec<PathBuf>> {
+    output_format(out, alpha)?;
     let paths: Vec<PathBuf> = if n == 1 {
         vec![out.to_path_buf()]
     } else {
@@ -362,26 +398,25 @@ fn output_paths(out: &Path, n: usize, force: bool) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Writes a PNG atomically: a temporary file beside the target, then a rename.
-fn save_png<P>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> Result<()>
+/// Writes an image atomically in the format its extension names (PNG, JPEG at quality 95,
+/// lossless WebP): encoded in memory, then a temporary file beside the target, then a rename,
+/// so a failed write (a full disk) leaves any earlier file as it was.
+fn save_image<P>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> Result<()>
 where
     P: image::PixelWithColorType,
     [P::Subpixel]: image::EncodableLayout,
 {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    let alpha = P::HAS_ALPHA;
+    let format = output_format(path, alpha)?;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    if format == image::ImageFormat::Jpeg {
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+        img.write_with_encoder(encoder)
+    } else {
+        img.write_to(&mut bytes, format)
+    }
+    .with_context(|| format!("cannot encode {}", path.display()))?;
+    files::write_atomic(path, bytes.get_ref()).map_err(anyhow::Error::msg)
 }
 
 fn chain_request(
@@ -448,10 +483,10 @@ fn chain_request(
 /// Runs an inpainting (`inpaint = Some`) or sampling job and writes its outputs.
 pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
     let model_path = match &args.model {
-        Some(p) => crate::models::resolve_model(p),
+        Some(p) => crate::models::resolve_model(p)?,
         None => default_model()?,
     };
-    let paths = output_paths(&args.output, args.candidates.max(1), args.force)?;
+    let paths = output_paths(&args.output, args.candidates.max(1), args.force, false)?;
     if let Some(p) = args.repaint_below
         && !(0.0..=1.0).contains(&p)
     {
@@ -473,8 +508,10 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
                 (None, None) => bail!("give --mask or --mask-preset"),
             };
             if image.dimensions() != mask.dimensions() {
+                let name = a.mask.as_deref().unwrap_or(Path::new("mask"));
                 bail!(
-                    "the mask is {}×{} but the image is {}×{}",
+                    "the mask {} is {}×{} but the image is {}×{}; give a mask of the image's size",
+                    name.display(),
                     mask.width(),
                     mask.height(),
                     image.width(),
@@ -520,7 +557,7 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
     };
     let chain = chain_request(&card, &model_dir, args, inputs.is_some())?;
     let map_paths = match &args.confidence_map {
-        Some(m) => output_paths(m, args.candidates.max(1), args.force)?,
+        Some(m) => output_paths(m, args.candidates.max(1), args.force, true)?,
         None => Vec::new(),
     };
     if let Some(dir) = &args.levels_dir {
@@ -552,10 +589,10 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         secs += repaint::repaint_below(&mut engine, args, &chain, &window, grid, p, &mut results)?;
     }
     for (c, path) in results.candidates.iter().zip(&paths) {
-        save_png(&c.image, path)?;
+        save_image(&c.image, path)?;
     }
     for (c, path) in results.candidates.iter().zip(&map_paths) {
-        save_png(&c.heat_map(card.grid_side()), path)?;
+        save_image(&c.heat_map(card.grid_side()), path)?;
     }
     if !args.json {
         for p in paths.iter().chain(&map_paths) {

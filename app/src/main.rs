@@ -118,7 +118,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => edit(None, None),
         Some(Command::Edit { image, model }) => {
-            edit(image, model.map(|m| models::resolve_model(&m)))
+            edit(image, model.map(|m| models::resolve_model(&m)).transpose()?)
         }
         Some(Command::CheckReference { dir }) => cli::check_reference(&dir),
         Some(Command::Import {
@@ -135,7 +135,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Info { model }) => {
-            cli::info(&models::resolve_model(&model))?;
+            cli::info(&models::resolve_model(&model)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Inpaint { inpaint, sampling }) => {
@@ -163,7 +163,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }) => {
             match (model, chain) {
                 (Some(_), Some(_)) => anyhow::bail!("--model and --chain are separate benchmarks"),
-                (Some(m), None) => cli::bench_model(&models::resolve_model(&m))?,
+                (Some(m), None) => cli::bench_model(&models::resolve_model(&m)?)?,
                 (None, Some(c)) => cli::bench_chain(&c)?,
                 (None, None) => cli::bench(quick, &only)?,
             }

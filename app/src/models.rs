@@ -281,14 +281,27 @@ impl Shown {
     }
 }
 
-/// A `--model` value: an existing path as given, else the installed model of that name.
-pub fn resolve_model(given: &Path) -> PathBuf {
+/// A `--model` value: an existing path as given, else the installed model of that name; when
+/// it is neither, the error lists the installed names.
+pub fn resolve_model(given: &Path) -> Result<PathBuf> {
     if given.exists() {
-        return given.to_path_buf();
+        return Ok(given.to_path_buf());
     }
     let name = given.to_string_lossy();
-    ModelsFolder::standard()
-        .ok()
-        .and_then(|f| f.find(&name))
-        .unwrap_or_else(|| given.to_path_buf())
+    let folder = ModelsFolder::standard().ok();
+    if let Some(found) = folder.as_ref().and_then(|f| f.find(&name)) {
+        return Ok(found);
+    }
+    let installed: Vec<String> = folder
+        .and_then(|f| f.installed().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    let names = if installed.is_empty() {
+        "none is installed; `tessera models list` shows what can be".to_string()
+    } else {
+        format!("installed: {}", installed.join(", "))
+    };
+    bail!("--model {name}: no such file or folder, and no installed model of that name ({names})")
 }

@@ -382,7 +382,7 @@ fn autosave_writes_a_recovery_project_that_restores() {
 
     let mut h = harness(s.options(None));
     h.step();
-    h.get_by_label("Restore").click();
+    h.get_by_label("Restore (Enter)").click();
     run_until(&mut h, "the restore", |a| {
         a.doc.is_some() && !a.background_busy()
     });

@@ -225,6 +225,71 @@ fn cancel_is_prompt_and_the_next_job_runs() {
     ));
 }
 
+/// Cancel at 100 moments spread over a job's life (before it starts, while levels stream,
+/// around the end): every job ends with exactly one terminal event, none fails, none hangs
+/// (each wait is bounded), and afterwards the engine runs a job to the end.
+#[test]
+fn cancel_at_a_hundred_random_moments_never_sticks() {
+    use rand::{Rng, SeedableRng};
+    let (mut engine, card) = loaded("uncond_geometric");
+    let image = picture(64, 64);
+    let mask = rect_mask(64, 64, 24, 24, 40, 40);
+    // One pass per level and a small mask keep the hundred jobs short.
+    let job = |seed| {
+        let mut j = inpaint_job(&card, &image, &mask, seed, 1);
+        j.chain.chains = vec![1; card.levels()];
+        j
+    };
+    // How long a whole job takes here, so the moments cover all of it.
+    let t = Instant::now();
+    let h = engine.submit(job(0));
+    assert!(matches!(
+        run_to_end(&engine, h.id).last(),
+        Some(Event::Finished { .. })
+    ));
+    let whole = t.elapsed().as_micros().max(1) as u64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(19);
+    let (mut cancelled, mut finished, mut mid_job) = (0, 0, 0);
+    for i in 0..100u64 {
+        let handle = engine.submit(job(i));
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..whole * 6 / 5)));
+        handle.cancel();
+        let events = run_to_end(&engine, handle.id);
+        let progressed = events
+            .iter()
+            .any(|e| matches!(e, Event::Progress { job, .. } if *job == handle.id));
+        match events.last() {
+            Some(Event::Cancelled { .. }) => {
+                cancelled += 1;
+                mid_job += usize::from(progressed);
+            }
+            Some(Event::Finished { .. }) => finished += 1,
+            other => panic!("cancel {i}: the job ended with {other:?}"),
+        }
+    }
+    // Nothing of a cancelled job arrives later.
+    std::thread::sleep(Duration::from_millis(200));
+    while let Ok(e) = engine.events().try_recv() {
+        assert!(
+            !matches!(
+                e,
+                Event::Finished { .. } | Event::Cancelled { .. } | Event::Failed { .. }
+            ),
+            "a terminal event after its job had ended: {e:?}"
+        );
+    }
+    eprintln!(
+        "100 cancels over a {whole} µs job: {cancelled} cancelled ({mid_job} mid-job), \
+         {finished} finished first"
+    );
+    assert!(mid_job > 0, "no cancel landed while a job was running");
+    let last = engine.submit(job(7));
+    assert!(matches!(
+        run_to_end(&engine, last.id).last(),
+        Some(Event::Finished { .. })
+    ));
+}
+
 #[test]
 fn bad_requests_fail_cleanly() {
     let (mut engine, card) = loaded("uncond_geometric");

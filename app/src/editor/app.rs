@@ -43,7 +43,7 @@ pub struct EditorOptions {
     pub config_dir: Option<PathBuf>,
     /// Folder of the autosave recovery project (`None`: no autosave).
     pub data_dir: Option<PathBuf>,
-    /// Autosave period.
+    /// Autosave period (`TESSERA_AUTOSAVE_SECS`, default 5 s).
     pub autosave_every: Duration,
     /// Per-frame CPU time log (`TESSERA_FRAME_LOG`).
     pub frame_log: Option<PathBuf>,
@@ -60,7 +60,11 @@ impl Default for EditorOptions {
             dialogs: Arc::new(RfdDialogs),
             config_dir: files::config_dir(),
             data_dir: files::data_dir(),
-            autosave_every: Duration::from_secs(5),
+            autosave_every: std::env::var("TESSERA_AUTOSAVE_SECS")
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map_or(Duration::from_secs(5), Duration::from_secs_f64),
             frame_log: std::env::var_os("TESSERA_FRAME_LOG").map(PathBuf::from),
             library: LibraryOptions::default(),
         }
@@ -177,6 +181,13 @@ impl EditorApp {
                 .map(|f| (std::io::BufWriter::new(f), 0))
         });
         let recovery = opts.data_dir.as_deref().and_then(project::find_recovery);
+        if let Some(r) = &recovery {
+            eprintln!(
+                "tessera: found the unsaved work of a session that did not close cleanly ({}); \
+                 Restore (Enter) or Discard",
+                r.display()
+            );
+        }
         let select = SelectState::new(ctx.clone(), segment::default_weights());
         let mut app = Self {
             doc: None,
@@ -242,18 +253,17 @@ impl EditorApp {
 
     /// Shows an error (stays until dismissed).
     pub fn error(&mut self, text: impl Into<String>) {
-        self.messages.push(Message {
-            text: text.into(),
-            error: true,
-        });
+        let text = text.into();
+        eprintln!("tessera: error: {text}");
+        self.messages.push(Message { text, error: true });
     }
 
     /// Shows a status message.
     pub fn info(&mut self, text: impl Into<String>) {
-        self.messages.push(Message {
-            text: text.into(),
-            error: false,
-        });
+        let text = text.into();
+        // Also on stderr: a log for bug reports when the editor was started from a terminal.
+        eprintln!("tessera: {text}");
+        self.messages.push(Message { text, error: false });
         if self.messages.len() > 50 {
             self.messages.remove(0);
         }

@@ -172,23 +172,64 @@ fn check_size(w: u32, h: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest decode buffer allowed: a 16384² RGBA image at 16 bits per channel.
+const MAX_DECODE_BYTES: u64 = MAX_SIDE as u64 * MAX_SIDE as u64 * 8;
+
+/// Says what went wrong with an image in words: the format when it is one Tessera does not
+/// read, "damaged or truncated" with the decoder's innermost reason otherwise.
+pub fn image_error(e: &image::ImageError) -> String {
+    use image::ImageError;
+    use image::error::{ImageFormatHint, UnsupportedErrorKind};
+    let innermost = {
+        let mut cause: &dyn std::error::Error = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        cause.to_string()
+    };
+    match e {
+        ImageError::Unsupported(u) => match (u.kind(), u.format_hint()) {
+            (UnsupportedErrorKind::Format(ImageFormatHint::Exact(f)), _)
+            | (_, ImageFormatHint::Exact(f)) => format!(
+                "a {} image; Tessera reads PNG, JPEG and WebP",
+                format!("{f:?}").to_uppercase()
+            ),
+            _ => format!("an image in a form Tessera does not read ({innermost})"),
+        },
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "truncated: the file ends before the image does".into()
+        }
+        ImageError::Limits(_) => "too large to decode".into(),
+        _ => format!("damaged or truncated ({innermost})"),
+    }
+}
+
 /// Decodes an image from memory (size checked before decoding).
 pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, String> {
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("not a PNG, JPEG or WebP image".into());
-    }
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| format!("not a readable image: {e}"))?;
+    let reader = || {
+        let mut r = image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        if r.format().is_none() {
+            return Err(if bytes.is_empty() {
+                "an empty file, not an image".to_string()
+            } else {
+                "not a PNG, JPEG or WebP image".to_string()
+            });
+        }
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        limits.max_alloc = Some(MAX_DECODE_BYTES);
+        r.limits(limits);
+        Ok(r)
+    };
+    // The header alone, under the default limits, so a refusal can name the size.
+    let mut header = reader()?;
+    header.limits(image::Limits::default());
+    let (w, h) = header.into_dimensions().map_err(|e| image_error(&e))?;
     check_size(w, h)?;
-    let img = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| format!("not a readable image: {e}"))?;
+    let img = reader()?.decode().map_err(|e| image_error(&e))?;
     Ok(img.to_rgba8())
 }
 
@@ -219,8 +260,11 @@ pub fn load_mask(path: &Path, size: (u32, u32)) -> Result<GrayImage, String> {
     }))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk,
+/// then a rename. On any failure (a full disk, say) the temporary file is removed and whatever
+/// `path` held before is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -231,11 +275,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        std::fs::remove_file(&tmp).ok();
+        return Err(write_error(path, &e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         std::fs::remove_file(&tmp).ok();
-        format!("cannot write {}: {e}", path.display())
+        write_error(path, &e)
     })
+}
+
+/// "cannot write P: …", saying that the previous file is intact and, for a full disk, so.
+fn write_error(path: &Path, e: &std::io::Error) -> String {
+    let kept = if path.exists() {
+        "; the file already there was left as it was"
+    } else {
+        ""
+    };
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            format!("cannot write {}: the disk is full{kept}", path.display())
+        }
+        _ => format!("cannot write {}: {e}{kept}", path.display()),
+    }
 }
 
 /// Encodes a PNG with tEXt chunks (`key`, `value`).

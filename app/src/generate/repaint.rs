@@ -12,7 +12,7 @@ use tessera_engine::inpaint::{Window, WindowOptions};
 use tessera_engine::pipeline::ChainRequest;
 use tessera_engine::worker::{Engine, Event, Job, JobKind};
 
-use super::{SamplingArgs, event_json, save_png};
+use super::{SamplingArgs, event_json, save_image};
 
 /// One candidate's result.
 pub(super) struct Candidate {
@@ -129,7 +129,7 @@ pub(super) fn follow(
                     } else {
                         String::new()
                     };
-                    save_png(
+                    save_image(
                         &full,
                         &dir.join(format!("{prefix}level{level}-candidate{candidate}.png")),
                     )?;

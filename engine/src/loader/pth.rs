@@ -62,17 +62,41 @@ impl Checkpoint {
             let entry = archive
                 .by_name(&pkl_name)
                 .map_err(|e| Error::bad_file(&path, format!("{pkl_name}: {e}")))?;
-            let mut reader = BufReader::new(entry);
-            let mut stack = Stack::empty();
-            stack
-                .read_loop(&mut reader)
-                .map_err(|e| Error::bad_file(&path, format!("cannot parse {pkl_name}: {e}")))?;
-            stack
-                .finalize()
-                .map_err(|e| Error::bad_file(&path, format!("cannot parse {pkl_name}: {e}")))?
+            // candle's pickle reader panics on some malformed input (e.g. a LONG1 longer than
+            // 8 bytes overflows a shift); a damaged file is an error, not a crash.
+            let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut reader = BufReader::new(entry);
+                let mut stack = Stack::empty();
+                stack.read_loop(&mut reader)?;
+                stack.finalize()
+            }));
+            match parsed {
+                Ok(Ok(object)) => object,
+                Ok(Err(e)) => {
+                    return Err(Error::bad_file(
+                        &path,
+                        format!("cannot parse {pkl_name}: {e}"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(Error::bad_file(
+                        &path,
+                        format!("cannot parse {pkl_name}: malformed pickle"),
+                    ));
+                }
+            }
         };
+        let call = foreign_call(&object);
         let state_dict = find_state_dict(object).ok_or_else(|| {
-            Error::bad_file(&path, "the checkpoint holds no `state_dict` of tensors")
+            let reason = match &call {
+                Some(f) => format!(
+                    "the checkpoint asks to call `{f}`, which is not part of a PyTorch state \
+                     dict; Tessera never runs code from a checkpoint, and found no `state_dict` \
+                     of tensors"
+                ),
+                None => "the checkpoint holds no `state_dict` of tensors".into(),
+            };
+            Error::bad_file(&path, reason)
         })?;
         let mut tensors = HashMap::new();
         let mut skipped = Vec::new();
@@ -81,11 +105,15 @@ impl Checkpoint {
                 continue;
             };
             let key = key.clone();
-            match value.into_tensor_info(name, Path::new(&dir)) {
-                Ok(Some(info)) => {
+            // candle panics on a tensor whose rebuild arguments are too few.
+            let info = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                value.into_tensor_info(name, Path::new(&dir))
+            }));
+            match info {
+                Ok(Ok(Some(info))) => {
                     tensors.insert(key, info);
                 }
-                Ok(None) | Err(_) => skipped.push(key),
+                Ok(Ok(None) | Err(_)) | Err(_) => skipped.push(key),
             }
         }
         if tensors.is_empty() {
@@ -134,15 +162,29 @@ impl Checkpoint {
         })?;
         let bad = |reason: String| Error::bad_file(&self.path, format!("tensor `{key}`: {reason}"));
         let layout = &info.layout;
+        let elem = info.dtype.size_in_bytes();
+        let start = layout.start_offset();
+        // Sizes come from the file: checked, so a malformed shape is an error, not an overflow.
+        let count = layout
+            .dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        let end = count
+            .and_then(|c| c.checked_mul(elem))
+            .and_then(|b| b.checked_add(start));
+        let (Some(count), Some(end)) = (count, end) else {
+            return Err(bad(format!("shape {:?} is too large", layout.dims())));
+        };
+        if info
+            .storage_size
+            .checked_mul(elem)
+            .is_none_or(|capacity| end > capacity)
+        {
+            return Err(bad("tensor extends past its storage".into()));
+        }
         let fortran = layout.is_fortran_contiguous() && !layout.is_contiguous();
         if !layout.is_contiguous() && !fortran {
             return Err(bad(format!("unsupported strided layout {layout:?}")));
-        }
-        let elem = info.dtype.size_in_bytes();
-        let count = layout.shape().elem_count();
-        let start = layout.start_offset();
-        if start + count * elem > info.storage_size * elem {
-            return Err(bad("tensor extends past its storage".into()));
         }
         let mut archive = self
             .archive
@@ -151,12 +193,11 @@ impl Checkpoint {
         let mut entry = archive
             .by_name(&info.path)
             .map_err(|e| bad(format!("storage `{}`: {e}", info.path)))?;
-        if entry.size() < (start + count * elem) as u64 {
+        if entry.size() < end as u64 {
             return Err(bad(format!(
-                "storage `{}` holds {} bytes, the tensor needs {}",
+                "storage `{}` holds {} bytes, the tensor needs {end}",
                 info.path,
                 entry.size(),
-                start + count * elem
             )));
         }
         std::io::copy(&mut (&mut entry).take(start as u64), &mut std::io::sink())
@@ -178,6 +219,38 @@ impl Checkpoint {
         };
         Ok(tensor)
     }
+}
+
+/// The first callable in the pickle that a state dict never needs (`posix.system`, say):
+/// the reader only parses the pickle, so such a call is named in the error, never made.
+fn foreign_call(object: &Object) -> Option<String> {
+    const KNOWN: [&str; 4] = ["torch", "collections", "numpy", "pytorch_lightning"];
+    let mut todo = vec![object];
+    // Bounded: a hostile pickle may nest deeply.
+    let mut budget = 100_000usize;
+    while let Some(o) = todo.pop() {
+        budget = budget.checked_sub(1)?;
+        match o {
+            Object::Class {
+                module_name,
+                class_name,
+            } if !KNOWN
+                .iter()
+                .any(|k| module_name == k || module_name.starts_with(&format!("{k}."))) =>
+            {
+                return Some(format!("{module_name}.{class_name}"));
+            }
+            Object::Tuple(v) | Object::List(v) => todo.extend(v.iter()),
+            Object::Dict(entries) => todo.extend(entries.iter().flat_map(|(k, v)| [k, v])),
+            Object::Reduce { callable, args } | Object::Build { callable, args } => {
+                todo.push(callable);
+                todo.push(args);
+            }
+            Object::PersistentLoad(o) => todo.push(o),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Finds the `state_dict` entry of a Lightning checkpoint; a bare state dict (a dict of

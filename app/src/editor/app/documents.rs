@@ -80,7 +80,18 @@ impl EditorApp {
                 self.generations = p.meta.generations;
                 if recovered {
                     self.saved_rev = None;
-                    self.info("restored the unsaved work of the last session");
+                    let what = self.doc.as_ref().map_or(String::new(), |d| {
+                        let masked = d.mask.pixels().filter(|p| p.0[0] >= 128).count();
+                        format!(
+                            " ({}×{} image, {masked} masked pixels, {} generations)",
+                            d.size().0,
+                            d.size().1,
+                            self.generations.len()
+                        )
+                    });
+                    self.info(format!(
+                        "restored the unsaved work of the last session{what}"
+                    ));
                 } else {
                     self.project_path = Some(path.clone());
                     self.remember(&path);

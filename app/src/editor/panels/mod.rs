@@ -391,7 +391,8 @@ pub(crate) fn windows(p: &mut Panels, ctx: &egui::Context) {
                     ui.label("Tessera did not close cleanly last time.");
                     ui.label("Restore the unsaved work it kept?");
                     ui.horizontal(|ui| {
-                        if ui.button("Restore").clicked() {
+                        let enter = ui.input(|i| i.key_pressed(egui::Key::Enter));
+                        if ui.button("Restore (Enter)").clicked() || enter {
                             *p.confirm = None;
                             p.send(Command::Restore(path.clone()));
                         }
