@@ -480,6 +480,50 @@ fn chain_request(
     Ok(req)
 }
 
+/// Set by Ctrl-C (SIGINT) or SIGTERM: the running job is cancelled and nothing more is
+/// written; a second signal exits at once.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether Ctrl-C (or SIGTERM) arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn catch_interrupts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Without a handler the default action applies (the process ends at once), which is
+        // still safe for outputs: they are renamed into place only when complete.
+        ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .ok();
+    });
+}
+
+/// The error an interrupted run ends with.
+fn interrupted_error() -> anyhow::Error {
+    anyhow!("interrupted: the job was cancelled; no output was written")
+}
+
+/// Waits for the engine's next event, checking for Ctrl-C every 100 ms: `Ok(None)` once it
+/// arrived (then `cancel` is run once by the caller).
+pub(crate) fn next_event(engine: &Engine) -> Result<Option<Event>> {
+    loop {
+        match engine
+            .events()
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            Ok(e) => return Ok(Some(e)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) if interrupted() => return Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(e) => bail!("the engine stopped: {e}"),
+        }
+    }
+}
+
 /// Runs an inpainting (`inpaint = Some`) or sampling job and writes its outputs.
 pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
     let model_path = match &args.model {
@@ -528,6 +572,7 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         .as_deref()
         .map(tessera_engine::loader::parse_quantization)
         .transpose()?;
+    catch_interrupts();
     let mut engine = Engine::spawn(|| {});
     engine.load_model(
         &model_path,
@@ -537,7 +582,11 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
             ..LoadOptions::default()
         },
     );
-    let card = match engine.events().recv()? {
+    // Nothing is written while the model loads: an interrupt ends the run right away.
+    let Some(loaded) = next_event(&engine)? else {
+        return Err(interrupted_error());
+    };
+    let card = match loaded {
         Event::ModelLoaded { card, warnings, .. } => {
             for w in warnings {
                 eprintln!("warning: {w}");
@@ -587,6 +636,9 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         let chain = chain_request(&card, &model_dir, args, true)?;
         let grid = card.grid_side();
         secs += repaint::repaint_below(&mut engine, args, &chain, &window, grid, p, &mut results)?;
+    }
+    if interrupted() {
+        return Err(interrupted_error());
     }
     for (c, path) in results.candidates.iter().zip(&paths) {
         save_image(&c.image, path)?;

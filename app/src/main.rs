@@ -186,12 +186,42 @@ fn edit(image: Option<PathBuf>, model: Option<PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Panics print one line, not a backtrace, unless `RUST_BACKTRACE` asks for it; panics the
+/// engine expects from libraries on hostile input (caught and turned into errors) print
+/// nothing.
+fn quiet_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if tessera_engine::panic::expected() {
+            return;
+        }
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            return default(info);
+        }
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error: {}{at}; this is a bug, please report it \
+             (RUST_BACKTRACE=1 shows where it came from)",
+            tessera_engine::panic::message(info.payload())
+        );
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_panics();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // The shells' convention for a run ended by Ctrl-C.
+            if generate::interrupted() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -46,6 +46,7 @@ const ROWS: &[Row] = &[
     Row { id: "image-corrupt", args: "--image {d}/corrupt.png", expect: Refused(&["corrupt.png", "damaged or truncated"]) },
     Row { id: "image-too-large", args: "--image {d}/huge.png", expect: Refused(&["huge.png", "30000×30000", "16384×16384"]) },
     Row { id: "image-unsupported-format", args: "--image {d}/in.gif", expect: Refused(&["in.gif", "a GIF image", "PNG, JPEG and WebP"]) },
+    Row { id: "image-decompression-bomb", args: "--image {d}/bomb.webp", expect: Refused(&["bomb.webp", "42 bytes", "8737×13321", "decompression bomb"]) },
     Row { id: "image-one-pixel", args: "--image {d}/one.png --mask-preset centre-window", expect: Done(&["wrote"]) },
     Row { id: "image-16-bit-grey", args: "--image {d}/grey16.png --mask-preset centre-window", expect: Done(&["wrote"]) },
     // Masks.
@@ -84,8 +85,10 @@ const ROWS: &[Row] = &[
     Row { id: "weights-missing-tensor", args: "--model {d}/swapped-stages", expect: Refused(&["stage2.safetensors", "missing tensor `tok_emb.weight`"]) },
     Row { id: "model-too-large-for-memory", args: "--model {d}/giant", expect: Refused(&["GB of memory", "are available", "low-memory"]) },
     Row { id: "tokenizer-missing", args: "--model {d}/no-tokenizer --prompt cat", expect: Refused(&["no-tokenizer/tokenizer.json", "No such file"]) },
+    Row { id: "tokenizer-malformed-decoder", args: "--model {d}/bad-decoder --prompt cat", expect: Refused(&["bad-decoder/tokenizer.json", "not a tokenizer.json"]) },
     Row { id: "tokenizer-corrupt", args: "--model {d}/bad-tokenizer --prompt cat", expect: Refused(&["bad-tokenizer/tokenizer.json", "not a tokenizer.json"]) },
     Row { id: "checkpoint-truncated", args: "--model {d}/truncated-ckpt", expect: Refused(&["scale2.ckpt", "truncated"]) },
+    Row { id: "checkpoint-malformed-pickle", args: "--model {d}/bad-pickle", expect: Refused(&["bad-pickle/models/scale2.ckpt"]) },
     Row { id: "checkpoint-runs-code", args: "--model {d}/pickle-code", expect: Refused(&["scale2.ckpt", "posix.system", "never runs code"]) },
     Row { id: "checkpoint-missing", args: "--model {d}/missing-ckpt", expect: Refused(&["scale3.ckpt", "was found neither beside the manifest"]) },
     Row { id: "manifest-invalid-yaml", args: "--model {d}/bad-yaml", expect: Refused(&["bad-yaml/sampling.yaml", "line"]) },
@@ -144,6 +147,13 @@ fn fixture(d: &Path) {
     std::fs::write(d.join("text.png"), "hello, not an image\n").unwrap();
     std::fs::write(d.join("zero.png"), b"").unwrap();
     std::fs::write(d.join("huge.png"), huge_png_header()).unwrap();
+    // Inputs fuzzing found (fuzz/corpus/*/regress_*).
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    std::fs::copy(
+        corpus.join("image/regress_webp_bomb_8737x13321.webp"),
+        d.join("bomb.webp"),
+    )
+    .unwrap();
 
     // Tessera model folders, from the shipped default model.
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model");
@@ -170,12 +180,16 @@ fn fixture(d: &Path) {
         swapped.join("stage2.safetensors"),
     )
     .unwrap();
-    // A card whose stage claims 2 × 10¹² parameters (8 TB in f32): refused from the card alone.
+    // A card whose stage claims 6.8 × 10¹⁰ parameters (136 GB in f16; the card check allows
+    // up to 2³⁶): refused from the card alone on any machine with less memory available.
     edit_card(&model("giant"), |c| {
-        c["stages"][1]["parameters"] = 2_000_000_000_000u64.into();
+        c["stages"][1]["parameters"] = 68_000_000_000u64.into();
     });
     std::fs::remove_file(model("no-tokenizer").join("tokenizer.json")).unwrap();
     std::fs::write(model("bad-tokenizer").join("tokenizer.json"), "junk").unwrap();
+    // The fuzz seed's first byte picks the file; the rest made tokenizers panic.
+    let seed = std::fs::read(corpus.join("model/regress_tokenizer_decoder_syntax_error")).unwrap();
+    std::fs::write(model("bad-decoder").join("tokenizer.json"), &seed[1..]).unwrap();
 
     // Official releases, from the golden one.
     let release = |name: &str| {
@@ -189,6 +203,11 @@ fn fixture(d: &Path) {
     let ckpt = release("pickle-code").join("models/scale2.ckpt");
     std::fs::write(&ckpt, pickle_calling_system(&d.join("PWNED"))).unwrap();
     std::fs::remove_file(release("missing-ckpt").join("models/scale3.ckpt")).unwrap();
+    std::fs::copy(
+        corpus.join("ckpt/regress_long1_9_bytes.ckpt"),
+        release("bad-pickle").join("models/scale2.ckpt"),
+    )
+    .unwrap();
     let yaml = release("bad-yaml").join("sampling.yaml");
     let mut f = std::fs::OpenOptions::new().append(true).open(yaml).unwrap();
     f.write_all(b": [\n").unwrap();

@@ -198,6 +198,8 @@ fn killed_mid_edit_the_next_start_restores_the_autosaved_work() {
     assert_eq!(kept.image, image, "the recovered image");
     let masked = kept.mask.pixels().filter(|p| p.0[0] >= 128).count();
     assert!(masked > 0, "the recovered mask holds the painted strokes");
+    let undo = kept.history.as_ref().map_or(0, |h| h.undo.len());
+    assert!(undo > 0, "the recovered undo history holds the strokes");
 
     // The next start offers the work back; Enter restores it.
     let (_app, rx) = editor(&display, dir.path(), &image_path);
@@ -206,7 +208,113 @@ fn killed_mid_edit_the_next_start_restores_the_autosaved_work() {
     xdotool(&display, &["windowfocus", "--sync", &win, "key", "Return"]);
     let line = wait_line(&rx, "restored the unsaved work", Duration::from_secs(60));
     assert!(
-        line.contains(&format!("256×256 image, {masked} masked pixels")),
-        "restored something else than the recovery file holds ({masked} masked pixels): {line}"
+        line.contains(&format!("256×256 image, {masked} masked pixels"))
+            && line.contains(&format!("{undo} undo steps")),
+        "restored something else than the recovery file holds ({masked} masked pixels, \
+         {undo} undo steps): {line}"
     );
+}
+
+/// Ctrl-C (SIGINT) at 30 moments spread over a command-line inpaint that also writes its level
+/// pictures: each run either finished before the signal (exit 0, every output complete) or was
+/// cancelled (exit 130, `interrupted`, no output); in both cases no temporary file is left and
+/// every level picture that exists is a whole PNG.
+#[test]
+fn ctrl_c_at_random_moments_leaves_no_partial_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("in.png");
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 7]))
+        .save(&image)
+        .unwrap();
+    let golden = common::golden().join("uncond_geometric");
+    let run = |i: u32, delay: Option<Duration>| {
+        let out = dir.path().join(format!("run{i}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args([
+                "inpaint",
+                "--mask-preset",
+                "centre-window",
+                "--seed",
+                &i.to_string(),
+            ])
+            .arg("--model")
+            .arg(&golden)
+            .arg("--image")
+            .arg(&image)
+            .arg("--levels-dir")
+            .arg(out.join("levels"))
+            .arg("-o")
+            .arg(out.join("result.png"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+        }
+        let result = child.wait_with_output().unwrap();
+        (out, result, t.elapsed())
+    };
+    // How long a whole run takes, so the signals cover all of it.
+    let (_, first, whole) = run(1000, None);
+    assert!(first.status.success(), "{first:?}");
+    let whole_ms = whole.as_millis() as u64;
+    let (mut finished, mut interrupted) = (0, 0);
+    for i in 0..30u32 {
+        // Spread over 0..1.2 × the run, by a fixed pseudo-random sequence.
+        let ms = (u64::from(i) * 7919 + 13) % (whole_ms * 6 / 5).max(1);
+        let (out, result, _) = run(i, Some(Duration::from_millis(ms)));
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        let files: Vec<PathBuf> = walk(&out);
+        let temps: Vec<_> = files
+            .iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(
+            temps.is_empty(),
+            "signal at {ms} ms left {temps:?}\n{stderr}"
+        );
+        for f in &files {
+            image::open(f).unwrap_or_else(|e| panic!("signal at {ms} ms: {f:?} is partial: {e}"));
+        }
+        match result.status.code() {
+            Some(0) => {
+                finished += 1;
+                assert!(out.join("result.png").exists(), "{stderr}");
+            }
+            Some(130) => {
+                interrupted += 1;
+                assert!(stderr.contains("interrupted"), "{stderr}");
+                assert!(
+                    !out.join("result.png").exists(),
+                    "an interrupted run wrote its result"
+                );
+            }
+            other => panic!("signal at {ms} ms: exit {other:?}\n{stderr}"),
+        }
+    }
+    eprintln!("30 Ctrl-C over a {whole_ms} ms run: {interrupted} interrupted, {finished} finished");
+    assert!(interrupted > 0, "no signal arrived while a run was going");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

@@ -358,37 +358,81 @@ fn bad_images_show_an_error_and_keep_the_document() {
 #[test]
 fn autosave_writes_a_recovery_project_that_restores() {
     let s = Setup::new();
-    let mut opts = s.options(None);
+    let mut opts = s.options(Some(golden_manifest()));
     opts.autosave_every = Duration::ZERO;
     let mut h = harness(opts);
-    let (path, _) = s.image("b.png", 30, 20);
+    run_until(&mut h, "the golden model", |a| a.model.card.is_some());
+    let (path, _) = s.image("b.png", 64, 48);
     open_via_dialog(&mut h, &s.dialogs, &path);
+    // Two edits, one undone (so both stacks hold something), then a generation whose
+    // candidates are not accepted.
     paint_stroke(&mut h);
-    let rev = h.state().doc.as_ref().unwrap().revision;
+    h.state_mut().apply(Command::MaskOp(GlobalOp::SelectAll));
+    h.state_mut().apply(Command::Run(Action::Undo));
+    h.state_mut().apply(Command::Run(Action::Generate));
+    run_until(&mut h, "the job", |a| !a.jobs.busy());
+    h.state_mut().apply(Command::SelectCandidate(0));
     run_until(&mut h, "the autosave", |a| {
         !a.background_busy() && !a.unsaved_since_autosave()
     });
     let recovery = s.dir.path().join("data").join(project::RECOVERY_FILE);
     let p = project::load_project(&recovery).expect("recovery project");
-    {
-        let doc = h.state().doc.as_ref().unwrap();
-        assert_eq!(doc.revision, rev);
+    let (undo, redo, finals) = {
+        let a = h.state();
+        let doc = a.doc.as_ref().unwrap();
         assert_eq!(p.image, doc.image);
         assert_eq!(p.mask, doc.mask);
         assert!(doc.has_mask());
-    }
+        let finals: Vec<_> = a.jobs.results.as_ref().unwrap().finals.clone();
+        assert!(
+            finals.iter().any(Option::is_some),
+            "the job made candidates"
+        );
+        (a.history.len(), a.history.can_redo(), finals)
+    };
+    assert!(undo >= 1 && redo, "both stacks hold an edit");
+    let saved = p.history.as_ref().expect("the undo history is kept");
+    assert_eq!(saved.undo.len(), undo);
+    assert_eq!(saved.redo.len(), 1);
+    let kept = p.results.as_ref().expect("the candidates are kept");
+    assert_eq!(kept.finals.len(), finals.len());
     let (image, mask) = (p.image, p.mask);
     drop(h); // "crash": no clean exit ran
 
-    let mut h = harness(s.options(None));
+    let mut h = harness(s.options(Some(golden_manifest())));
     h.step();
     h.get_by_label("Restore (Enter)").click();
     run_until(&mut h, "the restore", |a| {
         a.doc.is_some() && !a.background_busy()
     });
-    let doc = h.state().doc.as_ref().unwrap();
-    assert_eq!(doc.image, image);
-    assert_eq!(doc.mask, mask);
+    {
+        let a = h.state();
+        let doc = a.doc.as_ref().unwrap();
+        assert_eq!(doc.image, image);
+        assert_eq!(doc.mask, mask);
+        assert_eq!(a.history.len(), undo, "the undo steps came back");
+        assert!(a.history.can_redo(), "the redo step came back");
+        let res = a.jobs.results.as_ref().expect("the candidates came back");
+        for (got, want) in res.finals.iter().zip(&finals) {
+            assert_eq!(got.as_deref(), want.as_deref());
+        }
+    }
+    // They work as before the crash: redo re-applies the select-all, a candidate is accepted.
+    h.state_mut().apply(Command::Run(Action::Redo));
+    assert!(
+        h.state()
+            .doc
+            .as_ref()
+            .unwrap()
+            .mask
+            .pixels()
+            .all(|p| p.0[0] == 255),
+        "redo after the restore"
+    );
+    let before = h.state().doc.as_ref().unwrap().image.clone();
+    h.state_mut().apply(Command::Accept(0));
+    assert_ne!(h.state().doc.as_ref().unwrap().image, before, "accepted");
+    assert_eq!(h.state().generations.len(), 1);
 }
 
 #[test]
@@ -739,7 +783,7 @@ fn reuse_last_mask_restores_it_as_one_undoable_edit() {
     h.state_mut().redo();
     assert_eq!(h.state().doc.as_ref().unwrap().mask, mask);
     // The project file keeps the last mask.
-    let p = h.state().project().unwrap();
+    let p = h.state().project(false).unwrap();
     let back = project::decode_project(&project::encode_project(&p).unwrap()).unwrap();
     assert_eq!(back.last_mask.as_ref(), Some(&mask));
 }

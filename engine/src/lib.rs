@@ -18,6 +18,7 @@ pub mod imagenet;
 pub mod inpaint;
 pub mod loader;
 pub mod nn;
+pub mod panic;
 pub mod pipeline;
 pub mod reference;
 pub mod sampler;

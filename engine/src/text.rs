@@ -64,12 +64,18 @@ impl PromptTokenizer {
     /// Errors ([`Error::Io`], [`Error::BadFile`]) name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| {
+        let not_tokenizer = |e: &dyn std::fmt::Display| {
             Error::bad_file(
                 path,
                 format!("not a tokenizer.json (Hugging Face tokenizers format): {e}"),
             )
-        })?;
+        };
+        // `tokenizers` panics (`expect("Helper")`) on some malformed JSON instead of failing:
+        // the syntax is checked first, and any panic left is an error too.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| not_tokenizer(&e))?;
+        let mut tokenizer = crate::panic::catch(|| Tokenizer::from_bytes(&bytes))
+            .map_err(|_| not_tokenizer(&"malformed file"))?
+            .map_err(|e| not_tokenizer(&e))?;
         tokenizer
             .with_truncation(None)
             .map_err(|e| Error::bad_file(path, e))?;

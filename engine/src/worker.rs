@@ -490,11 +490,7 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown cause".into());
+            let what = crate::panic::message(payload.as_ref());
             Err(Error::Input(format!(
                 "internal error in the engine ({what}); this job was stopped, the next one runs"
             )))

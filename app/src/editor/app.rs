@@ -403,16 +403,28 @@ impl EditorApp {
         }
     }
 
+    /// What the autosave compares: the document's revision, moved also by candidates arriving
+    /// or going (the recovery project keeps them too). Equal to the revision without results.
+    fn autosave_key(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let doc = self.doc.as_ref()?;
+        let results = self.jobs.results.as_ref().map_or(0, |r| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let ready = r.finals.iter().filter(|f| f.is_some()).count();
+            (r.job.0, r.selected, ready).hash(&mut h);
+            h.finish() | 1
+        });
+        Some(doc.revision.wrapping_add(results))
+    }
+
     fn tick_autosave(&mut self, pointer_down: bool) {
-        let (Some(doc), Some(a)) = (&self.doc, &self.autosave) else {
+        let (Some(rev), Some(a)) = (self.autosave_key(), &self.autosave) else {
             return;
         };
-        if pointer_down || !a.due(doc.revision) || matches!(self.confirm, Some(Confirm::Restore(_)))
-        {
+        if pointer_down || !a.due(rev) || matches!(self.confirm, Some(Confirm::Restore(_))) {
             return;
         }
-        let rev = doc.revision;
-        if let Some(p) = self.project() {
+        if let Some(p) = self.project(true) {
             let ctx = self.ctx.clone();
             if let Some(a) = &mut self.autosave {
                 a.start(rev, p, move || ctx.request_repaint());
@@ -559,8 +571,8 @@ impl EditorApp {
 
     /// Whether the document changed since the last autosave (false without autosave).
     pub fn unsaved_since_autosave(&self) -> bool {
-        match (&self.doc, &self.autosave) {
-            (Some(d), Some(a)) => a.saved_rev() != Some(d.revision),
+        match (self.autosave_key(), &self.autosave) {
+            (Some(key), Some(a)) => a.saved_rev() != Some(key),
             _ => false,
         }
     }

@@ -149,6 +149,47 @@ impl History {
         self.bytes = 0;
     }
 
+    /// The stacks for a recovery project: every redo entry and the newest undo entries, up to
+    /// `budget` bytes in all.
+    pub fn saved(&self, budget: usize) -> super::saved::SavedHistory {
+        let mut left = budget;
+        let mut keep = |c: &Change| {
+            let fits = c.bytes() <= left;
+            if fits {
+                left -= c.bytes();
+            }
+            fits
+        };
+        // Both stacks as runs next to the current state (redo takes from the end too), so
+        // every kept entry still applies.
+        let mut redo: Vec<Change> = self
+            .redo
+            .iter()
+            .rev()
+            .take_while(|c| keep(c))
+            .cloned()
+            .collect();
+        redo.reverse();
+        let mut undo: Vec<Change> = self
+            .undo
+            .iter()
+            .rev()
+            .take_while(|c| keep(c))
+            .cloned()
+            .collect();
+        undo.reverse();
+        super::saved::SavedHistory { undo, redo }
+    }
+
+    /// Replaces the stacks with restored ones (their changes already in the document).
+    pub fn restore(&mut self, saved: super::saved::SavedHistory) {
+        self.clear();
+        for c in saved.undo {
+            self.push(c);
+        }
+        self.redo = saved.redo;
+    }
+
     /// Label of the change `undo` would revert.
     pub fn undo_label(&self) -> Option<String> {
         self.undo.back().map(Change::label)

@@ -15,6 +15,7 @@ pub mod library;
 pub mod mask_ops;
 pub mod panels;
 pub mod project;
+pub mod saved;
 pub mod segment;
 pub mod settings;
 pub mod state;

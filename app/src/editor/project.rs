@@ -11,6 +11,7 @@ use image::{GrayImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 
 use super::files;
+use super::saved::{SavedHistory, SavedResults, decode_history, encode_history};
 use super::settings::GenSettings;
 
 /// File name of the autosave recovery project inside the data folder.
@@ -95,6 +96,23 @@ pub struct Project {
     /// The mask of the last generation (*Reuse last mask*), stored as `last_mask.png` when
     /// present; projects without it load with `None`.
     pub last_mask: Option<GrayImage>,
+    /// Undo and redo stacks (`history.bin`): kept in recovery projects, not in saved ones.
+    pub history: Option<SavedHistory>,
+    /// Unaccepted candidates of the last generation (`candidates.json` and
+    /// `candidate-N.png`): kept in recovery projects, not in saved ones.
+    pub results: Option<SavedResults>,
+}
+
+/// `candidates.json`: what the candidate images of a recovery project are.
+#[derive(Debug, Serialize, Deserialize)]
+struct CandidatesMeta {
+    record: GenRecord,
+    selected: usize,
+    sample: bool,
+    /// Per candidate, whether `candidate-N.png` holds its final image.
+    finished: Vec<bool>,
+    /// Whether `candidate-source.png` holds the image the job started from.
+    source: bool,
 }
 
 /// Encodes a project as zip bytes (stored entries; the PNGs are compressed already).
@@ -124,17 +142,62 @@ pub fn encode_project(p: &Project) -> Result<Vec<u8>, String> {
         )?),
         None => None,
     };
+    let rgb_png = |img: &image::RgbImage| {
+        files::encode_png(
+            img.width(),
+            img.height(),
+            png::ColorType::Rgb,
+            img.as_raw(),
+            &[],
+        )
+    };
+    let mut extra: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(h) = &p.history {
+        extra.push(("history.bin".into(), encode_history(h)));
+    }
+    if let Some(r) = &p.results {
+        let meta = CandidatesMeta {
+            record: r.record.clone(),
+            selected: r.selected,
+            sample: r.sample,
+            finished: r.finals.iter().map(Option::is_some).collect(),
+            source: r.source.is_some(),
+        };
+        extra.push((
+            "candidates.json".into(),
+            serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?,
+        ));
+        for (i, f) in r.finals.iter().enumerate() {
+            if let Some(img) = f {
+                extra.push((format!("candidate-{i}.png"), rgb_png(img)?));
+            }
+        }
+        if let Some(src) = &r.source {
+            extra.push(("candidate-source.png".into(), rgb_png(src)?));
+        }
+    }
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
-        .large_file(image.len() > u32::MAX as usize / 2);
+        .large_file(true);
     let entries = [
         ("image.png", Some(&image)),
         ("mask.png", Some(&mask)),
         ("history.json", Some(&history)),
         ("last_mask.png", last_mask.as_ref()),
     ];
-    for (name, bytes) in entries.into_iter().filter_map(|(n, b)| Some((n, b?))) {
+    let entries = entries
+        .into_iter()
+        .filter_map(|(n, b)| Some((n, b?)))
+        .chain(extra.iter().map(|(n, b)| (n.as_str(), b)));
+    for (name, bytes) in entries {
+        // The undo history is raw pixels: worth compressing, unlike the PNGs.
+        let opts = if name == "history.bin" {
+            opts.compression_method(zip::CompressionMethod::Deflated)
+                .compression_level(Some(1))
+        } else {
+            opts
+        };
         zip.start_file(name, opts).map_err(|e| e.to_string())?;
         zip.write_all(bytes).map_err(|e| e.to_string())?;
     }
@@ -173,11 +236,49 @@ pub fn decode_project(bytes: &[u8]) -> Result<Project, String> {
         .and_then(|b| files::decode_image(&b).ok())
         .filter(|m| m.dimensions() == image.dimensions())
         .map(|m| gray(&m));
+    let size = image.dimensions();
+    let history = match read("history.bin") {
+        Ok(b) => Some(decode_history(&b, size)?),
+        Err(_) => None,
+    };
+    let results = match read("candidates.json") {
+        Ok(b) => {
+            let m: CandidatesMeta =
+                serde_json::from_slice(&b).map_err(|e| format!("candidates.json: {e}"))?;
+            if m.finished.len() > 64 || m.selected >= m.finished.len().max(1) {
+                return Err("candidates.json: candidate count or selection out of range".into());
+            }
+            let mut rgb = |name: &str| -> Result<image::RgbImage, String> {
+                let img = files::decode_image(&read(name)?).map_err(|e| format!("{name}: {e}"))?;
+                if img.dimensions() != size {
+                    return Err(format!("{name}: not the image's size"));
+                }
+                Ok(image::DynamicImage::ImageRgba8(img).to_rgb8())
+            };
+            let finals = m
+                .finished
+                .iter()
+                .enumerate()
+                .map(|(i, &done)| done.then(|| rgb(&format!("candidate-{i}.png"))).transpose())
+                .collect::<Result<Vec<_>, String>>()?;
+            let source = m.source.then(|| rgb("candidate-source.png")).transpose()?;
+            Some(SavedResults {
+                record: m.record,
+                selected: m.selected,
+                sample: m.sample,
+                finals,
+                source,
+            })
+        }
+        Err(_) => None,
+    };
     Ok(Project {
         image,
         mask,
         meta,
         last_mask,
+        history,
+        results,
     })
 }
 
@@ -306,6 +407,8 @@ mod tests {
             last_mask: Some(GrayImage::from_fn(7, 5, |_, y| {
                 image::Luma([if y > 2 { 255 } else { 0 }])
             })),
+            history: None,
+            results: None,
         };
         let bytes = encode_project(&p).unwrap();
         assert_eq!(decode_project(&bytes).unwrap(), p);
@@ -313,6 +416,43 @@ mod tests {
         // Without a last mask there is no last_mask.png, and it loads as None.
         let p = Project {
             last_mask: None,
+            ..p
+        };
+        assert_eq!(decode_project(&encode_project(&p).unwrap()).unwrap(), p);
+        // A recovery project: undo history and unaccepted candidates come back too.
+        let rect = super::super::document::PixelRect {
+            x: 1,
+            y: 1,
+            w: 2,
+            h: 2,
+        };
+        let candidate = |v: u8| image::RgbImage::from_pixel(7, 5, image::Rgb([v, 2, 3]));
+        let p = Project {
+            history: Some(SavedHistory {
+                undo: vec![super::super::history::Change::Mask(
+                    super::super::document::MaskEdit {
+                        rect,
+                        before: vec![0; 4],
+                        after: vec![255; 4],
+                        label: "brush",
+                    },
+                )],
+                redo: Vec::new(),
+            }),
+            results: Some(SavedResults {
+                record: GenRecord {
+                    model: "m".into(),
+                    settings: GenSettings::default(),
+                    class_name: None,
+                    negative_class_name: None,
+                    candidate: 0,
+                    secs: 1.5,
+                },
+                selected: 1,
+                sample: false,
+                finals: vec![Some(candidate(10)), None, Some(candidate(30))],
+                source: Some(candidate(0)),
+            }),
             ..p
         };
         assert_eq!(decode_project(&encode_project(&p).unwrap()).unwrap(), p);

@@ -59,7 +59,7 @@ pub(super) fn follow(
     pass: usize,
 ) -> Result<Option<Followed>> {
     let n = chain.candidates;
-    let _handle = engine.submit(Job {
+    let handle = engine.submit(Job {
         kind,
         chain,
         partial_every: None,
@@ -80,8 +80,15 @@ pub(super) fn follow(
     };
     let mut images: Vec<Option<Arc<RgbImage>>> = vec![None; n];
     let mut last: Vec<Option<(Confidence, Window)>> = vec![None; n];
+    let mut cancelled = false;
     loop {
-        let event = engine.events().recv()?;
+        let Some(event) = super::next_event(engine)? else {
+            if !cancelled {
+                handle.cancel();
+                cancelled = true;
+            }
+            continue;
+        };
         if args.json {
             use std::io::Write;
             let mut line = event_json(&event);
@@ -110,7 +117,9 @@ pub(super) fn follow(
                 origin,
                 ..
             } => {
-                if let Some(dir) = &args.levels_dir {
+                if let Some(dir) = &args.levels_dir
+                    && !cancelled
+                {
                     let full = match &base {
                         Some(image) => {
                             let mut full = (**image).clone();
@@ -165,6 +174,10 @@ pub(super) fn follow(
                     bail!("the engine returned {} of {n} pictures", candidates.len());
                 }
                 return Ok(Some(Followed { candidates, secs }));
+            }
+            Event::Cancelled { .. } if super::interrupted() => {
+                finish();
+                return Err(super::interrupted_error());
             }
             Event::Cancelled { .. } => bail!("cancelled"),
             Event::Failed { error, .. } => bail!("{error}"),

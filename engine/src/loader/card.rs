@@ -17,6 +17,10 @@ pub const CARD_FORMAT: &str = "tessera-imagebart/1";
 pub const CARD_FILE: &str = "model.json";
 /// File name of the VQGAN weights inside a model folder.
 pub const VQGAN_FILE: &str = "vqgan.safetensors";
+/// Largest size [`ModelCard::validate`] accepts for any dimension, vocabulary, length or count
+/// of a card (and for a stage's parameter count in units of 2¹⁶): 2²⁰, far above every released
+/// model, and small enough that products of a few such sizes cannot overflow.
+pub const MAX_CARD_SIZE: usize = 1 << 20;
 
 /// Describes one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,6 +307,7 @@ impl ModelCard {
 
     /// Checks that the stages fit together; the message says what does not.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_sizes()?;
         if let Some(Err(e)) = self.sampling.map(|s| s.validate()) {
             return Err(format!("sampling: {e}"));
         }
@@ -387,6 +392,107 @@ impl ModelCard {
             }
         }
         Ok(())
+    }
+
+    /// Bounds every size a card gives ([`MAX_CARD_SIZE`]; channel and attention widths as
+    /// products too), so that the shapes and counts computed from a malformed card cannot
+    /// overflow (`n_positions`, `ch * ch_mult`, weight element counts, parameter sums).
+    fn check_sizes(&self) -> Result<(), String> {
+        let mut sizes: Vec<(String, usize)> = vec![
+            ("n_tokens".into(), self.n_tokens),
+            ("stages".into(), self.stages.len()),
+            ("vqgan.embed_dim".into(), self.vqgan.embed_dim),
+            ("vqgan.n_embed".into(), self.vqgan.n_embed),
+        ];
+        let dds = std::iter::once(("ddconfig", &self.vqgan.ddconfig)).chain(
+            self.vqgan
+                .decoder_ddconfig
+                .iter()
+                .map(|d| ("decoder_ddconfig", d)),
+        );
+        for (name, dd) in dds {
+            for (field, v) in [
+                ("z_channels", dd.z_channels),
+                ("resolution", dd.resolution),
+                ("in_channels", dd.in_channels),
+                ("out_ch", dd.out_ch),
+                ("ch", dd.ch),
+                ("num_res_blocks", dd.num_res_blocks),
+                ("norm_groups", dd.norm_groups),
+                ("ch_mult entries", dd.ch_mult.len()),
+            ] {
+                sizes.push((format!("vqgan.{name}.{field}"), v));
+            }
+            for &m in &dd.ch_mult {
+                let channels = dd.ch.saturating_mul(m);
+                sizes.push((format!("vqgan.{name}.ch * ch_mult"), channels));
+            }
+        }
+        for stage in &self.stages {
+            let t = stage.level;
+            sizes.push((
+                format!("stage {t} parameters / 2^16"),
+                stage.parameters >> 16,
+            ));
+            let fields: Vec<(&str, usize)> = match &stage.network {
+                Network::XTransformer { config: c, .. } => vec![
+                    ("dim", c.dim),
+                    ("enc_num_tokens", c.enc_num_tokens),
+                    ("enc_depth", c.enc_depth),
+                    ("enc_max_seq_len", c.enc_max_seq_len),
+                    ("dec_num_tokens", c.dec_num_tokens),
+                    ("dec_depth", c.dec_depth),
+                    ("dec_max_seq_len", c.dec_max_seq_len),
+                    (
+                        "enc_heads * dim_head",
+                        c.enc_heads.saturating_mul(c.dim_head),
+                    ),
+                    (
+                        "dec_heads * dim_head",
+                        c.dec_heads.saturating_mul(c.dim_head),
+                    ),
+                ],
+                Network::Gpt { config: c } => vec![
+                    ("vocab_size", c.vocab_size),
+                    ("block_size", c.block_size),
+                    ("n_layer", c.n_layer),
+                    ("n_head", c.n_head),
+                    ("n_embd", c.n_embd),
+                    ("input_vocab_size", c.input_vocab_size.unwrap_or(0)),
+                    ("n_unmasked", c.n_unmasked),
+                ],
+            };
+            for (field, v) in fields {
+                sizes.push((format!("stage {t} {field}"), v));
+            }
+        }
+        match &self.conditioning {
+            Conditioning::None => {}
+            Conditioning::Class {
+                n_classes,
+                null_class,
+                ..
+            } => {
+                sizes.push(("n_classes".into(), *n_classes));
+                sizes.push(("null_class".into(), null_class.unwrap_or(0)));
+            }
+            Conditioning::Text {
+                context_len,
+                token_offset,
+                pad_id,
+                ..
+            } => {
+                sizes.push(("context_len".into(), *context_len));
+                sizes.push(("token_offset".into(), *token_offset));
+                sizes.push(("pad_id".into(), *pad_id));
+            }
+        }
+        match sizes.into_iter().find(|(_, v)| *v > MAX_CARD_SIZE) {
+            Some((name, v)) => Err(format!(
+                "{name} = {v} is larger than a model can be (at most {MAX_CARD_SIZE})"
+            )),
+            None => Ok(()),
+        }
     }
 
     fn check_input_vocab(&self, t: usize, input_vocab: usize) -> Result<(), String> {

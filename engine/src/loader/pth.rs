@@ -64,12 +64,12 @@ impl Checkpoint {
                 .map_err(|e| Error::bad_file(&path, format!("{pkl_name}: {e}")))?;
             // candle's pickle reader panics on some malformed input (e.g. a LONG1 longer than
             // 8 bytes overflows a shift); a damaged file is an error, not a crash.
-            let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let parsed = crate::panic::catch(|| {
                 let mut reader = BufReader::new(entry);
                 let mut stack = Stack::empty();
                 stack.read_loop(&mut reader)?;
                 stack.finalize()
-            }));
+            });
             match parsed {
                 Ok(Ok(object)) => object,
                 Ok(Err(e)) => {
@@ -106,9 +106,7 @@ impl Checkpoint {
             };
             let key = key.clone();
             // candle panics on a tensor whose rebuild arguments are too few.
-            let info = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                value.into_tensor_info(name, Path::new(&dir))
-            }));
+            let info = crate::panic::catch(|| value.into_tensor_info(name, Path::new(&dir)));
             match info {
                 Ok(Ok(Some(info))) => {
                     tensors.insert(key, info);

@@ -11,7 +11,10 @@ use super::{Confirm, Done, EditorApp};
 use crate::editor::document::{Document, MaskEdit, PixelRect};
 use crate::editor::files::{self, Purpose};
 use crate::editor::history::Change;
+use crate::editor::jobs::Results;
 use crate::editor::project::*;
+use crate::editor::saved::{SAVED_HISTORY_BYTES, SavedResults};
+use tessera_engine::worker::JobId;
 
 /// Documents, files and dialogs.
 impl EditorApp {
@@ -37,6 +40,17 @@ impl EditorApp {
             let r = load_project(&path).map(Box::new);
             Done::Project(path, r, true)
         });
+    }
+
+    /// Shows the candidates a recovery project kept, as a finished generation.
+    fn restore_results(&mut self, r: SavedResults) {
+        let n = r.finals.len();
+        let mut res = Results::new(JobId(u64::MAX), n, r.record, r.sample);
+        res.finals = r.finals.into_iter().map(|f| f.map(Arc::new)).collect();
+        res.selected = r.selected.min(n.saturating_sub(1));
+        res.source = r.source.map(Arc::new);
+        res.finished = true;
+        self.jobs.results = Some(res);
     }
 
     /// Replaces the document (cancels a running job, clears history and results).
@@ -80,13 +94,26 @@ impl EditorApp {
                 self.generations = p.meta.generations;
                 if recovered {
                     self.saved_rev = None;
+                    if let Some(h) = p.history {
+                        self.history.restore(h);
+                    }
+                    if let Some(r) = p.results {
+                        self.restore_results(r);
+                    }
                     let what = self.doc.as_ref().map_or(String::new(), |d| {
                         let masked = d.mask.pixels().filter(|p| p.0[0] >= 128).count();
+                        let candidates = self
+                            .jobs
+                            .results
+                            .as_ref()
+                            .map_or(0, |r| r.finals.iter().filter(|f| f.is_some()).count());
                         format!(
-                            " ({}×{} image, {masked} masked pixels, {} generations)",
+                            " ({}×{} image, {masked} masked pixels, {} generations, {} undo \
+                             steps, {candidates} candidates)",
                             d.size().0,
                             d.size().1,
-                            self.generations.len()
+                            self.generations.len(),
+                            self.history.len()
                         )
                     });
                     self.info(format!(
@@ -168,8 +195,22 @@ impl EditorApp {
     }
 
     /// A snapshot of the document as a project.
-    pub fn project(&self) -> Option<Project> {
+    pub fn project(&self, for_recovery: bool) -> Option<Project> {
         let doc = self.doc.as_ref()?;
+        // A recovery project also keeps what a crash would otherwise lose: the undo history
+        // and candidates not accepted yet.
+        let results = self
+            .jobs
+            .results
+            .as_ref()
+            .filter(|r| for_recovery && r.finals.iter().any(Option::is_some))
+            .map(|r| SavedResults {
+                record: r.record.clone(),
+                selected: r.selected,
+                sample: r.sample,
+                finals: r.finals.iter().map(|f| f.as_deref().cloned()).collect(),
+                source: r.source.as_deref().cloned(),
+            });
         Some(Project {
             image: doc.image.clone(),
             mask: doc.mask.clone(),
@@ -180,6 +221,8 @@ impl EditorApp {
                 generations: self.generations.clone(),
             },
             last_mask: self.jobs.last_mask.as_deref().cloned(),
+            history: for_recovery.then(|| self.history.saved(SAVED_HISTORY_BYTES)),
+            results,
         })
     }
 
@@ -273,7 +316,7 @@ impl EditorApp {
                 });
             }
             Purpose::SaveProject => {
-                let Some(p) = self.project() else { return };
+                let Some(p) = self.project(false) else { return };
                 let rev = self.doc.as_ref().map(|d| d.revision);
                 self.project_path = Some(path.clone());
                 self.spawn("save", move || {
