@@ -325,6 +325,10 @@ pub struct EvalArgs {
     /// The recipe the model was trained with (fixes the held-out split).
     #[arg(long, default_value = "default")]
     pub recipe: String,
+    /// Quantize the stages' linear layers as they load (`q8_0` or `q4k`), to measure what the
+    /// quantized model gives against the same evaluation in full precision.
+    #[arg(long, value_name = "q8_0|q4k")]
+    pub quantize: Option<String>,
     /// Emoji data fetched by scripts/fetch-data.sh.
     #[arg(long, default_value = "data/emoji")]
     pub data: PathBuf,
@@ -403,7 +407,17 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let set = load_set(&args.data, args.fixture)?;
     let source = ModelSource::open(&args.model)
         .with_context(|| format!("cannot open the model {}", args.model.display()))?;
-    let model = source.load(&ModelLoad::default())?;
+    let quantize = args
+        .quantize
+        .as_deref()
+        .map(tessera_engine::loader::parse_quantization)
+        .transpose()?;
+    let load = ModelLoad {
+        quantize,
+        ..ModelLoad::default()
+    };
+    let model = source.load(&load)?;
+    eprintln!("weights: {}", load.describe_weights(&model.card));
     let sampling = explicit.unwrap_or_else(|| model.card.sampling.unwrap_or_default());
     eprintln!(
         "sampling: guidance {}, temperature {}, top-k {}, top-p {}",

@@ -20,6 +20,8 @@ use crate::loader::{LoadOptions, Model, ModelSource};
 use crate::pipeline::{self, ChainRequest, Confidence, Observer, Progress};
 use crate::{Error, Result};
 
+pub mod memory;
+
 /// Identifies a job in every event about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub u64);
@@ -405,6 +407,16 @@ impl Worker {
             });
         }
         chain.validate(card)?;
+        let picture = context.as_ref().map_or_else(
+            || {
+                let side = card.resolution() as u32;
+                (side, side)
+            },
+            |c| c.image.dimensions(),
+        );
+        if let Some(available) = crate::loader::available_memory() {
+            memory::check_job_memory(card, chain.candidates, picture, available)?;
+        }
 
         let levels: Vec<usize> = match &chain.start {
             Some(s) => (1..=s.level).rev().collect(),
@@ -500,10 +512,16 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 fn decode(model: &Model, grids: &[Vec<u32>]) -> Result<Vec<RgbImage>> {
     let n = model.card.n_positions();
-    let flat: Vec<u32> = grids.iter().flatten().copied().collect();
-    let t = Tensor::from_vec(flat, (grids.len(), n), &model.device)?;
-    let img = model.vqgan.decode_tokens(&t)?;
-    Ok(inpaint::from_tensor(&img)?)
+    let mut out = Vec::with_capacity(grids.len());
+    // The decoder's activations grow with the batch (hundreds of MB per 256² image for the
+    // released decoders): a few candidates at a time bound them at the same total cost.
+    for chunk in grids.chunks(memory::DECODE_BATCH) {
+        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (chunk.len(), n), &model.device)?;
+        let img = model.vqgan.decode_tokens(&t)?;
+        out.extend(inpaint::from_tensor(&img)?);
+    }
+    Ok(out)
 }
 
 struct JobObserver<'a> {

@@ -418,7 +418,7 @@ pub fn check_memory(card: &ModelCard, opts: &LoadOptions, available: u64) -> Res
 }
 
 /// Memory the system can give without swapping (Linux `MemAvailable`); `None` where unknown.
-fn available_memory() -> Option<u64> {
+pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
