@@ -47,6 +47,7 @@ const ROWS: &[Row] = &[
     Row { id: "image-too-large", args: "--image {d}/huge.png", expect: Refused(&["huge.png", "30000×30000", "16384×16384"]) },
     Row { id: "image-unsupported-format", args: "--image {d}/in.gif", expect: Refused(&["in.gif", "a GIF image", "PNG, JPEG and WebP"]) },
     Row { id: "image-decompression-bomb", args: "--image {d}/bomb.webp", expect: Refused(&["bomb.webp", "42 bytes", "8737×13321", "decompression bomb"]) },
+    Row { id: "image-jpeg-decoder-panic", args: "--image {d}/panics.jpg", expect: Refused(&["panics.jpg", "damaged"]) },
     Row { id: "image-one-pixel", args: "--image {d}/one.png --mask-preset centre-window", expect: Done(&["wrote"]) },
     Row { id: "image-16-bit-grey", args: "--image {d}/grey16.png --mask-preset centre-window", expect: Done(&["wrote"]) },
     // Masks.
@@ -152,6 +153,11 @@ fn fixture(d: &Path) {
     std::fs::copy(
         corpus.join("image/regress_webp_bomb_8737x13321.webp"),
         d.join("bomb.webp"),
+    )
+    .unwrap();
+    std::fs::copy(
+        corpus.join("image/regress_jpeg_upsampler_assert.jpg"),
+        d.join("panics.jpg"),
     )
     .unwrap();
 

@@ -114,3 +114,12 @@ fn image_webp_bomb_is_refused_before_decoding() {
         t.elapsed()
     );
 }
+
+/// A 624-byte progressive JPEG made zune-jpeg's AVX2 upsampler fail an assertion (a panic in
+/// release too; found by AFL after the WebP fix); the loader now says the file is damaged.
+#[test]
+fn image_jpeg_that_panics_the_upsampler_is_an_error() {
+    let data = replay("image", "regress_jpeg_upsampler_assert.jpg");
+    let err = tessera::editor::files::decode_image(&data).unwrap_err();
+    assert!(err.contains("damaged"), "{err}");
+}

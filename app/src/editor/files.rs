@@ -248,7 +248,12 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, String> {
     let (w, h) = header.into_dimensions().map_err(|e| image_error(&e))?;
     check_size(w, h)?;
     check_density(w, h, bytes.len())?;
-    let img = reader()?.decode().map_err(|e| image_error(&e))?;
+    let reader = reader()?;
+    // Decoders can panic on hostile input (fuzzing found an assertion in zune-jpeg's
+    // upsampler on a 624-byte progressive JPEG): that is a damaged file, not a crash.
+    let img = tessera_engine::panic::catch(|| reader.decode())
+        .map_err(|e| format!("damaged: the decoder failed ({e})"))?
+        .map_err(|e| image_error(&e))?;
     Ok(img.to_rgba8())
 }
 
