@@ -153,31 +153,23 @@ impl History {
     /// `budget` bytes in all.
     pub fn saved(&self, budget: usize) -> super::saved::SavedHistory {
         let mut left = budget;
-        let mut keep = |c: &Change| {
-            let fits = c.bytes() <= left;
-            if fits {
-                left -= c.bytes();
-            }
-            fits
-        };
         // Both stacks as runs next to the current state (redo takes from the end too), so
         // every kept entry still applies.
-        let mut redo: Vec<Change> = self
-            .redo
-            .iter()
-            .rev()
-            .take_while(|c| keep(c))
-            .cloned()
-            .collect();
-        redo.reverse();
-        let mut undo: Vec<Change> = self
-            .undo
-            .iter()
-            .rev()
-            .take_while(|c| keep(c))
-            .cloned()
-            .collect();
-        undo.reverse();
+        let mut newest = |stack: &mut dyn DoubleEndedIterator<Item = &Change>| {
+            let mut run: Vec<Change> = stack
+                .rev()
+                .take_while(|c| {
+                    let fits = c.bytes() <= left;
+                    left -= if fits { c.bytes() } else { 0 };
+                    fits
+                })
+                .cloned()
+                .collect();
+            run.reverse();
+            run
+        };
+        let redo = newest(&mut self.redo.iter());
+        let undo = newest(&mut self.undo.iter());
         super::saved::SavedHistory { undo, redo }
     }
 
@@ -305,6 +297,39 @@ mod tests {
         h.redo(&mut d);
         assert_eq!(d.image.get_pixel(6, 5).0, [0, 255, 0, 200]);
         assert!(diff_image(&d, &result, String::new()).is_none());
+    }
+
+    #[test]
+    fn saved_keeps_the_runs_next_to_the_current_state_within_budget() {
+        let mut d = doc();
+        let mut h = History::default();
+        let rect = PixelRect {
+            x: 0,
+            y: 0,
+            w: 5,
+            h: 1,
+        };
+        for i in 0..4u8 {
+            h.push(Change::Mask(MaskEdit {
+                rect,
+                before: vec![i; 5],
+                after: vec![i + 1; 5],
+                label: "brush",
+            }));
+        }
+        h.undo(&mut d);
+        // 10 bytes per entry: the redo entry, then the newest undo entries while they fit.
+        let s = h.saved(35);
+        assert_eq!(s.redo.len(), 1);
+        assert_eq!(s.undo.len(), 2);
+        let Change::Mask(newest) = &s.undo[1] else {
+            panic!("a mask edit")
+        };
+        assert_eq!(newest.before, vec![2; 5], "the newest undo entry is kept");
+        let mut restored = History::default();
+        restored.restore(s);
+        assert_eq!((restored.len(), restored.can_redo()), (2, true));
+        assert_eq!(h.saved(usize::MAX).undo.len(), 3);
     }
 
     #[test]
