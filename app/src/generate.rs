@@ -166,7 +166,9 @@ fn load_image(path: &Path) -> Result<RgbImage> {
 fn load_mask(path: &Path) -> Result<GrayImage> {
     let rgba = files::load_image(path).map_err(|e| anyhow!("the mask {e}"))?;
     let transparent = rgba.pixels().any(|p| p.0[3] < 255);
-    let gray = image::DynamicImage::ImageRgba8(rgba.clone()).to_luma8();
+    let dynamic = image::DynamicImage::ImageRgba8(rgba);
+    let gray = dynamic.to_luma8();
+    let rgba = dynamic.into_rgba8();
     if !transparent {
         return Ok(gray);
     }

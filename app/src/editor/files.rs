@@ -225,7 +225,7 @@ fn check_density(w: u32, h: u32, bytes: usize) -> Result<(), String> {
 /// Decodes an image from memory (size checked before decoding).
 pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, String> {
     let reader = || {
-        let mut r = image::ImageReader::new(Cursor::new(bytes))
+        let r = image::ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| e.to_string())?;
         if r.format().is_none() {
@@ -235,20 +235,18 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, String> {
                 "not a PNG, JPEG or WebP image".to_string()
             });
         }
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(MAX_SIDE);
-        limits.max_image_height = Some(MAX_SIDE);
-        limits.max_alloc = Some(MAX_DECODE_BYTES);
-        r.limits(limits);
         Ok(r)
     };
     // The header alone, under the default limits, so a refusal can name the size.
-    let mut header = reader()?;
-    header.limits(image::Limits::default());
-    let (w, h) = header.into_dimensions().map_err(|e| image_error(&e))?;
+    let (w, h) = reader()?.into_dimensions().map_err(|e| image_error(&e))?;
     check_size(w, h)?;
     check_density(w, h, bytes.len())?;
-    let reader = reader()?;
+    let mut reader = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
     // Decoders can panic on hostile input (fuzzing found an assertion in zune-jpeg's
     // upsampler on a 624-byte progressive JPEG): that is a damaged file, not a crash.
     let img = tessera_engine::panic::catch(|| reader.decode())

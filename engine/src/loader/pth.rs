@@ -70,21 +70,12 @@ impl Checkpoint {
                 stack.read_loop(&mut reader)?;
                 stack.finalize()
             });
-            match parsed {
-                Ok(Ok(object)) => object,
-                Ok(Err(e)) => {
-                    return Err(Error::bad_file(
-                        &path,
-                        format!("cannot parse {pkl_name}: {e}"),
-                    ));
-                }
-                Err(_) => {
-                    return Err(Error::bad_file(
-                        &path,
-                        format!("cannot parse {pkl_name}: malformed pickle"),
-                    ));
-                }
-            }
+            parsed
+                .map_err(|_| "malformed pickle".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|reason| {
+                    Error::bad_file(&path, format!("cannot parse {pkl_name}: {reason}"))
+                })?
         };
         let call = foreign_call(&object);
         let state_dict = find_state_dict(object).ok_or_else(|| {
