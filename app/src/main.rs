@@ -211,6 +211,7 @@ fn quiet_panics() {
 }
 
 fn main() -> ExitCode {
+    tessera_engine::threads::fix_thread_count();
     quiet_panics();
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -325,6 +325,12 @@ impl Gpt {
     /// when its later tokens arrive (rows returned before that saw only the tokens known then).
     /// On error the cache is left as it was.
     pub fn step(&self, idx: &Tensor, cache: &mut GptCache) -> Result<Tensor> {
+        // Inside candle's pool, so the ~25 parallel products of a step are handed between
+        // warm workers instead of waking them from this thread each time.
+        self.device.with_context(|| self.step_in_pool(idx, cache))
+    }
+
+    fn step_in_pool(&self, idx: &Tensor, cache: &mut GptCache) -> Result<Tensor> {
         let ids = check_token_ids(idx, self.cfg.input_vocab(), "GPT input (idx)")?;
         let (b, n) = ids.dims2()?;
         if n == 0 {

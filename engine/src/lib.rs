@@ -25,6 +25,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod segment;
 pub mod text;
+pub mod threads;
 pub mod vqgan;
 pub mod worker;
 pub mod xtransformer;

@@ -11,10 +11,13 @@
 //! gradients, so their path and numerics are unchanged.
 
 mod attention;
+mod few_query;
 mod gelu;
 pub mod grad;
 mod linear;
 mod skinny;
+mod skinny_f16;
+mod skinny_q4k;
 
 pub use attention::{
     KvCache, attention, causal_mask, cross_attention, merge_heads, self_attention, softmax_train,

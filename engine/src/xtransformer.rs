@@ -642,6 +642,10 @@ impl XTransformer {
     /// Runs the encoder once over `src` and precomputes the cross-attention keys/values of
     /// every decoder layer; keeps t and x_t for the residual term.
     pub fn start(&self, src: &Tensor) -> Result<DecoderCache> {
+        self.device.with_context(|| self.start_in_pool(src))
+    }
+
+    fn start_in_pool(&self, src: &Tensor) -> Result<DecoderCache> {
         let context = self.encode(src)?;
         let (batch, ls, _) = context.dims3()?;
         let cross = self
@@ -733,6 +737,13 @@ impl XTransformer {
     /// (with the residual term). Feeding several known tokens at once equals feeding them one
     /// by one. On error the cache is left as it was.
     pub fn step(&self, tokens: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
+        // Inside candle's pool, so the ~30 parallel products of a step are handed between
+        // warm workers instead of waking them from this thread each time.
+        self.device
+            .with_context(|| self.step_in_pool(tokens, cache))
+    }
+
+    fn step_in_pool(&self, tokens: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
         let ids = check_token_ids(tokens, self.cfg.dec_num_tokens, "decoder input")?;
         let (b, n) = ids.dims2()?;
         if b != cache.batch {

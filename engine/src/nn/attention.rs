@@ -45,6 +45,9 @@ pub fn attention(
     if q.track_op() || k.track_op() || v.track_op() {
         return attention_train(q, k, v, scale, mask);
     }
+    if let Some(out) = super::few_query::attention(q, k, v, scale, mask)? {
+        return Ok(out);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match dtype {
         DType::F16 | DType::BF16 => scores.to_dtype(DType::F32)?,

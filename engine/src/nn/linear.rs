@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{grad, skinny};
+use super::{grad, skinny, skinny_f16, skinny_q4k};
 
 /// From this many rows on (encoder passes, cross-attention keys, batched prefills), a layer in
 /// a block format multiplies through its weight dequantized for the call and the f32 GEMM:
@@ -254,9 +254,13 @@ impl Linear {
             || x2.track_op()
             || self.weight_t.track_op()
             || !matches!(x2.device(), Device::Cpu)
-            || x2.dtype() != DType::F32
-            || self.weight_t.dtype() != DType::F32
         {
+            return Ok(None);
+        }
+        if x2.dtype() == DType::F16 && self.weight_t.dtype() == DType::F16 {
+            return self.skinny_f16(x2, rows);
+        }
+        if x2.dtype() != DType::F32 || self.weight_t.dtype() != DType::F32 {
             return Ok(None);
         }
         let w = self.weight_t.t()?;
@@ -281,6 +285,25 @@ impl Linear {
         );
         drop((w_guard, x_guard));
         Ok(Some(Tensor::from_vec(y, (rows, out), x2.device())?))
+    }
+
+    /// Few-row products of an f16 layer through [`skinny_f16::matmul_xw_f16`] (`Wᵀ` is kept
+    /// contiguous `(in, out)` for f16); the input and output stay f16, the sums run in f32.
+    fn skinny_f16(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+        let (k, out) = self.weight_t.dims2()?;
+        let (w_guard, w_layout) = self.weight_t.storage_and_layout();
+        let candle_core::Storage::Cpu(ws) = &*w_guard else {
+            return Ok(None);
+        };
+        let Some((w0, w1)) = w_layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        let xs = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = skinny_f16::matmul_xw_f16(&xs, rows, k, &ws.as_slice::<half::f16>()?[w0..w1], out);
+        drop(w_guard);
+        Tensor::from_vec(y, (rows, out), x2.device())?
+            .to_dtype(DType::F16)
+            .map(Some)
     }
 
     /// Whether the weight tracks gradients (training).
@@ -335,6 +358,21 @@ impl Linear {
                 let xs = x2.flatten_all()?.to_vec1::<f32>()?;
                 let y = skinny::matmul_xwt_q8_0(&xs, rows, in_dim, &q.data()?, self.out_dim);
                 Tensor::from_vec(y, (rows, self.out_dim), x2.device())?
+            }
+            Some(QMatMul::QTensor(q))
+                if (1..=16).contains(&rows)
+                    && q.dtype() == GgmlDType::Q4K
+                    && matches!(x2.device(), Device::Cpu) =>
+            {
+                let x2 = x2.to_dtype(DType::F32)?;
+                let xs = x2.flatten_all()?.to_vec1::<f32>()?;
+                match skinny_q4k::matmul_xwt_q4k(&xs, rows, in_dim, &q.data()?, self.out_dim) {
+                    Some(y) => Tensor::from_vec(y, (rows, self.out_dim), x2.device())?,
+                    None => self.quant.as_ref().map_or_else(
+                        || candle_core::bail!("linear: quantized weight missing"),
+                        |m| m.forward(&x2),
+                    )?,
+                }
             }
             Some(q) => q.forward(&x2.to_dtype(DType::F32)?)?,
             None => match self.skinny(&x2, rows)? {

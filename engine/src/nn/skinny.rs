@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 /// Output columns per parallel task.
-const CHUNK: usize = 32;
+pub(super) const CHUNK: usize = 32;
 
 /// `y = x · wᵀ` for `x` `(rows, k)` and `w` `(out, k)`, both row-major; returns `(rows, out)`.
 pub fn matmul_xwt(x: &[f32], rows: usize, k: usize, w: &[f32], out: usize) -> Vec<f32> {
@@ -41,6 +41,11 @@ pub const Q8_0_BLOCK_BYTES: usize = 34;
 /// one's time). Without AVX2, each weight row is unpacked to f32 and goes through the f32
 /// kernel.
 pub fn matmul_xwt_q8_0(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize) -> Vec<f32> {
+    q8_0_product(x, rows, k, w, out, true)
+}
+
+/// [`matmul_xwt_q8_0`], with the AVX-512 kernel allowed or not (so tests reach both).
+fn q8_0_product(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize, wide: bool) -> Vec<f32> {
     debug_assert_eq!(x.len(), rows * k);
     debug_assert_eq!(k % 32, 0);
     let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
@@ -53,6 +58,23 @@ pub fn matmul_xwt_q8_0(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize) -
             && std::arch::is_x86_feature_detected!("fma")
         {
             let xq = quantize_rows_q8_0(x, rows, k);
+            if wide && avx512::available() {
+                let xu = avx512::RowsQ8U::new(&xq);
+                yt.par_chunks_mut(rows * CHUNK)
+                    .enumerate()
+                    .for_each(|(c, block)| {
+                        for (j, y) in block.chunks_mut(rows).enumerate() {
+                            let o = c * CHUNK + j;
+                            // SAFETY: `available` reported the features; the slices are the
+                            // sizes `dots_q8_0` reads (checked there).
+                            #[allow(unsafe_code)]
+                            unsafe {
+                                avx512::dots_q8_0(&xu, &w[o * row_bytes..(o + 1) * row_bytes], y)
+                            };
+                        }
+                    });
+                return transpose(&yt, rows, out);
+            }
             yt.par_chunks_mut(rows * CHUNK)
                 .enumerate()
                 .for_each(|(c, block)| {
@@ -84,7 +106,7 @@ pub fn matmul_xwt_q8_0(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize) -
 }
 
 /// `(out, rows)` → `(rows, out)`.
-fn transpose(yt: &[f32], rows: usize, out: usize) -> Vec<f32> {
+pub(super) fn transpose(yt: &[f32], rows: usize, out: usize) -> Vec<f32> {
     let mut y = vec![0f32; rows * out];
     for (o, col) in yt.chunks(rows).enumerate() {
         for (r, v) in col.iter().enumerate() {
@@ -182,6 +204,158 @@ mod avx2 {
             let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
             let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
             *o = _mm_cvtss_f32(h);
+        }
+    }
+}
+
+/// AVX-512 with VNNI (`vpdpbusd`: 64 byte products summed into 16 lanes in one instruction).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use super::{Q8_0_BLOCK_BYTES, RowsQ8_0};
+    use std::arch::x86_64::*;
+
+    /// How far ahead of the block being read the next block is asked for, in bytes.
+    const PREFETCH: usize = 1024;
+
+    /// Whether this CPU runs the kernels below.
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// Input rows in `Q8_0` laid out for `vpdpbusd`, two blocks (64 values) per vector:
+    /// the values as unsigned bytes `q + 128` (the instruction multiplies unsigned by signed
+    /// bytes; the offset is taken back through the weight block's sum), and each pair's two
+    /// scales spread over the 8 lanes of their block. An odd last block is padded with zeros.
+    pub(super) struct RowsQ8U {
+        rows: usize,
+        blocks: usize,
+        pairs: usize,
+        /// `rows × pairs × 64` bytes.
+        xu: Vec<u8>,
+        /// `rows × pairs × 16` scales.
+        dx: Vec<f32>,
+    }
+
+    impl RowsQ8U {
+        pub(super) fn new(x: &RowsQ8_0) -> Self {
+            let (rows, blocks) = (x.rows, x.blocks);
+            let pairs = blocks.div_ceil(2);
+            let mut xu = vec![0u8; rows * pairs * 64];
+            let mut dx = vec![0f32; rows * pairs * 16];
+            for r in 0..rows {
+                for b in 0..blocks {
+                    let (src, dst) = ((r * blocks + b) * 32, (r * pairs * 2 + b) * 32);
+                    for (u, q) in xu[dst..dst + 32].iter_mut().zip(&x.q[src..src + 32]) {
+                        *u = (*q as u8) ^ 0x80;
+                    }
+                    let d = (r * pairs * 2 + b) * 8;
+                    dx[d..d + 8].fill(x.d[r * blocks + b]);
+                }
+            }
+            Self {
+                rows,
+                blocks,
+                pairs,
+                xu,
+                dx,
+            }
+        }
+    }
+
+    /// `y[r] = Σ_b d_w,b · d_x,r,b · (q_w,b · q_x,r,b)` over the blocks of one weight row, as
+    /// the AVX2 kernel computes it (same integer dot products, same scales).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI ([`available`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn dots_q8_0(x: &RowsQ8U, w: &[u8], y: &mut [f32]) {
+        match x.rows {
+            1 => dots::<1, 4>(x, w, y),
+            2 => dots::<2, 2>(x, w, y),
+            3 | 4 => dots::<4, 1>(x, w, y),
+            5..=8 => dots::<8, 1>(x, w, y),
+            _ => dots::<16, 1>(x, w, y),
+        }
+    }
+
+    /// Up to `R` rows (`x.rows ≤ R`), accumulators in registers; pairs of blocks go round
+    /// `U` sets of accumulators so that one row does not wait on a single chain of FMAs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn dots<const R: usize, const U: usize>(x: &RowsQ8U, w: &[u8], y: &mut [f32]) {
+        let (rows, nb, np) = (x.rows, x.blocks, x.pairs);
+        assert!(rows <= R && y.len() == rows);
+        assert!(w.len() == nb * Q8_0_BLOCK_BYTES);
+        assert!(x.xu.len() == rows * np * 64 && x.dx.len() == rows * np * 16);
+        let offset = _mm512_set1_epi8(-128);
+        // Lanes 0–7 take the first scale, 8–15 the second.
+        let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        // One pair of blocks (`two`: both present) into one set of accumulators.
+        let pair = |p: usize, two: bool, acc: &mut [__m512; R]| {
+            let b0 = &w[2 * p * Q8_0_BLOCK_BYTES..];
+            // SAFETY (all loads): each block is `Q8_0_BLOCK_BYTES` long inside `w`, checked
+            // above; a missing second block (odd count) is never read.
+            let (qw, d1) = if two {
+                let b1 = &b0[Q8_0_BLOCK_BYTES..];
+                let lo = unsafe { _mm256_loadu_si256(b0[2..].as_ptr().cast()) };
+                let hi = unsafe { _mm256_loadu_si256(b1[2..].as_ptr().cast()) };
+                (
+                    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                    u16::from_le_bytes([b1[0], b1[1]]),
+                )
+            } else {
+                let lo = unsafe { _mm256_loadu_si256(b0[2..].as_ptr().cast()) };
+                (_mm512_zextsi256_si512(lo), 0)
+            };
+            // The next rows' blocks follow this row's in memory: ask for them ahead.
+            _mm_prefetch::<_MM_HINT_T0>(b0.as_ptr().wrapping_add(PREFETCH).cast());
+            let d0 = u16::from_le_bytes([b0[0], b0[1]]);
+            let dw = _mm512_permutexvar_ps(
+                spread,
+                _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi16(
+                    0, 0, 0, 0, 0, 0, d1 as i16, d0 as i16,
+                ))),
+            );
+            // Σ (x + 128)·w − 128·Σ w = Σ x·w, per group of four lanes.
+            let neg = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, qw),
+            );
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let i = r * np + p;
+                // SAFETY: `i < rows · np`, so both reads lie inside `xu` / `dx` (checked above).
+                let xu = unsafe { _mm512_loadu_si512(x.xu[i * 64..].as_ptr().cast()) };
+                let dx = unsafe { _mm512_loadu_ps(x.dx[i * 16..].as_ptr()) };
+                let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg, xu, qw));
+                *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx), *a);
+            }
+        };
+        // `U` pairs per round, each into its own set, unrolled so the sets stay in registers.
+        let mut sets = [[_mm512_setzero_ps(); R]; U];
+        let full = nb / 2;
+        let mut p = 0;
+        while p + U <= full {
+            for (u, acc) in sets.iter_mut().enumerate() {
+                pair(p + u, true, acc);
+            }
+            p += U;
+        }
+        for p in p..full {
+            pair(p, true, &mut sets[0]);
+        }
+        if nb % 2 == 1 {
+            pair(full, false, &mut sets[0]);
+        }
+        let mut acc = sets[0];
+        for set in &sets[1..] {
+            for (a, v) in acc.iter_mut().zip(set) {
+                *a = _mm512_add_ps(*a, *v);
+            }
+        }
+        for (o, a) in y.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(a);
         }
     }
 }
@@ -339,41 +513,43 @@ mod tests {
             let x: Vec<f32> = (0..rows * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0 + (i % 5) as f32 * 0.013)
                 .collect();
-            let y = matmul_xwt_q8_0(&x, rows, k, &bytes, out);
-            // ggml's product (activations rounded to Q8_0 as well) up to summation order…
-            let xt = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap();
-            let ggml: Vec<f32> = candle_core::Module::forward(&qm, &xt)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            // …and within the activations' rounding of the dequantized weight's product.
-            let exact = matmul_xwt(&x, rows, k, &deq, out);
-            for i in 0..rows * out {
-                assert!(
-                    (y[i] - ggml[i]).abs() < 1e-3,
-                    "rows {rows} [{i}]: {} vs ggml {}",
-                    y[i],
-                    ggml[i]
-                );
-                // Rounding an activation moves it by at most half its block's step
-                // (max|x| / 254), its f16 scale by a relative 2⁻¹¹.
-                let (r, o) = (i / out, i % out);
-                let bound: f32 = (0..k)
-                    .map(|c| {
-                        let xb = &x[r * k + c / 32 * 32..r * k + c / 32 * 32 + 32];
-                        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        let wabs = deq[o * k + c].abs();
-                        wabs * (amax / 254.0 + x[r * k + c].abs() / 2048.0)
-                    })
-                    .sum();
-                assert!(
-                    (y[i] - exact[i]).abs() <= bound * 1.01 + 1e-4,
-                    "rows {rows} [{i}]: {} vs {} (bound {bound})",
-                    y[i],
-                    exact[i]
-                );
+            for wide in [true, false] {
+                let y = q8_0_product(&x, rows, k, &bytes, out, wide);
+                // ggml's product (activations rounded to Q8_0 as well) up to summation order…
+                let xt = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap();
+                let ggml: Vec<f32> = candle_core::Module::forward(&qm, &xt)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                // …and within the activations' rounding of the dequantized weight's product.
+                let exact = matmul_xwt(&x, rows, k, &deq, out);
+                for i in 0..rows * out {
+                    assert!(
+                        (y[i] - ggml[i]).abs() < 1e-3,
+                        "rows {rows} [{i}]: {} vs ggml {}",
+                        y[i],
+                        ggml[i]
+                    );
+                    // Rounding an activation moves it by at most half its block's step
+                    // (max|x| / 254), its f16 scale by a relative 2⁻¹¹.
+                    let (r, o) = (i / out, i % out);
+                    let bound: f32 = (0..k)
+                        .map(|c| {
+                            let xb = &x[r * k + c / 32 * 32..r * k + c / 32 * 32 + 32];
+                            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            let wabs = deq[o * k + c].abs();
+                            wabs * (amax / 254.0 + x[r * k + c].abs() / 2048.0)
+                        })
+                        .sum();
+                    assert!(
+                        (y[i] - exact[i]).abs() <= bound * 1.01 + 1e-4,
+                        "rows {rows} [{i}]: {} vs {} (bound {bound})",
+                        y[i],
+                        exact[i]
+                    );
+                }
             }
         }
     }

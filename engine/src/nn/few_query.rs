@@ -1,0 +1,292 @@
+//! Attention for a few queries (decoding: 1–16 new tokens per sequence) on the CPU in f32.
+//!
+//! Through candle, one decoding step's attention is two batched products per layer, each a
+//! GEMM call per head on a 1×64 · 64×m problem: the calls' overhead, not the arithmetic,
+//! is what costs (about a tenth of a `q8_0` step's CPU time, measured with `perf`). Here each
+//! (sequence, head) is one task that scores its keys, takes the softmax and sums the values
+//! in one pass over the cache, reading the keys and values where the cache keeps them.
+
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+/// Up to this many queries per sequence take this path.
+pub const MAX_QUERIES: usize = 16;
+
+/// `softmax(q kᵀ · scale + mask) v` as [`super::attention`] computes it, or `None` when
+/// this path does not apply (not CPU f32, more than [`MAX_QUERIES`] queries, tracked
+/// gradients, or a layout it does not read).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let all = [Some(q), Some(k), Some(v), mask];
+    if all
+        .iter()
+        .flatten()
+        .any(|t| t.dtype() != DType::F32 || !matches!(t.device(), Device::Cpu) || t.track_op())
+    {
+        return Ok(None);
+    }
+    let (b, h, n, d) = q.dims4()?;
+    let (kb, kh, m, kd) = k.dims4()?;
+    if n == 0 || n > MAX_QUERIES || (kb, kh, kd) != (b, h, d) || v.dims4()? != (b, h, m, d) {
+        return Ok(None);
+    }
+    let q = q.contiguous()?;
+    let mask = match mask {
+        Some(t) if t.dims2()? != (n, m) => return Ok(None),
+        Some(t) => Some(t.contiguous()?),
+        None => None,
+    };
+    let (qg, ql) = q.storage_and_layout();
+    let (kg, kl) = k.storage_and_layout();
+    let (vg, vl) = v.storage_and_layout();
+    let (
+        candle_core::Storage::Cpu(qs),
+        candle_core::Storage::Cpu(ks),
+        candle_core::Storage::Cpu(vs),
+    ) = (&*qg, &*kg, &*vg)
+    else {
+        return Ok(None);
+    };
+    let (Some(kv), Some(vv)) = (View::of(kl, ks.as_slice()?), View::of(vl, vs.as_slice()?)) else {
+        return Ok(None);
+    };
+    let qs = &qs.as_slice::<f32>()?[ql.start_offset()..];
+    let mg = mask.as_ref().map(|t| t.storage_and_layout());
+    let ms: Option<&[f32]> = match &mg {
+        Some((g, l)) => match &**g {
+            candle_core::Storage::Cpu(s) => Some(&s.as_slice::<f32>()?[l.start_offset()..]),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let mut out = vec![0f32; b * h * n * d];
+    let kernel = pick();
+    out.par_chunks_mut(n * d).enumerate().for_each(|(bh, o)| {
+        let (bi, hi) = (bh / h, bh % h);
+        let args = Head {
+            q: &qs[bh * n * d..(bh + 1) * n * d],
+            k: kv.head(bi, hi),
+            v: vv.head(bi, hi),
+            m,
+            d,
+            scale: scale as f32,
+            mask: ms,
+        };
+        kernel(&args, o);
+    });
+    drop((qg, kg, vg, mg));
+    Tensor::from_vec(out, (b, h, n, d), q.device()).map(Some)
+}
+
+/// A `(B, H, m, d)` tensor whose `(m, d)` matrices are row-contiguous.
+struct View<'a> {
+    data: &'a [f32],
+    start: usize,
+    strides: [usize; 3],
+}
+
+impl<'a> View<'a> {
+    fn of(l: &candle_core::Layout, data: &'a [f32]) -> Option<Self> {
+        match *l.stride() {
+            [sb, sh, sm, 1] => Some(Self {
+                data,
+                start: l.start_offset(),
+                strides: [sb, sh, sm],
+            }),
+            _ => None,
+        }
+    }
+
+    /// The rows of one head: `(ptr offset, row stride)` into `data`.
+    fn head(&self, b: usize, h: usize) -> Rows<'a> {
+        Rows {
+            data: self.data,
+            start: self.start + b * self.strides[0] + h * self.strides[1],
+            stride: self.strides[2],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    start: usize,
+    stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    #[inline(always)]
+    fn row(&self, j: usize, d: usize) -> &'a [f32] {
+        let s = self.start + j * self.stride;
+        &self.data[s..s + d]
+    }
+}
+
+struct Head<'a> {
+    q: &'a [f32],
+    k: Rows<'a>,
+    v: Rows<'a>,
+    m: usize,
+    d: usize,
+    scale: f32,
+    mask: Option<&'a [f32]>,
+}
+
+type Kernel = fn(&Head, &mut [f32]);
+
+fn pick() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return head_avx2;
+        }
+    }
+    head_generic
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let split = a.len() - a.len() % 16;
+    for (x, y) in a[..split].chunks_exact(16).zip(b[..split].chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in a[split..].iter().zip(&b[split..]) {
+        s += x * y;
+    }
+    s
+}
+
+/// One (sequence, head): for each query, scores over the keys, softmax (max-subtracted, as
+/// candle's), then the probability-weighted sum of the values.
+#[inline(always)]
+fn head_body(a: &Head, out: &mut [f32]) {
+    let (m, d) = (a.m, a.d);
+    let mut p = vec![0f32; m];
+    for (i, o) in out.chunks_exact_mut(d).enumerate() {
+        let qi = &a.q[i * d..(i + 1) * d];
+        let mut max = f32::NEG_INFINITY;
+        for (j, pj) in p.iter_mut().enumerate() {
+            let mut s = dot(qi, a.k.row(j, d)) * a.scale;
+            if let Some(mask) = a.mask {
+                s += mask[i * m + j];
+            }
+            *pj = s;
+            max = max.max(s);
+        }
+        let mut sum = 0f32;
+        for pj in p.iter_mut() {
+            *pj = (*pj - max).exp();
+            sum += *pj;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (j, pj) in p.iter().enumerate() {
+            let w = pj * inv;
+            for (oc, vc) in o.iter_mut().zip(a.v.row(j, d)) {
+                *oc = w.mul_add(*vc, *oc);
+            }
+        }
+    }
+}
+
+fn head_generic(a: &Head, out: &mut [f32]) {
+    head_body(a, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn head_avx2_impl(a: &Head, out: &mut [f32]) {
+    head_body(a, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn head_avx2(a: &Head, out: &mut [f32]) {
+    // SAFETY: only selected by `pick` after the CPU reported AVX2 and FMA.
+    #[allow(unsafe_code)]
+    unsafe {
+        head_avx2_impl(a, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// candle's ops, as `nn::attention` computed it before this path.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Tensor {
+        let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let s = match mask {
+            Some(m) => s.broadcast_add(m).unwrap(),
+            None => s,
+        };
+        candle_nn::ops::softmax_last_dim(&s)
+            .unwrap()
+            .matmul(v)
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_candle_on_cache_views_with_and_without_mask() {
+        let dev = Device::Cpu;
+        let (b, h, d, cap) = (2, 3, 20, 40);
+        for (n, m) in [(1, 1), (1, 17), (4, 33), (16, 40)] {
+            let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
+            // Views of a larger cache, as `KvCache::write` returns them.
+            let kc = Tensor::randn(0f32, 1.0, (b, h, cap, d), &dev).unwrap();
+            let vc = Tensor::randn(0f32, 1.0, (b, h, cap, d), &dev).unwrap();
+            let (k, v) = (kc.narrow(2, 0, m).unwrap(), vc.narrow(2, 0, m).unwrap());
+            let mask = crate::nn::causal_mask(n, m - n, 0, &dev).unwrap();
+            for mask in [None, mask.as_ref()] {
+                let got = attention(&q, &k, &v, 0.125, mask)
+                    .unwrap()
+                    .expect("few-query path");
+                let want = reference(&q, &k, &v, 0.125, mask);
+                let diff = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-5, "n {n} m {m} mask {}: {diff}", mask.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn declines_what_it_does_not_compute() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 2, 17, 8), DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((1, 2, 20, 8), DType::F32, &dev).unwrap();
+        assert!(
+            attention(&q, &k, &k, 1.0, None).unwrap().is_none(),
+            "17 queries"
+        );
+        let q = Tensor::zeros((1, 2, 1, 8), DType::F16, &dev).unwrap();
+        let k = k.to_dtype(DType::F16).unwrap();
+        assert!(attention(&q, &k, &k, 1.0, None).unwrap().is_none(), "f16");
+        // Keys whose rows are not contiguous (a transposed view).
+        let q = Tensor::zeros((1, 2, 1, 8), DType::F32, &dev).unwrap();
+        let kt = Tensor::zeros((1, 2, 8, 20), DType::F32, &dev)
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
+        assert!(
+            attention(&q, &kt, &kt, 1.0, None).unwrap().is_none(),
+            "strided keys"
+        );
+    }
+}
