@@ -418,6 +418,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     let model = source.load(&load)?;
     eprintln!("weights: {}", load.describe_weights(&model.card));
+    // A quantized evaluation also measures each level's logits against the model as stored.
+    let reference = match quantize {
+        Some(_) => Some(source.load(&ModelLoad::default())?),
+        None => None,
+    };
     let sampling = explicit.unwrap_or_else(|| model.card.sampling.unwrap_or_default());
     eprintln!(
         "sampling: guidance {}, temperature {}, top-k {}, top-p {}",
@@ -485,6 +490,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     let report = evaluate(
         &model,
+        reference.as_ref(),
         &val,
         &train,
         &classifier,

@@ -215,6 +215,46 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
             .all(|v| v.as_f64().is_some_and(|v| v > 0.0 && v < 8.0)),
         "{report}"
     );
+    assert_eq!(
+        report["against_reference"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    // Quantized, each level's logits are also measured against the model as stored.
+    let qjson = dir.path().join("eval-q8.json");
+    let (ok, qtext) = tessera(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--recipe",
+        "smoke",
+        "--fixture",
+        "--data",
+        fixture().to_str().unwrap(),
+        "--classifier",
+        dir.path().join("cls").to_str().unwrap(),
+        "--n",
+        "4",
+        "--fid",
+        "0",
+        "--quantize",
+        "q8_0",
+        "--json",
+        qjson.to_str().unwrap(),
+    ]);
+    assert!(ok, "{qtext}");
+    assert!(qtext.contains("q8_0"), "{qtext}");
+    let q: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&qjson).unwrap()).unwrap();
+    let levels = q["against_reference"].as_array().unwrap();
+    assert_eq!(levels.len(), 2, "{q}");
+    for l in levels {
+        let (kl, top1) = (l["kl_bits"].as_f64().unwrap(), l["top1"].as_f64().unwrap());
+        // 8-bit weights move a distribution a little, never to another one.
+        assert!((-1e-6..0.05).contains(&kl), "{q}");
+        assert!((0.9..=1.0).contains(&top1), "{q}");
+    }
+    assert!(qtext.contains("against the reference: KL"), "{qtext}");
     // The guidance ceiling is scored on the same scenes: a share of them.
     let g = &report["guidance"];
     let n = g["n"].as_f64().unwrap();

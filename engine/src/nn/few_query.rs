@@ -13,8 +13,12 @@ use rayon::prelude::*;
 pub const MAX_QUERIES: usize = 16;
 
 /// `softmax(q kᵀ · scale + mask) v` as [`super::attention`] computes it, or `None` when
-/// this path does not apply (not CPU f32, more than [`MAX_QUERIES`] queries, tracked
-/// gradients, or a layout it does not read).
+/// this path does not apply (not on the CPU, not f32 or f16, mixed types, more than
+/// [`MAX_QUERIES`] queries, tracked gradients, or a layout it does not read).
+///
+/// Half-precision keys and values are widened row by row as they are read, so a step reads
+/// the cache once at its stored size; scores, softmax and sums run in f32 (as candle's
+/// softmax does for f16) and the result is returned in the type of `q`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -22,11 +26,16 @@ pub fn attention(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
+    let dtype = q.dtype();
+    // The mask may be of any float type: it is widened with the queries.
     let all = [Some(q), Some(k), Some(v), mask];
-    if all
-        .iter()
-        .flatten()
-        .any(|t| t.dtype() != DType::F32 || !matches!(t.device(), Device::Cpu) || t.track_op())
+    if !matches!(dtype, DType::F32 | DType::F16)
+        || k.dtype() != dtype
+        || v.dtype() != dtype
+        || all
+            .iter()
+            .flatten()
+            .any(|t| !matches!(t.device(), Device::Cpu) || t.track_op())
     {
         return Ok(None);
     }
@@ -35,12 +44,33 @@ pub fn attention(
     if n == 0 || n > MAX_QUERIES || (kb, kh, kd) != (b, h, d) || v.dims4()? != (b, h, m, d) {
         return Ok(None);
     }
-    let q = q.contiguous()?;
+    // The queries and the mask are small: widened whole.
+    let q = q.to_dtype(DType::F32)?.contiguous()?;
     let mask = match mask {
         Some(t) if t.dims2()? != (n, m) => return Ok(None),
-        Some(t) => Some(t.contiguous()?),
+        Some(t) => Some(t.to_dtype(DType::F32)?.contiguous()?),
         None => None,
     };
+    let out = match dtype {
+        DType::F16 => heads::<half::f16>(&q, k, v, scale, mask.as_ref())?,
+        _ => heads::<f32>(&q, k, v, scale, mask.as_ref())?,
+    };
+    match out {
+        Some(out) => Ok(Some(out.to_dtype(dtype)?)),
+        None => Ok(None),
+    }
+}
+
+/// The per-(sequence, head) tasks over keys and values stored as `T`.
+fn heads<T: Widen>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let (b, h, n, d) = q.dims4()?;
+    let m = k.dim(2)?;
     let (qg, ql) = q.storage_and_layout();
     let (kg, kl) = k.storage_and_layout();
     let (vg, vl) = v.storage_and_layout();
@@ -52,11 +82,14 @@ pub fn attention(
     else {
         return Ok(None);
     };
-    let (Some(kv), Some(vv)) = (View::of(kl, ks.as_slice()?), View::of(vl, vs.as_slice()?)) else {
+    let (Some(kv), Some(vv)) = (
+        View::<T>::of(kl, ks.as_slice::<T>()?),
+        View::<T>::of(vl, vs.as_slice::<T>()?),
+    ) else {
         return Ok(None);
     };
     let qs = &qs.as_slice::<f32>()?[ql.start_offset()..];
-    let mg = mask.as_ref().map(|t| t.storage_and_layout());
+    let mg = mask.map(|t| t.storage_and_layout());
     let ms: Option<&[f32]> = match &mg {
         Some((g, l)) => match &**g {
             candle_core::Storage::Cpu(s) => Some(&s.as_slice::<f32>()?[l.start_offset()..]),
@@ -65,7 +98,7 @@ pub fn attention(
         None => None,
     };
     let mut out = vec![0f32; b * h * n * d];
-    let kernel = pick();
+    let kernel = pick::<T>();
     out.par_chunks_mut(n * d).enumerate().for_each(|(bh, o)| {
         let (bi, hi) = (bh / h, bh % h);
         let args = Head {
@@ -83,15 +116,38 @@ pub fn attention(
     Tensor::from_vec(out, (b, h, n, d), q.device()).map(Some)
 }
 
+/// A stored element type of the cache, read as f32.
+trait Widen: candle_core::WithDType + Copy + Send + Sync {
+    /// `src` as f32: itself, or converted into `buf` (at least `src.len()` long).
+    fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn widen<'a>(src: &'a [Self], _: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl Widen for half::f16 {
+    #[inline(always)]
+    fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        let buf = &mut buf[..src.len()];
+        src.convert_to_f32_slice(buf);
+        buf
+    }
+}
+
 /// A `(B, H, m, d)` tensor whose `(m, d)` matrices are row-contiguous.
-struct View<'a> {
-    data: &'a [f32],
+struct View<'a, T> {
+    data: &'a [T],
     start: usize,
     strides: [usize; 3],
 }
 
-impl<'a> View<'a> {
-    fn of(l: &candle_core::Layout, data: &'a [f32]) -> Option<Self> {
+impl<'a, T> View<'a, T> {
+    fn of(l: &candle_core::Layout, data: &'a [T]) -> Option<Self> {
         match *l.stride() {
             [sb, sh, sm, 1] => Some(Self {
                 data,
@@ -103,7 +159,7 @@ impl<'a> View<'a> {
     }
 
     /// The rows of one head: `(ptr offset, row stride)` into `data`.
-    fn head(&self, b: usize, h: usize) -> Rows<'a> {
+    fn head(&self, b: usize, h: usize) -> Rows<'a, T> {
         Rows {
             data: self.data,
             start: self.start + b * self.strides[0] + h * self.strides[1],
@@ -112,42 +168,41 @@ impl<'a> View<'a> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Rows<'a> {
-    data: &'a [f32],
+struct Rows<'a, T> {
+    data: &'a [T],
     start: usize,
     stride: usize,
 }
 
-impl<'a> Rows<'a> {
+impl<'a, T> Rows<'a, T> {
     #[inline(always)]
-    fn row(&self, j: usize, d: usize) -> &'a [f32] {
+    fn row(&self, j: usize, d: usize) -> &'a [T] {
         let s = self.start + j * self.stride;
         &self.data[s..s + d]
     }
 }
 
-struct Head<'a> {
+struct Head<'a, T> {
     q: &'a [f32],
-    k: Rows<'a>,
-    v: Rows<'a>,
+    k: Rows<'a, T>,
+    v: Rows<'a, T>,
     m: usize,
     d: usize,
     scale: f32,
     mask: Option<&'a [f32]>,
 }
 
-type Kernel = fn(&Head, &mut [f32]);
+type Kernel<T> = fn(&Head<T>, &mut [f32]);
 
-fn pick() -> Kernel {
+fn pick<T: Widen>() -> Kernel<T> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return head_avx2;
+            return head_avx2::<T>;
         }
     }
-    head_generic
+    head_generic::<T>
 }
 
 #[inline(always)]
@@ -169,14 +224,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// One (sequence, head): for each query, scores over the keys, softmax (max-subtracted, as
 /// candle's), then the probability-weighted sum of the values.
 #[inline(always)]
-fn head_body(a: &Head, out: &mut [f32]) {
+fn head_body<T: Widen>(a: &Head<T>, out: &mut [f32]) {
     let (m, d) = (a.m, a.d);
     let mut p = vec![0f32; m];
+    let mut buf = vec![0f32; d];
     for (i, o) in out.chunks_exact_mut(d).enumerate() {
         let qi = &a.q[i * d..(i + 1) * d];
         let mut max = f32::NEG_INFINITY;
         for (j, pj) in p.iter_mut().enumerate() {
-            let mut s = dot(qi, a.k.row(j, d)) * a.scale;
+            let mut s = dot(qi, T::widen(a.k.row(j, d), &mut buf)) * a.scale;
             if let Some(mask) = a.mask {
                 s += mask[i * m + j];
             }
@@ -192,25 +248,25 @@ fn head_body(a: &Head, out: &mut [f32]) {
         o.fill(0.0);
         for (j, pj) in p.iter().enumerate() {
             let w = pj * inv;
-            for (oc, vc) in o.iter_mut().zip(a.v.row(j, d)) {
+            for (oc, vc) in o.iter_mut().zip(T::widen(a.v.row(j, d), &mut buf)) {
                 *oc = w.mul_add(*vc, *oc);
             }
         }
     }
 }
 
-fn head_generic(a: &Head, out: &mut [f32]) {
+fn head_generic<T: Widen>(a: &Head<T>, out: &mut [f32]) {
     head_body(a, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn head_avx2_impl(a: &Head, out: &mut [f32]) {
+fn head_avx2_impl<T: Widen>(a: &Head<T>, out: &mut [f32]) {
     head_body(a, out);
 }
 
 #[cfg(target_arch = "x86_64")]
-fn head_avx2(a: &Head, out: &mut [f32]) {
+fn head_avx2<T: Widen>(a: &Head<T>, out: &mut [f32]) {
     // SAFETY: only selected by `pick` after the CPU reported AVX2 and FMA.
     #[allow(unsafe_code)]
     unsafe {
@@ -247,21 +303,32 @@ mod tests {
             let (k, v) = (kc.narrow(2, 0, m).unwrap(), vc.narrow(2, 0, m).unwrap());
             let mask = crate::nn::causal_mask(n, m - n, 0, &dev).unwrap();
             for mask in [None, mask.as_ref()] {
-                let got = attention(&q, &k, &v, 0.125, mask)
-                    .unwrap()
-                    .expect("few-query path");
                 let want = reference(&q, &k, &v, 0.125, mask);
-                let diff = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(diff < 1e-5, "n {n} m {m} mask {}: {diff}", mask.is_some());
+                // f16 caches: the same inputs rounded to f16, computed in f32 and the
+                // result rounded once (candle's f16 path rounds its probabilities too).
+                for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 4e-3)] {
+                    let h = |t: &Tensor| t.to_dtype(dtype).unwrap();
+                    let mask_h = mask.map(h);
+                    let got = attention(&h(&q), &h(&k), &h(&v), 0.125, mask_h.as_ref())
+                        .unwrap()
+                        .expect("few-query path");
+                    assert_eq!(got.dtype(), dtype);
+                    let diff = (got.to_dtype(DType::F32).unwrap() - &want)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(
+                        diff < tol,
+                        "{dtype:?} n {n} m {m} mask {}: {diff}",
+                        mask.is_some()
+                    );
+                }
             }
         }
     }
@@ -275,9 +342,15 @@ mod tests {
             attention(&q, &k, &k, 1.0, None).unwrap().is_none(),
             "17 queries"
         );
-        let q = Tensor::zeros((1, 2, 1, 8), DType::F16, &dev).unwrap();
-        let k = k.to_dtype(DType::F16).unwrap();
-        assert!(attention(&q, &k, &k, 1.0, None).unwrap().is_none(), "f16");
+        let q = Tensor::zeros((1, 2, 1, 8), DType::BF16, &dev).unwrap();
+        let k = k.to_dtype(DType::BF16).unwrap();
+        assert!(attention(&q, &k, &k, 1.0, None).unwrap().is_none(), "bf16");
+        let q16 = Tensor::zeros((1, 2, 1, 8), DType::F16, &dev).unwrap();
+        let k32 = Tensor::zeros((1, 2, 20, 8), DType::F32, &dev).unwrap();
+        assert!(
+            attention(&q16, &k32, &k32, 1.0, None).unwrap().is_none(),
+            "mixed types"
+        );
         // Keys whose rows are not contiguous (a transposed view).
         let q = Tensor::zeros((1, 2, 1, 8), DType::F32, &dev).unwrap();
         let kt = Tensor::zeros((1, 2, 8, 20), DType::F32, &dev)

@@ -32,7 +32,7 @@ use super::data::{
     Background, EmojiView, Scene, SceneGen, SceneMask, batch_to_tensor, composite_over, scene_mask,
 };
 use super::recipe::condition_of;
-use super::stage::{StageBatch, StageTrainConfig, stage_nll};
+use super::stage::{StageBatch, StageTrainConfig, stage_agreement, stage_nll};
 use super::vqgan::psnr;
 
 /// How much to evaluate.
@@ -90,12 +90,25 @@ pub struct EvalReport {
     /// the condition tells each level (zero means the stage ignores it).
     #[serde(default)]
     pub nll_bits_uncond: Vec<f64>,
+    /// Per level (index t − 1), how the evaluated model's logits follow the reference model's
+    /// (such as its unquantized self) on the NLL's held-out chains; empty without a reference.
+    #[serde(default)]
+    pub against_reference: Vec<LogitAgreement>,
     /// Guidance accuracy.
     pub guidance: GuidanceReport,
     /// FID of unconditional samples vs held-out scenes (classifier features).
     pub fid_uncond: Option<f64>,
     /// FID of upper-half completions of held-out scenes vs the scenes themselves.
     pub fid_upper_half: Option<f64>,
+}
+
+/// How one level's logits follow a reference model's on held-out chains.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogitAgreement {
+    /// Mean KL(reference ‖ model) per token, in bits.
+    pub kl_bits: f64,
+    /// Fraction of tokens whose most likely value is the same in both.
+    pub top1: f64,
 }
 
 /// Top-1 agreement of the classifier with the requested category in inpainted regions.
@@ -226,9 +239,12 @@ fn decode(model: &Model, grid: &[u32]) -> Result<RgbImage> {
 
 /// Evaluates `model` on held-out scenes (`val`); `classifier` scores categories and gives
 /// the FID features; `tokenizer` encodes captions and prompts (text models); `train` (the
-/// training split's emoji) draws the guidance ceiling.
+/// training split's emoji) draws the guidance ceiling; `reference`, when given, is the same
+/// model in another precision, whose logits each level's are compared with.
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different role
 pub fn evaluate(
     model: &Model,
+    reference: Option<&Model>,
     val: &SceneGen,
     train: &EmojiView,
     classifier: &Classifier,
@@ -257,6 +273,7 @@ pub fn evaluate(
         .collect::<Result<_>>()?;
     let mut nll_bits = Vec::new();
     let mut nll_bits_uncond = Vec::new();
+    let mut against_reference = Vec::new();
     for t in 1..=card.levels() {
         let stage_cfg = StageTrainConfig {
             level: t,
@@ -288,6 +305,16 @@ pub fn evaluate(
         ));
         nll_bits.push(bits);
         nll_bits_uncond.push(bits_uncond);
+        if let Some(reference) = reference {
+            let base = reference.stage(t)?;
+            let (kl_bits, top1) =
+                stage_agreement(&net, &base, &stage_cfg, &card.schedule, &batches, cfg.seed)?;
+            log(&format!(
+                "stage {t} against the reference: KL {kl_bits:.5} bits/token, top-1 agreement {:.2}%",
+                100.0 * top1
+            ));
+            against_reference.push(LogitAgreement { kl_bits, top1 });
+        }
     }
 
     // Guidance: inpaint the largest emoji's box with a requested class, each in turn.
@@ -436,6 +463,7 @@ pub fn evaluate(
         code_perplexity,
         nll_bits,
         nll_bits_uncond,
+        against_reference,
         guidance,
         fid_uncond,
         fid_upper_half,

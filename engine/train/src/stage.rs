@@ -564,3 +564,54 @@ pub fn stage_nll(
     }
     Ok(total / count as f64 / std::f64::consts::LN_2)
 }
+
+/// How closely stage `net` follows `reference` (the same stage in another precision, such as
+/// quantized against f32) on held-out chains: the mean KL(reference ‖ net) of the
+/// distributions p(x_{t−1} | x_t, condition) in bits per token, and the fraction of tokens
+/// whose most likely value agrees. Chains are drawn as in [`stage_nll`].
+pub fn stage_agreement(
+    net: &Stage,
+    reference: &Stage,
+    cfg: &StageTrainConfig,
+    schedule: &Schedule,
+    batches: &[StageBatch],
+    seed: u64,
+) -> Result<(f64, f64)> {
+    let k = cfg.n_tokens();
+    let eval = StageTrainConfig {
+        cond_drop: 0.0,
+        alpha_mix: 0.0,
+        ..cfg.clone()
+    };
+    let (mut kl, mut same, mut count) = (0f64, 0f64, 0usize);
+    for (i, batch) in batches.iter().enumerate() {
+        check_batch(batch, k)?;
+        let mut rng = step_rng(seed, i);
+        let sd = step_data(&eval, schedule, batch, &mut rng)?;
+        let rows = |net: &Stage| -> Result<Tensor> {
+            let logits = stage_logits(net, &sd.prefixes, &sd.xprev, &sd.xt, false)?;
+            let width = logits.dim(candle_core::D::Minus1)?;
+            Ok(logits.to_dtype(DType::F32)?.reshape(((), width))?)
+        };
+        let (p, q) = (rows(reference)?, rows(net)?);
+        let lp = candle_nn::ops::log_softmax(&p, 1)?;
+        let lq = candle_nn::ops::log_softmax(&q, 1)?;
+        let kl_sum = (lp.exp()? * (&lp - &lq)?)?.sum_all()?.to_scalar::<f32>()?;
+        let same_sum = p
+            .argmax(1)?
+            .eq(&q.argmax(1)?)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        kl += kl_sum as f64;
+        same += same_sum as f64;
+        count += p.dim(0)?;
+    }
+    if count == 0 {
+        return Err(Error::Input("no held-out batches".into()));
+    }
+    Ok((
+        kl / count as f64 / std::f64::consts::LN_2,
+        same / count as f64,
+    ))
+}
