@@ -9,20 +9,37 @@
 use rayon::prelude::*;
 
 /// Output columns per parallel task.
-pub(super) const CHUNK: usize = 32;
+const CHUNK: usize = 32;
 
 /// `y = x · wᵀ` for `x` `(rows, k)` and `w` `(out, k)`, both row-major; returns `(rows, out)`.
 pub fn matmul_xwt(x: &[f32], rows: usize, k: usize, w: &[f32], out: usize) -> Vec<f32> {
     debug_assert_eq!(x.len(), rows * k);
     debug_assert_eq!(w.len(), out * k);
-    let mut yt = vec![0f32; out * rows];
     let kernel = pick_kernel();
+    by_columns(
+        rows,
+        out,
+        || (),
+        |_, o, y| kernel(x, k, &w[o * k..(o + 1) * k], y),
+    )
+}
+
+/// The `(rows, out)` product whose output column `o` (every row) `column(scratch, o, y)`
+/// writes into `y`: columns go to the threads [`CHUNK`] at a time, each task with its own
+/// `scratch()`, and are transposed into rows at the end.
+pub(super) fn by_columns<S>(
+    rows: usize,
+    out: usize,
+    scratch: impl Fn() -> S + Sync,
+    column: impl Fn(&mut S, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut yt = vec![0f32; out * rows];
     yt.par_chunks_mut(rows * CHUNK)
         .enumerate()
         .for_each(|(c, block)| {
+            let mut s = scratch();
             for (j, y) in block.chunks_mut(rows).enumerate() {
-                let o = c * CHUNK + j;
-                kernel(x, k, &w[o * k..(o + 1) * k], y);
+                column(&mut s, c * CHUNK + j, y);
             }
         });
     transpose(&yt, rows, out)
@@ -50,7 +67,6 @@ fn q8_0_product(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize, wide: bo
     debug_assert_eq!(k % 32, 0);
     let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
     debug_assert_eq!(w.len(), out * row_bytes);
-    let mut yt = vec![0f32; out * rows];
     #[cfg(target_arch = "x86_64")]
     {
         if (1..=16).contains(&rows)
@@ -60,53 +76,49 @@ fn q8_0_product(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize, wide: bo
             let xq = quantize_rows_q8_0(x, rows, k);
             if wide && avx512::available() {
                 let xu = avx512::RowsQ8U::new(&xq);
-                yt.par_chunks_mut(rows * CHUNK)
-                    .enumerate()
-                    .for_each(|(c, block)| {
-                        for (j, y) in block.chunks_mut(rows).enumerate() {
-                            let o = c * CHUNK + j;
-                            // SAFETY: `available` reported the features; the slices are the
-                            // sizes `dots_q8_0` reads (checked there).
-                            #[allow(unsafe_code)]
-                            unsafe {
-                                avx512::dots_q8_0(&xu, &w[o * row_bytes..(o + 1) * row_bytes], y)
-                            };
-                        }
-                    });
-                return transpose(&yt, rows, out);
-            }
-            yt.par_chunks_mut(rows * CHUNK)
-                .enumerate()
-                .for_each(|(c, block)| {
-                    for (j, y) in block.chunks_mut(rows).enumerate() {
-                        let o = c * CHUNK + j;
-                        // SAFETY: the CPU reported AVX2 and FMA; the slices are the sizes
+                return by_columns(
+                    rows,
+                    out,
+                    || (),
+                    |_, o, y| {
+                        // SAFETY: `available` reported the features; the slices are the sizes
                         // `dots_q8_0` reads (checked there).
                         #[allow(unsafe_code)]
                         unsafe {
-                            avx2::dots_q8_0(&xq, &w[o * row_bytes..(o + 1) * row_bytes], y)
+                            avx512::dots_q8_0(&xu, &w[o * row_bytes..(o + 1) * row_bytes], y)
                         };
-                    }
-                });
-            return transpose(&yt, rows, out);
+                    },
+                );
+            }
+            return by_columns(
+                rows,
+                out,
+                || (),
+                |_, o, y| {
+                    // SAFETY: the CPU reported AVX2 and FMA; the slices are the sizes
+                    // `dots_q8_0` reads (checked there).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        avx2::dots_q8_0(&xq, &w[o * row_bytes..(o + 1) * row_bytes], y)
+                    };
+                },
+            );
         }
     }
     let (unpack, kernel) = (pick_unpack(), pick_kernel());
-    yt.par_chunks_mut(rows * CHUNK)
-        .enumerate()
-        .for_each(|(c, block)| {
-            let mut wf = vec![0f32; k];
-            for (j, y) in block.chunks_mut(rows).enumerate() {
-                let o = c * CHUNK + j;
-                unpack(&w[o * row_bytes..(o + 1) * row_bytes], &mut wf);
-                kernel(x, k, &wf, y);
-            }
-        });
-    transpose(&yt, rows, out)
+    by_columns(
+        rows,
+        out,
+        || vec![0f32; k],
+        |wf, o, y| {
+            unpack(&w[o * row_bytes..(o + 1) * row_bytes], wf);
+            kernel(x, k, wf, y);
+        },
+    )
 }
 
 /// `(out, rows)` → `(rows, out)`.
-pub(super) fn transpose(yt: &[f32], rows: usize, out: usize) -> Vec<f32> {
+fn transpose(yt: &[f32], rows: usize, out: usize) -> Vec<f32> {
     let mut y = vec![0f32; rows * out];
     for (o, col) in yt.chunks(rows).enumerate() {
         for (r, v) in col.iter().enumerate() {

@@ -10,9 +10,7 @@
 //! sums of the inputs. Each weight block is unpacked once for all rows, and each output
 //! keeps its sums in registers, as in the `Q8_0` kernel (`nn/skinny.rs`).
 
-use rayon::prelude::*;
-
-use super::skinny::{CHUNK, transpose};
+use super::skinny::by_columns;
 
 /// Bytes of one ggml `Q4K` block: `d`, `dmin` (f16), 12 bytes of packed 6-bit scales and
 /// minima, 128 bytes of 4-bit values.
@@ -35,21 +33,19 @@ pub fn matmul_xwt_q4k(x: &[f32], rows: usize, k: usize, w: &[u8], out: usize) ->
         }
         let row_bytes = k / 256 * Q4K_BLOCK_BYTES;
         let xs = avx512::Rows::new(x, rows, k);
-        let mut yt = vec![0f32; out * rows];
-        yt.par_chunks_mut(rows * CHUNK)
-            .enumerate()
-            .for_each(|(c, block)| {
-                for (j, y) in block.chunks_mut(rows).enumerate() {
-                    let o = c * CHUNK + j;
-                    // SAFETY: `available` reported the features; the slices are the sizes
-                    // `dots` reads (checked there).
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        avx512::dots(&xs, &w[o * row_bytes..(o + 1) * row_bytes], y)
-                    };
-                }
-            });
-        Some(transpose(&yt, rows, out))
+        Some(by_columns(
+            rows,
+            out,
+            || (),
+            |_, o, y| {
+                // SAFETY: `available` reported the features; the slices are the sizes `dots`
+                // reads (checked there).
+                #[allow(unsafe_code)]
+                unsafe {
+                    avx512::dots(&xs, &w[o * row_bytes..(o + 1) * row_bytes], y)
+                };
+            },
+        ))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
