@@ -285,6 +285,18 @@ impl Gpt {
         self.dtype
     }
 
+    /// The dtype of the key/value caches: the compute dtype, except f16 for a quantized
+    /// network on the CPU (see [`crate::xtransformer::XTransformer::cache_dtype`]).
+    pub fn cache_dtype(&self) -> DType {
+        let quantized =
+            self.head.is_quantized() || self.blocks.iter().any(|b| b.attn.qkv.is_quantized());
+        if quantized && self.dtype == DType::F32 && matches!(self.device, Device::Cpu) {
+            DType::F16
+        } else {
+            self.dtype
+        }
+    }
+
     /// An empty cache for [`Gpt::step`].
     pub fn new_cache(&self) -> GptCache {
         GptCache::default()
@@ -380,7 +392,7 @@ impl Gpt {
                         self.cfg.n_head,
                         self.cfg.block_size,
                         hd,
-                        self.dtype,
+                        self.cache_dtype(),
                         &self.device,
                     )
                 })

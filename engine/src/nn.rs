@@ -16,8 +16,8 @@ mod gelu;
 pub mod grad;
 mod linear;
 mod skinny;
-mod skinny_f16;
 mod skinny_q4k;
+mod skinny_xw;
 
 pub use attention::{
     KvCache, attention, causal_mask, cross_attention, merge_heads, self_attention, softmax_train,

@@ -586,6 +586,23 @@ impl XTransformer {
         self.dtype
     }
 
+    /// The dtype of the decoder's key/value caches (self- and cross-attention): the compute
+    /// dtype, except f16 for a quantized network on the CPU — a step there reads its weights
+    /// at about a byte per parameter, and an f32 cache would be a quarter to half of what it
+    /// reads (the few-query kernel widens the f16 rows as it reads them).
+    pub fn cache_dtype(&self) -> DType {
+        let quantized = self.to_logits.is_quantized()
+            || self
+                .dec_blocks
+                .iter()
+                .any(|b| b.self_attn.q_or_qkv.is_quantized());
+        if quantized && self.dtype == DType::F32 && matches!(self.device, Device::Cpu) {
+            DType::F16
+        } else {
+            self.dtype
+        }
+    }
+
     /// Encoder over `src` `(B, Ls)` = `[t, (class), x_t]` → context `(B, Ls, dim)`, after the
     /// encoder's final LayerNorm, in the weights' dtype.
     pub fn encode(&self, src: &Tensor) -> Result<Tensor> {
@@ -648,10 +665,14 @@ impl XTransformer {
     fn start_in_pool(&self, src: &Tensor) -> Result<DecoderCache> {
         let context = self.encode(src)?;
         let (batch, ls, _) = context.dims3()?;
+        let cache_dtype = self.cache_dtype();
         let cross = self
             .dec_blocks
             .iter()
-            .map(|b| b.cross_attn.context_kv(&context))
+            .map(|b| {
+                let (k, v) = b.cross_attn.context_kv(&context)?;
+                Ok((k.to_dtype(cache_dtype)?, v.to_dtype(cache_dtype)?))
+            })
             .collect::<Result<Vec<_>>>()?;
         let self_kv = self
             .dec_blocks
@@ -662,7 +683,7 @@ impl XTransformer {
                     self.cfg.dec_heads,
                     self.cfg.dec_max_seq_len,
                     self.cfg.dim_head,
-                    self.dtype,
+                    cache_dtype,
                     &self.device,
                 )
             })

@@ -33,7 +33,8 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// `q` `(B, H, n, d)`, `k` and `v` `(B, H, m, d)` (views of a key/value cache are fine as long
 /// as each `(m, d)` matrix is row-contiguous); `mask` is additive, `(n, m)`, with 0 where
 /// attention is allowed and −∞ where it is not. The softmax runs in f32 for half-precision
-/// inputs. Returns `(B, H, n, d)` in the dtype of `q`.
+/// inputs. Keys and values may be stored in another float type than `q` (an f16 cache of a
+/// quantized stage). Returns `(B, H, n, d)` in the dtype of `q`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -48,6 +49,7 @@ pub fn attention(
     if let Some(out) = super::few_query::attention(q, k, v, scale, mask)? {
         return Ok(out);
     }
+    let (k, v) = (&k.to_dtype(dtype)?, &v.to_dtype(dtype)?);
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match dtype {
         DType::F16 | DType::BF16 => scores.to_dtype(DType::F32)?,
@@ -208,6 +210,11 @@ impl KvCache {
         })
     }
 
+    /// The type the keys and values are stored in.
+    pub fn dtype(&self) -> DType {
+        self.k.dtype()
+    }
+
     /// Batch size the cache was allocated for.
     pub fn batch_size(&self) -> usize {
         self.k.dims()[0]
@@ -218,8 +225,8 @@ impl KvCache {
         self.k.dims()[2]
     }
 
-    /// Writes `k`, `v` `(B, heads, n, head_dim)` at positions `pos..pos+n` and returns views of
-    /// the keys and values at positions `0..pos+n`.
+    /// Writes `k`, `v` `(B, heads, n, head_dim)` at positions `pos..pos+n` (converted to the
+    /// cache's dtype) and returns views of the keys and values at positions `0..pos+n`.
     pub fn write(&mut self, pos: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = k.dim(2)?;
         if pos + n > self.capacity() {
@@ -229,8 +236,11 @@ impl KvCache {
                 self.capacity()
             )
         }
-        self.k.slice_set(&k.contiguous()?, 2, pos)?;
-        self.v.slice_set(&v.contiguous()?, 2, pos)?;
+        let dtype = self.k.dtype();
+        self.k
+            .slice_set(&k.to_dtype(dtype)?.contiguous()?, 2, pos)?;
+        self.v
+            .slice_set(&v.to_dtype(dtype)?.contiguous()?, 2, pos)?;
         Ok((self.k.narrow(2, 0, pos + n)?, self.v.narrow(2, 0, pos + n)?))
     }
 

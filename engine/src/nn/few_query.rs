@@ -13,12 +13,13 @@ use rayon::prelude::*;
 pub const MAX_QUERIES: usize = 16;
 
 /// `softmax(q kᵀ · scale + mask) v` as [`super::attention`] computes it, or `None` when
-/// this path does not apply (not on the CPU, not f32 or f16, mixed types, more than
-/// [`MAX_QUERIES`] queries, tracked gradients, or a layout it does not read).
+/// this path does not apply (not on the CPU, not f32 or f16, keys and values of different
+/// types, more than [`MAX_QUERIES`] queries, tracked gradients, or a layout it does not read).
 ///
 /// Half-precision keys and values are widened row by row as they are read, so a step reads
 /// the cache once at its stored size; scores, softmax and sums run in f32 (as candle's
-/// softmax does for f16) and the result is returned in the type of `q`.
+/// softmax does for f16) and the result is returned in the type of `q`, which may differ
+/// from the cache's (a quantized stage computes in f32 over an f16 cache).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -29,9 +30,10 @@ pub fn attention(
     let dtype = q.dtype();
     // The mask may be of any float type: it is widened with the queries.
     let all = [Some(q), Some(k), Some(v), mask];
+    let stored = k.dtype();
     if !matches!(dtype, DType::F32 | DType::F16)
-        || k.dtype() != dtype
-        || v.dtype() != dtype
+        || !matches!(stored, DType::F32 | DType::F16)
+        || v.dtype() != stored
         || all
             .iter()
             .flatten()
@@ -51,7 +53,7 @@ pub fn attention(
         Some(t) => Some(t.to_dtype(DType::F32)?.contiguous()?),
         None => None,
     };
-    let out = match dtype {
+    let out = match stored {
         DType::F16 => heads::<half::f16>(&q, k, v, scale, mask.as_ref())?,
         _ => heads::<f32>(&q, k, v, scale, mask.as_ref())?,
     };
@@ -120,6 +122,17 @@ fn heads<T: Widen>(
 trait Widen: candle_core::WithDType + Copy + Send + Sync {
     /// `src` as f32: itself, or converted into `buf` (at least `src.len()` long).
     fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+
+    /// [`Widen::widen`] with F16C instructions written out, for a kernel compiled with
+    /// them (half's slice conversion is a call per eight values, and at batch 4 the calls
+    /// cost more than the f16 cache saved).
+    ///
+    /// # Safety
+    /// The CPU must support F16C (and the caller be compiled with it, for speed).
+    #[allow(unsafe_code)]
+    unsafe fn widen_f16c<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        Self::widen(src, buf)
+    }
 }
 
 impl Widen for f32 {
@@ -135,6 +148,28 @@ impl Widen for half::f16 {
         use half::slice::HalfFloatSliceExt;
         let buf = &mut buf[..src.len()];
         src.convert_to_f32_slice(buf);
+        buf
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn widen_f16c<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        use std::arch::x86_64::{_mm_loadu_si128, _mm256_cvtph_ps, _mm256_storeu_ps};
+        let n = src.len();
+        let buf = &mut buf[..n];
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `i + 8 ≤ n` for both slices; F16C is the caller's contract.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                _mm256_storeu_ps(buf.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        for (d, s) in buf[i..].iter_mut().zip(&src[i..]) {
+            *d = s.to_f32();
+        }
         buf
     }
 }
@@ -199,6 +234,9 @@ fn pick<T: Widen>() -> Kernel<T> {
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            if std::arch::is_x86_feature_detected!("f16c") {
+                return head_avx2_f16c::<T>;
+            }
             return head_avx2::<T>;
         }
     }
@@ -223,8 +261,23 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// One (sequence, head): for each query, scores over the keys, softmax (max-subtracted, as
 /// candle's), then the probability-weighted sum of the values.
+/// A row of the cache as f32; `F16C`: through [`Widen::widen_f16c`].
 #[inline(always)]
-fn head_body<T: Widen>(a: &Head<T>, out: &mut [f32]) {
+fn widen<'a, T: Widen, const F16C: bool>(src: &'a [T], buf: &'a mut [f32]) -> &'a [f32] {
+    if F16C {
+        // SAFETY: `F16C` is only set by `head_avx2_f16c`, picked after the CPU reported F16C.
+        #[allow(unsafe_code)]
+        unsafe {
+            T::widen_f16c(src, buf)
+        }
+    } else {
+        T::widen(src, buf)
+    }
+}
+
+/// `F16C`: read f16 rows with [`Widen::widen_f16c`] (only where the CPU has it).
+#[inline(always)]
+fn head_body<T: Widen, const F16C: bool>(a: &Head<T>, out: &mut [f32]) {
     let (m, d) = (a.m, a.d);
     let mut p = vec![0f32; m];
     let mut buf = vec![0f32; d];
@@ -232,7 +285,7 @@ fn head_body<T: Widen>(a: &Head<T>, out: &mut [f32]) {
         let qi = &a.q[i * d..(i + 1) * d];
         let mut max = f32::NEG_INFINITY;
         for (j, pj) in p.iter_mut().enumerate() {
-            let mut s = dot(qi, T::widen(a.k.row(j, d), &mut buf)) * a.scale;
+            let mut s = dot(qi, widen::<T, F16C>(a.k.row(j, d), &mut buf)) * a.scale;
             if let Some(mask) = a.mask {
                 s += mask[i * m + j];
             }
@@ -248,7 +301,7 @@ fn head_body<T: Widen>(a: &Head<T>, out: &mut [f32]) {
         o.fill(0.0);
         for (j, pj) in p.iter().enumerate() {
             let w = pj * inv;
-            for (oc, vc) in o.iter_mut().zip(T::widen(a.v.row(j, d), &mut buf)) {
+            for (oc, vc) in o.iter_mut().zip(widen::<T, F16C>(a.v.row(j, d), &mut buf)) {
                 *oc = w.mul_add(*vc, *oc);
             }
         }
@@ -256,13 +309,28 @@ fn head_body<T: Widen>(a: &Head<T>, out: &mut [f32]) {
 }
 
 fn head_generic<T: Widen>(a: &Head<T>, out: &mut [f32]) {
-    head_body(a, out);
+    head_body::<T, false>(a, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn head_avx2_impl<T: Widen>(a: &Head<T>, out: &mut [f32]) {
-    head_body(a, out);
+    head_body::<T, false>(a, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn head_avx2_f16c_impl<T: Widen>(a: &Head<T>, out: &mut [f32]) {
+    head_body::<T, true>(a, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn head_avx2_f16c<T: Widen>(a: &Head<T>, out: &mut [f32]) {
+    // SAFETY: only selected by `pick` after the CPU reported AVX2, FMA and F16C.
+    #[allow(unsafe_code)]
+    unsafe {
+        head_avx2_f16c_impl(a, out)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -333,6 +401,54 @@ mod tests {
         }
     }
 
+    /// A quantized stage's step: f32 queries over an f16 cache, checked against candle's
+    /// ops on the cache widened to f32 (the cache's rounding is the only difference).
+    #[test]
+    fn f32_queries_over_an_f16_cache() {
+        let dev = Device::Cpu;
+        let (b, h, d, cap) = (2, 3, 64, 40);
+        for (n, m) in [(1, 1), (1, 33), (5, 40)] {
+            let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
+            let kc = Tensor::randn(0f32, 1.0, (b, h, cap, d), &dev).unwrap();
+            let vc = Tensor::randn(0f32, 1.0, (b, h, cap, d), &dev).unwrap();
+            let half = |t: &Tensor| t.narrow(2, 0, m).unwrap().to_dtype(DType::F16).unwrap();
+            let (k, v) = (half(&kc), half(&vc));
+            let mask = crate::nn::causal_mask(n, m - n, 0, &dev).unwrap();
+            let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = reference(&q, &wide(&k), &wide(&v), 0.125, mask.as_ref());
+            let got = attention(&q, &k, &v, 0.125, mask.as_ref())
+                .unwrap()
+                .expect("few-query path");
+            assert_eq!(got.dtype(), DType::F32);
+            let diff = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "n {n} m {m}: {diff}");
+            // More queries than this path takes: `nn::attention` widens the cache itself.
+            let many = Tensor::randn(0f32, 1.0, (b, h, 20, d), &dev).unwrap();
+            let got = crate::nn::attention(&many, &k, &v, 0.125, None).unwrap();
+            let want = reference(&many, &wide(&k), &wide(&v), 0.125, None);
+            let diff = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "20 queries, m {m}: {diff}");
+        }
+    }
+
     #[test]
     fn declines_what_it_does_not_compute() {
         let dev = Device::Cpu;
@@ -347,9 +463,10 @@ mod tests {
         assert!(attention(&q, &k, &k, 1.0, None).unwrap().is_none(), "bf16");
         let q16 = Tensor::zeros((1, 2, 1, 8), DType::F16, &dev).unwrap();
         let k32 = Tensor::zeros((1, 2, 20, 8), DType::F32, &dev).unwrap();
+        let v16 = k32.to_dtype(DType::F16).unwrap();
         assert!(
-            attention(&q16, &k32, &k32, 1.0, None).unwrap().is_none(),
-            "mixed types"
+            attention(&q16, &k32, &v16, 1.0, None).unwrap().is_none(),
+            "keys and values of different types"
         );
         // Keys whose rows are not contiguous (a transposed view).
         let q = Tensor::zeros((1, 2, 1, 8), DType::F32, &dev).unwrap();

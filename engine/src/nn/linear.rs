@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{grad, skinny, skinny_f16, skinny_q4k};
+use super::{grad, skinny, skinny_q4k, skinny_xw};
 
 /// From this many rows on (encoder passes, cross-attention keys, batched prefills), a layer in
 /// a block format multiplies through its weight dequantized for the call and the f32 GEMM:
@@ -22,11 +22,11 @@ const DEQUANTIZED_MIN_ROWS: usize = 64;
 /// input (query/key/value), concatenated along the output dimension, so one matrix product
 /// replaces three.
 ///
-/// The weight is kept as `Wᵀ` `(in, out)`: a transposed view of the PyTorch tensor for f32
-/// (candle's CPU GEMM is fastest on that layout; products of 1–16 rows, i.e. decoding, go
-/// through the few-row kernel of `nn/skinny.rs` instead), a contiguous copy for half precision
-/// on the CPU (the f16 GEMM is several times faster on row-major right-hand sides when only a
-/// few rows are multiplied), or a ggml block format ([`Linear::quantized`]).
+/// The weight is kept as `Wᵀ` `(in, out)`: on the CPU a contiguous copy (candle's GEMM with
+/// its AVX-512 kernels runs an encoder pass a quarter faster on it than on a transposed view,
+/// and no slower with AVX2; products of 1–16 rows, i.e. decoding, go through the few-row
+/// kernel of `nn/skinny_xw.rs`), a transposed view of the PyTorch tensor for a training
+/// variable or another device, or a ggml block format ([`Linear::quantized`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `Wᵀ`, `(in, out)` (for a quantized layer, the dequantized weight is not kept: this is
@@ -67,8 +67,14 @@ impl Linear {
                 weight.dims()
             )
         }
+        // On the CPU `Wᵀ` is kept contiguous `(in, out)`: candle's GEMM then packs a
+        // column-major operand (a transposed view cost a quarter of an encoder pass in
+        // packing), and the few-row kernel reads weight rows. A variable (training) stays a
+        // view, so the optimizer's updates are what the layer computes with.
         let weight_t = match (weight.device(), weight.dtype()) {
-            (Device::Cpu, DType::F16 | DType::BF16) => weight.t()?.contiguous()?,
+            (Device::Cpu, DType::F16 | DType::BF16 | DType::F32) if !weight.is_variable() => {
+                weight.t()?.contiguous()?
+            }
             _ => weight.t()?,
         };
         Ok(Self {
@@ -258,10 +264,13 @@ impl Linear {
             return Ok(None);
         }
         if x2.dtype() == DType::F16 && self.weight_t.dtype() == DType::F16 {
-            return self.skinny_f16(x2, rows);
+            return self.skinny_xw::<half::f16>(x2, rows);
         }
         if x2.dtype() != DType::F32 || self.weight_t.dtype() != DType::F32 {
             return Ok(None);
+        }
+        if self.weight_t.is_contiguous() {
+            return self.skinny_xw::<f32>(x2, rows);
         }
         let w = self.weight_t.t()?;
         let (out, k) = w.dims2()?;
@@ -287,9 +296,13 @@ impl Linear {
         Ok(Some(Tensor::from_vec(y, (rows, out), x2.device())?))
     }
 
-    /// Few-row products of an f16 layer through [`skinny_f16::matmul_xw_f16`] (`Wᵀ` is kept
-    /// contiguous `(in, out)` for f16); the input and output stay f16, the sums run in f32.
-    fn skinny_f16(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+    /// Few-row products of a layer whose `Wᵀ` is contiguous `(in, out)` (f16 or f32) through
+    /// [`skinny_xw::matmul_xw`]; the output has the input's dtype, the sums run in f32.
+    fn skinny_xw<T: skinny_xw::Weight + candle_core::WithDType>(
+        &self,
+        x2: &Tensor,
+        rows: usize,
+    ) -> Result<Option<Tensor>> {
         let (k, out) = self.weight_t.dims2()?;
         let (w_guard, w_layout) = self.weight_t.storage_and_layout();
         let candle_core::Storage::Cpu(ws) = &*w_guard else {
@@ -299,10 +312,10 @@ impl Linear {
             return Ok(None);
         };
         let xs = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let y = skinny_f16::matmul_xw_f16(&xs, rows, k, &ws.as_slice::<half::f16>()?[w0..w1], out);
+        let y = skinny_xw::matmul_xw(&xs, rows, k, &ws.as_slice::<T>()?[w0..w1], out);
         drop(w_guard);
         Tensor::from_vec(y, (rows, out), x2.device())?
-            .to_dtype(DType::F16)
+            .to_dtype(x2.dtype())
             .map(Some)
     }
 
