@@ -72,9 +72,11 @@ impl Linear {
         // packing), and the few-row kernel reads weight rows. A variable (training) stays a
         // view, so the optimizer's updates are what the layer computes with.
         let weight_t = match (weight.device(), weight.dtype()) {
-            (Device::Cpu, DType::F16 | DType::BF16 | DType::F32) if !weight.is_variable() => {
-                weight.t()?.contiguous()?
+            (Device::Cpu, DType::F16) if !weight.is_variable() => transposed::<half::f16>(&weight)?,
+            (Device::Cpu, DType::BF16) if !weight.is_variable() => {
+                transposed::<half::bf16>(&weight)?
             }
+            (Device::Cpu, DType::F32) if !weight.is_variable() => transposed::<f32>(&weight)?,
             _ => weight.t()?,
         };
         Ok(Self {
@@ -400,5 +402,105 @@ impl Linear {
         let mut out_shape = lead.to_vec();
         out_shape.push(self.out_dim);
         y.reshape(out_shape)
+    }
+}
+
+/// `w` `(rows, cols)` on the CPU as a new contiguous `(cols, rows)` tensor, transposed in
+/// 32×32 tiles over the threads: a load copies every weight this way, and candle's strided
+/// copy (`t().contiguous()`, an index computation per element) took 3–5× as long.
+fn transposed<T: candle_core::WithDType>(w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    let (rows, cols) = w.dims2()?;
+    let w = w.contiguous()?;
+    let (guard, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*guard else {
+        drop(guard);
+        return w.t()?.contiguous();
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        drop(guard);
+        return w.t()?.contiguous();
+    };
+    let src = &storage.as_slice::<T>()?[start..end];
+    let mut out = vec![T::from_f64(0.0); rows * cols];
+    if rows > 0 {
+        // Each task writes `TILE` whole output rows (input columns `c0..c1`).
+        out.par_chunks_mut(rows * TILE)
+            .enumerate()
+            .for_each(|(t, dst)| {
+                let c0 = t * TILE;
+                let c1 = (c0 + TILE).min(cols);
+                for r0 in (0..rows).step_by(TILE) {
+                    for r in r0..(r0 + TILE).min(rows) {
+                        for (i, v) in src[r * cols + c0..r * cols + c1].iter().enumerate() {
+                            dst[i * rows + r] = *v;
+                        }
+                    }
+                }
+            });
+    }
+    drop(guard);
+    Tensor::from_vec(out, (cols, rows), w.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiled_transpose_equals_candles() {
+        let dev = Device::Cpu;
+        for (rows, cols) in [
+            (1, 1),
+            (3, 70),
+            (64, 32),
+            (33, 65),
+            (100, 7),
+            (0, 5),
+            (5, 0),
+        ] {
+            let w = Tensor::arange(0f32, (rows * cols) as f32, &dev)
+                .unwrap()
+                .reshape((rows, cols))
+                .unwrap();
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let w = w.to_dtype(dtype).unwrap();
+                let got = match dtype {
+                    DType::F16 => transposed::<half::f16>(&w),
+                    DType::BF16 => transposed::<half::bf16>(&w),
+                    _ => transposed::<f32>(&w),
+                }
+                .unwrap();
+                assert!(got.is_contiguous());
+                assert_eq!(got.dims(), &[cols, rows]);
+                let want = w.t().unwrap().contiguous().unwrap();
+                let (got, want) = (
+                    got.to_dtype(DType::F32).unwrap().flatten_all().unwrap(),
+                    want.to_dtype(DType::F32).unwrap().flatten_all().unwrap(),
+                );
+                assert_eq!(
+                    got.to_vec1::<f32>().unwrap(),
+                    want.to_vec1::<f32>().unwrap(),
+                    "{rows}×{cols} {dtype:?}"
+                );
+            }
+        }
+        // A view (not contiguous) is read through its layout.
+        let w = Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap()
+            .t()
+            .unwrap();
+        let got = transposed::<f32>(&w).unwrap();
+        assert_eq!(
+            got.to_vec2::<f32>().unwrap(),
+            vec![
+                vec![0., 1., 2., 3.],
+                vec![4., 5., 6., 7.],
+                vec![8., 9., 10., 11.]
+            ]
+        );
     }
 }
