@@ -69,14 +69,14 @@ impl Linear {
         }
         // On the CPU `Wᵀ` is kept contiguous `(in, out)`: candle's GEMM then packs a
         // column-major operand (a transposed view cost a quarter of an encoder pass in
-        // packing), and the few-row kernel reads weight rows. A variable (training) stays a
-        // view, so the optimizer's updates are what the layer computes with.
+        // packing), and the few-row kernel reads weight rows. A weight in a gradient graph
+        // (a training variable, or query/key/value concatenated from variables) stays a view,
+        // so gradients reach the variables and the optimizer's updates are what the layer
+        // computes with.
         let weight_t = match (weight.device(), weight.dtype()) {
-            (Device::Cpu, DType::F16) if !weight.is_variable() => transposed::<half::f16>(&weight)?,
-            (Device::Cpu, DType::BF16) if !weight.is_variable() => {
-                transposed::<half::bf16>(&weight)?
-            }
-            (Device::Cpu, DType::F32) if !weight.is_variable() => transposed::<f32>(&weight)?,
+            (Device::Cpu, DType::F16) if !weight.track_op() => transposed::<half::f16>(&weight)?,
+            (Device::Cpu, DType::BF16) if !weight.track_op() => transposed::<half::bf16>(&weight)?,
+            (Device::Cpu, DType::F32) if !weight.track_op() => transposed::<f32>(&weight)?,
             _ => weight.t()?,
         };
         Ok(Self {
