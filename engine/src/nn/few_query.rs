@@ -359,6 +359,20 @@ mod tests {
             .unwrap()
     }
 
+    /// The largest absolute difference between two f32 tensors of one shape.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn matches_candle_on_cache_views_with_and_without_mask() {
         let dev = Device::Cpu;
@@ -381,16 +395,7 @@ mod tests {
                         .unwrap()
                         .expect("few-query path");
                     assert_eq!(got.dtype(), dtype);
-                    let diff = (got.to_dtype(DType::F32).unwrap() - &want)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let diff = max_abs_diff(&got.to_dtype(DType::F32).unwrap(), &want);
                     assert!(
                         diff < tol,
                         "{dtype:?} n {n} m {m} mask {}: {diff}",
@@ -420,31 +425,13 @@ mod tests {
                 .unwrap()
                 .expect("few-query path");
             assert_eq!(got.dtype(), DType::F32);
-            let diff = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "n {n} m {m}: {diff}");
             // More queries than this path takes: `nn::attention` widens the cache itself.
             let many = Tensor::randn(0f32, 1.0, (b, h, 20, d), &dev).unwrap();
             let got = crate::nn::attention(&many, &k, &v, 0.125, None).unwrap();
             let want = reference(&many, &wide(&k), &wide(&v), 0.125, None);
-            let diff = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "20 queries, m {m}: {diff}");
         }
     }
