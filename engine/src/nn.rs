@@ -11,6 +11,7 @@
 //! gradients, so their path and numerics are unchanged.
 
 mod attention;
+pub(crate) mod fastmath;
 mod few_query;
 mod gelu;
 pub mod grad;
@@ -18,6 +19,7 @@ mod linear;
 mod skinny;
 mod skinny_q4k;
 mod skinny_xw;
+pub(crate) mod train_attention;
 
 pub use attention::{
     KvCache, attention, causal_mask, cross_attention, merge_heads, self_attention, softmax_train,

@@ -9,6 +9,7 @@
 //! are loops over contiguous rows so that they auto-vectorize. Each entry point returns `None`
 //! where it does not apply (other device or dtype) and the caller falls back to candle ops.
 
+use crate::nn::fastmath::exp_approx;
 use candle_core::{DType, Device, Result, Storage, Tensor};
 
 /// G of F(4×4, 3×3): the filter transform U = G g Gᵀ.
@@ -134,24 +135,6 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
 
 fn is_cpu_f32(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && t.device().is_cpu()
-}
-
-/// exp(x) for x ≤ 88, branch-free so that loops over it vectorize (Cephes `expf` polynomial,
-/// about 1 ulp); underflows to ~0 below −87.
-#[inline(always)]
-fn exp_approx(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    // n = round(x / ln 2) via the 1.5·2²³ trick, which also leaves n in the low mantissa bits
-    // of t, so 2ⁿ is built with integer ops only (a float→int cast would not vectorize).
-    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
-    let n = t - 12_582_912.0;
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
-        + 0.5;
-    let e = p * r * r + r + 1.0;
-    e * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
 }
 
 /// swish(x) = x · sigmoid(x).
