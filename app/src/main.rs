@@ -212,6 +212,7 @@ fn quiet_panics() {
 
 fn main() -> ExitCode {
     tessera_engine::threads::fix_thread_count();
+    tessera_engine::heap::keep_freed_memory();
     quiet_panics();
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod confidence;
 pub mod error;
 pub mod gpt;
+pub mod heap;
 pub mod imagenet;
 pub mod inpaint;
 pub mod loader;

@@ -214,8 +214,11 @@ impl Engine {
                     waker: Box::new(waker),
                     secs_per_token: None,
                 };
-                for req in req_rx {
+                for req in req_rx.iter() {
                     worker.handle(req);
+                    if req_rx.is_empty() {
+                        crate::heap::release_kept_memory();
+                    }
                 }
             })
             .ok();

@@ -62,7 +62,7 @@ impl HeadLayout {
 
     /// Checks that every element of `rows` rows of every head lies inside `len`.
     fn check(&self, dims: &Dims, rows: usize, len: usize, what: &str) -> Result<()> {
-        if dims.batch == 0 || dims.heads == 0 || rows == 0 || dims.head_dim == 0 {
+        if dims.empty() {
             return Ok(());
         }
         let end = self.base(dims.batch - 1, dims.heads - 1) + (rows - 1) * self.row + dims.head_dim;
@@ -86,6 +86,13 @@ pub(crate) struct Dims {
     pub m: usize,
     /// Width of a head.
     pub head_dim: usize,
+}
+
+impl Dims {
+    /// Nothing to compute (and no row to address).
+    fn empty(&self) -> bool {
+        self.batch == 0 || self.heads == 0 || self.n == 0 || self.m == 0 || self.head_dim == 0
+    }
 }
 
 /// An operand: its buffer and where each head lies in it.
@@ -213,6 +220,9 @@ impl Attention<'_> {
             head_dim: d,
         } = self.dims;
         out_layout.check(&self.dims, n, out_len, "output")?;
+        if self.dims.empty() {
+            return Ok(vec![0f32; out_len]);
+        }
         let heads_out: Vec<Vec<f32>> = (0..batch * heads)
             .into_par_iter()
             .map(|t| {
@@ -260,6 +270,14 @@ impl Attention<'_> {
         d_out
             .layout
             .check(&self.dims, n, d_out.data.len(), "output gradient")?;
+        if self.dims.empty() {
+            let heads = batch * heads;
+            return Ok([
+                vec![0f32; heads * n * d],
+                vec![0f32; heads * m * d],
+                vec![0f32; heads * m * d],
+            ]);
+        }
         let grads: Vec<[Vec<f32>; 3]> = (0..batch * heads)
             .into_par_iter()
             .map(|t| {
@@ -626,6 +644,35 @@ mod tests {
     fn cross_attention_matches_candle_ops_and_autograd() {
         check(2, 2, 5, 19, 8, false);
         check(3, 1, 1, 7, 4, false);
+    }
+
+    #[test]
+    fn empty_sizes_give_zeros() {
+        let att = Attention {
+            dims: Dims {
+                batch: 2,
+                heads: 1,
+                n: 3,
+                m: 0,
+                head_dim: 4,
+            },
+            scale: 1.0,
+            mask: None,
+        };
+        let q = Src {
+            data: &[0.5; 24],
+            layout: HeadLayout::split(1, 3, 4),
+        };
+        let kv = Src {
+            data: &[],
+            layout: HeadLayout::split(1, 0, 4),
+        };
+        let out = att
+            .forward(q, kv, kv, HeadLayout::split(1, 3, 4), 24)
+            .unwrap();
+        assert_eq!(out, vec![0.0; 24]);
+        let [dq, dk, dv] = att.backward(q, kv, kv, q).unwrap();
+        assert_eq!((dq.len(), dk.len(), dv.len()), (24, 0, 0));
     }
 
     #[test]
