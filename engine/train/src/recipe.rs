@@ -139,7 +139,7 @@ impl Default for Recipe {
             pool: 20_000,
             context_len: 16,
             min_word_count: 1,
-            stage_steps: vec![3000, 3000],
+            stage_steps: vec![5000, 5000],
             stage_batch: 16,
             stage_lr: 5e-4,
             stage_warmup: 100,
