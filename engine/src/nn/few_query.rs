@@ -343,7 +343,7 @@ fn head_avx2<T: Widen>(a: &Head<T>, out: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// candle's ops, as `nn::attention` computed it before this path.
@@ -360,7 +360,7 @@ mod tests {
     }
 
     /// The largest absolute difference between two f32 tensors of one shape.
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

@@ -482,20 +482,8 @@ mod tests {
     use candle_core::{D, Device, IndexOp, Tensor, Var};
 
     use super::*;
+    use crate::nn::few_query::tests::max_abs_diff;
     use crate::nn::{causal_mask, merge_heads, split_heads};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Kernel against candle's primitive ops and autograd, for self-attention over a fused
     /// `[q; k; v]` projection (masked or not) and cross-attention of `(B, H, rows, d)` tensors.
