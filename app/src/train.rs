@@ -361,6 +361,10 @@ pub struct EvalArgs {
     /// Top-p (nucleus) truncation of every level (1 = off).
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Re-sampling passes (chains) of every level in the inpaintings (default: the editor's,
+    /// 3 per level for a geometric schedule).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub chains: Option<u64>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -424,13 +428,18 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         None => None,
     };
     let sampling = explicit.unwrap_or_else(|| model.card.sampling.unwrap_or_default());
+    let chains = args.chains.map(|n| n as usize);
     eprintln!(
-        "sampling: guidance {}, temperature {}, top-k {}, top-p {}",
+        "sampling: guidance {}, temperature {}, top-k {}, top-p {}, inpainting chains {:?}",
         args.guidance_scale
             .unwrap_or_else(|| model.card.guidance_scale.unwrap_or(1.0)),
         sampling.temperature,
         sampling.top_k.map_or("off".into(), |k| k.to_string()),
-        sampling.top_p.map_or("off".into(), |p| p.to_string())
+        sampling.top_p.map_or("off".into(), |p| p.to_string()),
+        chains.map_or_else(
+            || tessera_engine::pipeline::default_chains(&model.card),
+            |n| vec![n; model.card.levels()]
+        )
     );
     let tokenizer = PromptTokenizer::for_model(&args.model, &model.card)?;
     let val = recipe::val_scenes(&set, &recipe)?;
@@ -486,6 +495,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             .guidance_scale
             .unwrap_or_else(|| model.card.guidance_scale.unwrap_or(1.0)),
         sampling,
+        chains,
         ..EvalConfig::default()
     };
     let report = evaluate(

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use tessera_engine::inpaint::{PresetMask, Window, composite, known_tokens, token_mask};
 use tessera_engine::loader::Model;
-use tessera_engine::loader::card::{Condition, Conditioning};
-use tessera_engine::pipeline::{ChainRequest, Silent, run_chain};
+use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
+use tessera_engine::pipeline::{ChainRequest, Silent, default_chains, run_chain};
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::text::PromptTokenizer;
 use tessera_engine::vqgan::Vqgan;
@@ -51,6 +51,11 @@ pub struct EvalConfig {
     /// Sampling settings of every level (temperature, top-k, top-p) for all generations.
     #[serde(default)]
     pub sampling: LevelParams,
+    /// Passes per level (the official inpainting chains, §6.3 of the spec) for every
+    /// generation; `None`: the editor's defaults ([`default_chains`] for inpainting, one pass
+    /// for unconditional samples).
+    #[serde(default)]
+    pub chains: Option<usize>,
     /// Seed of scenes, requested categories and sampling.
     pub seed: u64,
 }
@@ -64,6 +69,7 @@ impl Default for EvalConfig {
             fid: 256,
             guidance_scale: 2.0,
             sampling: LevelParams::default(),
+            chains: None,
             seed: 2024,
         }
     }
@@ -185,10 +191,10 @@ impl<'a> Masked<'a> {
         model: &Model,
         cond: Condition,
         scale: f32,
-        level: LevelParams,
+        cfg: &EvalConfig,
         seed: u64,
     ) -> Result<RgbImage> {
-        let req = request(model, cond, scale, level, seed, Some(self.known.clone()));
+        let req = request(model, cond, scale, cfg, seed, Some(self.known.clone()));
         let grids = run_chain(model, &req, &mut Silent)?;
         let generated = decode(model, &grids.last().expect("x_0")[0])?;
         Ok(composite(
@@ -205,22 +211,34 @@ fn request(
     model: &Model,
     condition: Condition,
     scale: f32,
-    level: LevelParams,
+    cfg: &EvalConfig,
     seed: u64,
     known: Option<Vec<Option<u32>>>,
 ) -> ChainRequest {
     let t = model.card.levels();
+    let chains = chains_of(&model.card, cfg.chains, known.is_some());
     ChainRequest {
         condition,
         guidance_scale: scale,
         negative: Condition::None,
         candidates: 1,
         seed,
-        levels: vec![level; t],
+        levels: vec![cfg.sampling; t],
         encdec_temperature: true,
-        chains: vec![1; t],
+        chains,
         known,
         start: None,
+    }
+}
+
+/// Passes per level: `chains` for every level when given, else the editor's and the CLI's
+/// defaults — the official chain counts when inpainting, one pass when sampling.
+fn chains_of(card: &ModelCard, chains: Option<usize>, inpainting: bool) -> Vec<usize> {
+    let t = card.levels();
+    match chains {
+        Some(n) => vec![n.max(1); t],
+        None if inpainting => default_chains(card),
+        None => vec![1; t],
     }
 }
 
@@ -364,7 +382,7 @@ pub fn evaluate(
             } else {
                 cfg.guidance_scale
             };
-            let out = masked.fill(model, cond, scale, cfg.sampling, cfg.seed + i as u64)?;
+            let out = masked.fill(model, cond, scale, cfg, cfg.seed + i as u64)?;
             let x = batch_to_tensor(std::slice::from_ref(&out), &dev)?;
             if classifier.predict(&x)?[0] == want {
                 hits[k] += 1;
@@ -424,7 +442,7 @@ pub fn evaluate(
                 model,
                 Condition::None,
                 1.0,
-                cfg.sampling,
+                cfg,
                 cfg.seed + 10_000 + i as u64,
                 None,
             );
@@ -443,7 +461,7 @@ pub fn evaluate(
                 model,
                 Condition::None,
                 1.0,
-                cfg.sampling,
+                cfg,
                 cfg.seed + 20_000 + i as u64,
             )?);
         }
@@ -590,7 +608,7 @@ pub fn contact_sheet(
     scale_px: u32,
     cfg: &EvalConfig,
 ) -> Result<(RgbImage, Vec<String>)> {
-    let (seed, g, level) = (cfg.seed, cfg.guidance_scale, cfg.sampling);
+    let (seed, g) = (cfg.seed, cfg.guidance_scale);
     let card = &model.card;
     let res = card.resolution() as u32;
     let classes = super::data::class_names().len();
@@ -630,17 +648,17 @@ pub fn contact_sheet(
                 model,
                 condition_of(card, tokenizer, usize::MAX, &prompt)?,
                 g,
-                level,
+                cfg,
                 seed,
             )?,
             target.fill(
                 model,
                 condition_of(card, tokenizer, want, "")?,
                 g,
-                level,
+                cfg,
                 seed,
             )?,
-            target.fill(model, Condition::None, 1.0, level, seed)?,
+            target.fill(model, Condition::None, 1.0, cfg, seed)?,
         ];
         for (c, img) in cells.iter().enumerate() {
             let big =
@@ -654,4 +672,27 @@ pub fn contact_sheet(
         }
     }
     Ok((sheet, asked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped model's card (T = 2, geometric schedule).
+    fn shipped_card() -> ModelCard {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/model/model.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn inpaintings_use_the_editors_chain_counts_unless_told() {
+        let card = shipped_card();
+        assert_eq!(card.levels(), 2);
+        // What the editor's generation settings start from for this card.
+        assert_eq!(chains_of(&card, None, true), default_chains(&card));
+        assert_eq!(chains_of(&card, None, true), vec![3, 3]);
+        assert_eq!(chains_of(&card, None, false), vec![1, 1]);
+        assert_eq!(chains_of(&card, Some(2), true), vec![2, 2]);
+        assert_eq!(chains_of(&card, Some(0), false), vec![1, 1]);
+    }
 }
