@@ -249,7 +249,7 @@ pub fn bench_model(model: &Path) -> Result<()> {
     };
     for (what, kind, chains) in [
         (
-            "inpaint (centre window, official chain counts)",
+            "inpaint (centre window, default chain counts)",
             JobKind::Inpaint {
                 image: Arc::new(image.clone()),
                 mask: Arc::new(mask.clone()),

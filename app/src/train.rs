@@ -362,7 +362,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub top_p: Option<f32>,
     /// Re-sampling passes (chains) of every level in the inpaintings (default: the editor's,
-    /// 3 per level for a geometric schedule).
+    /// 3 per encoder–decoder level for a geometric schedule, 1 for the GPT).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub chains: Option<u64>,
     /// Write the report as JSON here.

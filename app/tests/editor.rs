@@ -865,8 +865,9 @@ fn negative_and_strength_settings_reach_the_job() {
     assert_eq!((old.negative_class, old.strength), (None, None));
     assert!(old.negative_prompt.is_empty());
 
-    // Strength (3-level model, 3 passes per level by default): the preflight counts only the
-    // redone level, the job runs only it, and the history record keeps it.
+    // Strength (3-level model; by default 3 passes per encoder–decoder level, 1 for the GPT):
+    // the preflight counts only the redone level, the job runs only it, and the history
+    // record keeps it.
     let s = Setup::new();
     let mut h = masked_image(&s);
     run_until(&mut h, "the token grid", |a| {
@@ -876,7 +877,7 @@ fn negative_and_strength_settings_reach_the_job() {
     let (_, full) = h.state().preflight().expect("preflight");
     h.state_mut().settings.strength = Some(1);
     let (_, redo_one) = h.state().preflight().expect("preflight");
-    assert_eq!(redo_one * 3, full);
+    assert_eq!(redo_one * (3 + 3 + 1), full * 3);
     h.state_mut().generate();
     run_until(&mut h, "the job", |a| !a.jobs.busy());
     let app = h.state();

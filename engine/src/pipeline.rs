@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::gpt::{Gpt, GptCache};
-use crate::loader::card::{Condition, ModelCard};
+use crate::loader::card::{Condition, ModelCard, Network};
 use crate::loader::{Model, Stage};
 use crate::sampler::{self, LevelParams};
 use crate::schedule::Schedule;
@@ -219,19 +219,26 @@ impl ChainRequest {
     }
 }
 
-/// The official inpainting script's chain counts: 3 passes per stage for a geometric
-/// schedule; otherwise 5 per encoder–decoder stage and 1 for the GPT stage.
+/// The inpainting chain counts: the official script's — 3 passes per stage for a geometric
+/// schedule, otherwise 5 per encoder–decoder stage — except that a GPT stage (the last) runs
+/// once. A GPT reads no x_t, so every pass after its first draws x_{T−1} afresh from the same
+/// distribution; the official script runs three of them for geometric schedules (one for the
+/// others), which only costs time: here the result's distribution is the same for a third of
+/// the top level's work.
 pub fn default_chains(card: &ModelCard) -> Vec<usize> {
     let t = card.levels();
     let geometric = card
         .schedule
         .max_abs_diff(&Schedule::geometric(t))
         .is_some_and(|d| d <= 1e-6);
-    if geometric {
-        vec![3; t]
-    } else {
-        (1..=t).map(|s| if s == t { 1 } else { 5 }).collect()
-    }
+    card.stages
+        .iter()
+        .map(|stage| match stage.network {
+            Network::Gpt { .. } => 1,
+            _ if geometric => 3,
+            _ => 5,
+        })
+        .collect()
 }
 
 /// The random generator of candidate `index` under `seed`: ChaCha8 keyed by the seed, stream

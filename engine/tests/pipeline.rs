@@ -162,9 +162,35 @@ fn teacher_forced(
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn default_chains_follow_the_official_script() {
-    assert_eq!(default_chains(&load("uncond_geometric").card), [3, 3, 3]);
+fn default_chains_follow_the_official_script_but_run_the_gpt_once() {
+    // The official script: 3 per stage (geometric), 5 per encoder–decoder and 1 for the GPT
+    // (custom); a GPT reads no x_t, so its further passes are dropped.
+    assert_eq!(default_chains(&load("uncond_geometric").card), [3, 3, 1]);
     assert_eq!(default_chains(&load("class_custom").card), [5, 1]);
+}
+
+/// Why the GPT's passes can go: whatever the grid it is handed, the GPT level draws the same
+/// x_{T−1} from the same random stream.
+#[test]
+fn the_gpt_level_does_not_read_its_input() {
+    let model = load("uncond_geometric");
+    let t = model.card.levels();
+    let x0 = grid(3, 64, 40);
+    let mut req = ChainRequest::new(&model.card);
+    req.known = Some(mask(&x0, |i| i % 4 == 0));
+    req.seed = 5;
+    let draw = |start: Vec<u32>| {
+        let mut r = req.clone();
+        r.start = Some(Start {
+            level: t,
+            grids: vec![start],
+        });
+        run_chain(&model, &r, &mut Silent).unwrap()[0].clone()
+    };
+    let a = draw(grid(11, 64, 40));
+    let b = draw(grid(12, 64, 40));
+    assert_ne!(grid(11, 64, 40), grid(12, 64, 40));
+    assert_eq!(a, b);
 }
 
 #[test]
@@ -317,7 +343,8 @@ fn chains_run_every_pass_and_keep_known_tokens() {
     let masked = known.iter().filter(|k| k.is_none()).count();
     let mut req = ChainRequest::new(&model.card);
     req.known = Some(known.clone());
-    req.chains = default_chains(&model.card);
+    // Every pass runs when asked for, the GPT's too.
+    req.chains = vec![3; 3];
     req.candidates = 2;
     let mut rec = Recorder::with_known(&known);
     let out = run_chain(&model, &req, &mut rec).unwrap();

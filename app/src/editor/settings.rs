@@ -39,7 +39,7 @@ pub struct LevelSetting {
 /// Named per-level presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
-    /// Temperature 1, no truncation, the official chain counts.
+    /// Temperature 1, no truncation, the default chain counts ([`default_chains`]).
     Default,
     /// Cooler sampling with top-k: closer to the surroundings.
     Conservative,
@@ -137,7 +137,7 @@ impl Default for GenSettings {
 }
 
 impl GenSettings {
-    /// Defaults for a model: its levels with the official chain counts, its recommended
+    /// Defaults for a model: its levels with the default chain counts, its recommended
     /// guidance.
     pub fn for_card(card: &ModelCard) -> Self {
         let mut s = Self::default();

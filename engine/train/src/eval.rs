@@ -678,7 +678,7 @@ pub fn contact_sheet(
 mod tests {
     use super::*;
 
-    /// The shipped model's card (T = 2, geometric schedule).
+    /// The shipped model's card (T = 2, geometric schedule, a GPT at level 2).
     fn shipped_card() -> ModelCard {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/model/model.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -690,7 +690,7 @@ mod tests {
         assert_eq!(card.levels(), 2);
         // What the editor's generation settings start from for this card.
         assert_eq!(chains_of(&card, None, true), default_chains(&card));
-        assert_eq!(chains_of(&card, None, true), vec![3, 3]);
+        assert_eq!(chains_of(&card, None, true), vec![3, 1]);
         assert_eq!(chains_of(&card, None, false), vec![1, 1]);
         assert_eq!(chains_of(&card, Some(2), true), vec![2, 2]);
         assert_eq!(chains_of(&card, Some(0), false), vec![1, 1]);
