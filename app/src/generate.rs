@@ -55,7 +55,8 @@ pub struct SamplingArgs {
     #[arg(long, value_delimiter = ',')]
     pub top_p: Vec<f32>,
     /// Chain passes per level: one value or one per level, level T first (inpainting default:
-    /// the official script's counts, the GPT level once; sampling default: 1).
+    /// the model card's recommendation, else the official script's counts with the GPT level
+    /// once; sampling default: 1).
     #[arg(long, value_delimiter = ',')]
     pub chains: Vec<usize>,
     /// Classifier-free guidance scale (1 = off; needs a model trained with dropped conditions).

@@ -361,8 +361,9 @@ pub struct EvalArgs {
     /// Top-p (nucleus) truncation of every level (1 = off).
     #[arg(long)]
     pub top_p: Option<f32>,
-    /// Re-sampling passes (chains) of every level in the inpaintings (default: the editor's,
-    /// 3 per encoder–decoder level for a geometric schedule, 1 for the GPT).
+    /// Re-sampling passes (chains) of every level in the inpaintings (default: the editor's —
+    /// the card's recommendation, else 3 per encoder–decoder level for a geometric schedule
+    /// and 1 for the GPT).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub chains: Option<u64>,
     /// Write the report as JSON here.

@@ -130,6 +130,8 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["guidance_scale"], 2.5, "{card}");
+    // The recipe's recommended chain counts reach the card.
+    assert_eq!(card["chains"], serde_json::json!([1, 1]), "{card}");
     assert_eq!(
         std::fs::read(out.join("stage1.safetensors")).unwrap(),
         stage1

@@ -219,13 +219,16 @@ impl ChainRequest {
     }
 }
 
-/// The inpainting chain counts: the official script's — 3 passes per stage for a geometric
-/// schedule, otherwise 5 per encoder–decoder stage — except that a GPT stage (the last) runs
-/// once. A GPT reads no x_t, so every pass after its first draws x_{T−1} afresh from the same
-/// distribution; the official script runs three of them for geometric schedules (one for the
-/// others), which only costs time: here the result's distribution is the same for a third of
-/// the top level's work.
+/// The inpainting chain counts: the card's recommendation (`chains`) if it has one, else the
+/// official script's — 3 passes per stage for a geometric schedule, otherwise 5 per
+/// encoder–decoder stage — except that a GPT stage (the last) runs once. A GPT reads no x_t,
+/// so every pass after its first draws x_{T−1} afresh from the same distribution; the official
+/// script runs three of them for geometric schedules (one for the others), which only costs
+/// time: here the result's distribution is the same for a third of the top level's work.
 pub fn default_chains(card: &ModelCard) -> Vec<usize> {
+    if let Some(chains) = card.chains.as_ref().filter(|c| c.len() == card.levels()) {
+        return chains.clone();
+    }
     let t = card.levels();
     let geometric = card
         .schedule

@@ -169,6 +169,23 @@ fn default_chains_follow_the_official_script_but_run_the_gpt_once() {
     assert_eq!(default_chains(&load("class_custom").card), [5, 1]);
 }
 
+#[test]
+fn a_cards_recommended_chains_are_the_default_and_are_checked() {
+    let mut card = load("uncond_geometric").card;
+    card.chains = Some(vec![2, 1, 1]);
+    assert!(card.validate().is_ok());
+    assert_eq!(default_chains(&card), [2, 1, 1]);
+    for (chains, says) in [
+        (vec![1, 1], "chains lists 2 levels but there are 3 stages"),
+        (vec![0, 1, 1], "passes must be 1..=100, got 0"),
+        (vec![1, 101, 1], "got 101"),
+    ] {
+        card.chains = Some(chains);
+        let err = card.validate().unwrap_err();
+        assert!(err.contains(says), "{err}");
+    }
+}
+
 /// Why the GPT's passes can go: whatever the grid it is handed, the GPT level draws the same
 /// x_{T−1} from the same random stream.
 #[test]

@@ -66,6 +66,7 @@ pub fn cin5_card() -> Result<ModelCard> {
         license: String::new(),
         sampling: None,
         guidance_scale: None,
+        chains: None,
     };
     card.validate().map_err(Error::Input)?;
     Ok(card)

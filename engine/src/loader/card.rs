@@ -60,6 +60,11 @@ pub struct ModelCard {
     /// default of the editor and the command line; absent = 1 (no guidance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance_scale: Option<f32>,
+    /// Inpainting chain passes per level (index t − 1) its authors recommend (measured by
+    /// `tessera eval`): the default of the editor, the command line and `tessera eval`;
+    /// absent = the official script's counts ([`crate::pipeline::default_chains`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chains: Option<Vec<usize>>,
 }
 
 fn default_dtype() -> String {
@@ -322,6 +327,18 @@ impl ModelCard {
         let t_max = self.levels();
         if t_max == 0 {
             return Err("the model has no stages".into());
+        }
+        if let Some(chains) = &self.chains {
+            if chains.len() != t_max {
+                return Err(format!(
+                    "chains lists {} levels but there are {t_max} stages",
+                    chains.len()
+                ));
+            }
+            let max = crate::pipeline::MAX_CHAINS;
+            if let Some(c) = chains.iter().find(|c| !(1..=max).contains(*c)) {
+                return Err(format!("chains: passes must be 1..={max}, got {c}"));
+            }
         }
         if self.schedule.levels() != t_max {
             return Err(format!(

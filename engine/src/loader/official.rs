@@ -371,6 +371,7 @@ impl Release {
             license: "see the official release".into(),
             sampling: None,
             guidance_scale: None,
+            chains: None,
         };
         card.validate().map_err(|e| Error::config(&manifest, e))?;
         Ok(Self {

@@ -690,7 +690,14 @@ mod tests {
         assert_eq!(card.levels(), 2);
         // What the editor's generation settings start from for this card.
         assert_eq!(chains_of(&card, None, true), default_chains(&card));
-        assert_eq!(chains_of(&card, None, true), vec![3, 1]);
+        // The card's measured recommendation, not the official 3 at level 1.
+        assert_eq!(card.chains, Some(vec![1, 1]));
+        assert_eq!(chains_of(&card, None, true), vec![1, 1]);
+        let official = ModelCard {
+            chains: None,
+            ..card.clone()
+        };
+        assert_eq!(chains_of(&official, None, true), vec![3, 1]);
         assert_eq!(chains_of(&card, None, false), vec![1, 1]);
         assert_eq!(chains_of(&card, Some(2), true), vec![2, 2]);
         assert_eq!(chains_of(&card, Some(0), false), vec![1, 1]);

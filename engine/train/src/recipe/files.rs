@@ -39,6 +39,7 @@ pub(super) fn check_recipe_file(recipe: &Recipe, work: &Path) -> Result<()> {
             description: String::new(),
             sampling: None,
             guidance_scale: None,
+            chains: None,
             ..r.clone()
         };
         if training(&saved) != training(recipe) {
