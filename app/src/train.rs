@@ -437,10 +437,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         sampling.temperature,
         sampling.top_k.map_or("off".into(), |k| k.to_string()),
         sampling.top_p.map_or("off".into(), |p| p.to_string()),
-        chains.map_or_else(
-            || tessera_engine::pipeline::default_chains(&model.card),
-            |n| vec![n; model.card.levels()]
-        )
+        tessera_train::eval::chains_of(&model.card, chains, true)
     );
     let tokenizer = PromptTokenizer::for_model(&args.model, &model.card)?;
     let val = recipe::val_scenes(&set, &recipe)?;

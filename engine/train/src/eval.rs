@@ -232,8 +232,8 @@ fn request(
 }
 
 /// Passes per level: `chains` for every level when given, else the editor's and the CLI's
-/// defaults — the official chain counts when inpainting, one pass when sampling.
-fn chains_of(card: &ModelCard, chains: Option<usize>, inpainting: bool) -> Vec<usize> {
+/// defaults — [`default_chains`] when inpainting, one pass when sampling.
+pub fn chains_of(card: &ModelCard, chains: Option<usize>, inpainting: bool) -> Vec<usize> {
     let t = card.levels();
     match chains {
         Some(n) => vec![n.max(1); t],
