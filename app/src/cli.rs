@@ -247,6 +247,69 @@ pub fn bench_model(model: &Path) -> Result<()> {
         Conditioning::Class { .. } => tessera_engine::loader::card::Condition::Class(0),
         _ => tessera_engine::loader::card::Condition::None,
     };
+    let inpaint = JobKind::Inpaint {
+        image: Arc::new(image.clone()),
+        mask: Arc::new(mask.clone()),
+        window: WindowOptions {
+            whole_image: true,
+            ..WindowOptions::default()
+        },
+        start_level: None,
+    };
+    // The editor's Generate with a concept picked: its candidates ranked by their fit
+    // against the vocabulary, and — for the ranking's cost — against the empty condition only.
+    let dir = if model.is_dir() {
+        model.to_path_buf()
+    } else {
+        model.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let tokenizer = tessera_engine::text::PromptTokenizer::for_model(&dir, &card)?;
+    let vocabulary = tessera_engine::fit::vocabulary(&card, tokenizer.as_ref())?;
+    let mut ranked = Vec::new();
+    if let Some(first) = vocabulary.first() {
+        let mut chain = ChainRequest::new(&card);
+        chain.condition = first.clone();
+        chain.guidance_scale = card.guidance_scale.unwrap_or(1.0);
+        chain.chains = default_chains(&card);
+        chain.candidates = tessera_engine::pipeline::DEFAULT_CANDIDATES;
+        let mut plain = chain.clone();
+        chain.contrast = vocabulary.clone();
+        ranked.push((
+            "inpaint, first concept guided, the editor's candidates ranked by fit",
+            chain,
+        ));
+        if chain_takes_empty(&card) {
+            ranked.push((
+                "inpaint, the same ranked against the empty condition only",
+                plain.clone(),
+            ));
+        }
+        plain.candidates = 1;
+        ranked.push(("inpaint, the same with one candidate (not ranked)", plain));
+    }
+    for (what, chain) in ranked {
+        let start = Instant::now();
+        engine.submit(Job {
+            kind: inpaint.clone(),
+            chain,
+            partial_every: None,
+            preview_max_side: None,
+        });
+        loop {
+            match engine.events().recv()? {
+                Event::Finished { secs, .. } => {
+                    println!(
+                        "{what}: result {secs:.3} s ({:.3} s wall)",
+                        start.elapsed().as_secs_f64()
+                    );
+                    break;
+                }
+                Event::Failed { error, .. } => bail!("{what}: {error}"),
+                Event::NoOp { reason, .. } => bail!("{what}: {reason}"),
+                _ => {}
+            }
+        }
+    }
     for (what, kind, chains) in [
         (
             "inpaint (centre window, default chain counts)",
@@ -297,6 +360,12 @@ pub fn bench_model(model: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the model takes the empty condition (trained with dropped conditions).
+fn chain_takes_empty(card: &tessera_engine::loader::card::ModelCard) -> bool {
+    let none = tessera_engine::loader::card::Condition::None;
+    (1..=card.levels()).all(|t| card.prefix(t, &none).is_ok())
 }
 
 /// `tessera classes PROMPT`: the ImageNet classes it names, best first; unknown words on

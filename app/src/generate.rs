@@ -442,6 +442,11 @@ fn chain_request(
     }
     req.guidance_scale = guidance;
     req.negative = condition(card, model_dir, args, true)?;
+    if req.condition != Condition::None && args.candidates > 1 {
+        // The concepts the candidates' fit is judged against.
+        let tokenizer = PromptTokenizer::for_model(model_dir, card)?;
+        req.contrast = tessera_engine::fit::vocabulary(card, tokenizer.as_ref())?;
+    }
     if req.negative != Condition::None && guidance == 1.0 {
         bail!("--negative-prompt / --negative-class need --guidance other than 1");
     }
@@ -653,6 +658,20 @@ pub fn run(args: &SamplingArgs, inpaint: Option<&InpaintArgs>) -> Result<()> {
         for p in paths.iter().chain(&map_paths) {
             println!("wrote {}", p.display());
         }
+        let fits: Vec<f32> = results.candidates.iter().filter_map(|c| c.fit).collect();
+        if fits.len() == paths.len() && fits.len() > 1 {
+            let best = tessera_engine::fit::ranking(&fits)[0];
+            let listed: Vec<String> = fits
+                .iter()
+                .enumerate()
+                .map(|(i, f)| format!("#{i} {:.0}%", 100.0 * f))
+                .collect();
+            eprintln!(
+                "fit to the request, by the model's own judgement: {}; best: {}",
+                listed.join(", "),
+                paths[best].display()
+            );
+        }
         eprintln!("done in {secs:.1} s");
     }
     Ok(())
@@ -722,8 +741,10 @@ pub(crate) fn event_json(e: &Event) -> serde_json::Value {
                 "mean_confidence": confidence.mean_prob(), "confidence": per_token,
                 "window": {"x": window.x, "y": window.y, "size": window.size}})
         }
-        Event::Candidate { job, index, .. } => {
-            json!({"event": "candidate", "job": job.0, "index": index})
+        Event::Candidate {
+            job, index, fit, ..
+        } => {
+            json!({"event": "candidate", "job": job.0, "index": index, "fit": fit})
         }
         Event::NoOp { job, reason } => json!({"event": "noop", "job": job.0, "reason": reason}),
         Event::Finished { job, secs } => json!({"event": "finished", "job": job.0, "secs": secs}),

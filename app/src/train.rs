@@ -366,6 +366,11 @@ pub struct EvalArgs {
     /// and 1 for the GPT).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub chains: Option<u64>,
+    /// Candidates per guided inpainting (default: the editor's 4); the guidance accuracy scores
+    /// the best-fitting one — the one the editor shows first — and every draw beside it.
+    #[arg(long, default_value_t = tessera_engine::pipeline::DEFAULT_CANDIDATES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub candidates: u64,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -431,13 +436,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let sampling = explicit.unwrap_or_else(|| model.card.sampling.unwrap_or_default());
     let chains = args.chains.map(|n| n as usize);
     eprintln!(
-        "sampling: guidance {}, temperature {}, top-k {}, top-p {}, inpainting chains {:?}",
+        "sampling: guidance {}, temperature {}, top-k {}, top-p {}, inpainting chains {:?}, \
+         {} candidates per guided inpainting (the best-fitting scored)",
         args.guidance_scale
             .unwrap_or_else(|| model.card.guidance_scale.unwrap_or(1.0)),
         sampling.temperature,
         sampling.top_k.map_or("off".into(), |k| k.to_string()),
         sampling.top_p.map_or("off".into(), |p| p.to_string()),
-        tessera_train::eval::chains_of(&model.card, chains, true)
+        tessera_train::eval::chains_of(&model.card, chains, true),
+        args.candidates
     );
     let tokenizer = PromptTokenizer::for_model(&args.model, &model.card)?;
     let val = recipe::val_scenes(&set, &recipe)?;
@@ -494,6 +501,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             .unwrap_or_else(|| model.card.guidance_scale.unwrap_or(1.0)),
         sampling,
         chains,
+        candidates: args.candidates as usize,
         ..EvalConfig::default()
     };
     let report = evaluate(

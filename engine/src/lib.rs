@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod confidence;
 pub mod error;
+pub mod fit;
 pub mod gpt;
 pub mod heap;
 pub mod imagenet;

@@ -30,6 +30,9 @@ use crate::{Error, Result};
 
 /// At most this many candidates per request (each is a batch row, doubled with guidance).
 pub const MAX_CANDIDATES: usize = 64;
+/// The editor's number of candidates per request: four to choose from, the best-fitting
+/// ([`crate::fit`]) shown first.
+pub const DEFAULT_CANDIDATES: usize = 4;
 /// At most this many chain passes per stage.
 pub const MAX_CHAINS: usize = 100;
 
@@ -72,6 +75,10 @@ pub struct ChainRequest {
     pub known: Option<Vec<Option<u32>>>,
     /// Branching: start the chain at a given level from given grids instead of from x_T.
     pub start: Option<Start>,
+    /// The other conditions the candidates are judged against by [`crate::fit::fit`] (the
+    /// model's vocabulary of concepts, as conditions); empty: against the negative. Sampling
+    /// does not read it. At most [`crate::fit::MAX_CONTRAST`] are used.
+    pub contrast: Vec<Condition>,
 }
 
 /// Where a branched chain starts.
@@ -100,6 +107,7 @@ impl ChainRequest {
             chains: vec![1; t],
             known: None,
             start: None,
+            contrast: Vec::new(),
         }
     }
 
@@ -172,6 +180,10 @@ impl ChainRequest {
                     })
                 })?;
             }
+        }
+        for (i, c) in self.contrast.iter().enumerate() {
+            card.prefix(1, c)
+                .map_err(|e| Error::Input(format!("contrast condition {}: {e}", i + 1)))?;
         }
         if let Some(known) = &self.known {
             if known.len() != p {

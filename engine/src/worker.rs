@@ -141,6 +141,10 @@ pub enum Event {
         index: usize,
         /// The result at the input's size (inpainting) or the model's resolution (sampling).
         image: Arc<RgbImage>,
+        /// How well it shows the request's condition by the model's own judgement,
+        /// p(condition | result) among the request's contrast set ([`crate::fit`]); `None`
+        /// with a single candidate or nothing to rank. The editor shows the best one first.
+        fit: Option<f32>,
     },
     /// Nothing to do (e.g. an empty mask); the image is unchanged.
     NoOp {
@@ -458,6 +462,12 @@ impl Worker {
         let last = grids
             .last()
             .ok_or_else(|| Error::Input("the chain ran no level".into()))?;
+        // Ranking needs more than one candidate; its cost (a scoring pass per candidate and
+        // contrast condition) is skipped otherwise. Cancelling stops it like the chain.
+        let fits = match chain.candidates {
+            1 => None,
+            _ => crate::fit::fit_until(&model, &chain, &grids, &|| cancel.load(Ordering::Relaxed))?,
+        };
         let images = decode(&model, last)?;
         for (index, generated) in images.into_iter().enumerate() {
             let image = match &context {
@@ -471,6 +481,7 @@ impl Worker {
                 job: id,
                 index,
                 image: Arc::new(image),
+                fit: fits.as_ref().and_then(|f| f.get(index).copied()),
             });
         }
         if tokens > 0 {

@@ -764,7 +764,53 @@ impl XTransformer {
             .with_context(|| self.step_in_pool(tokens, cache))
     }
 
+    /// The logits of [`XTransformer::forward`] at decoder positions `at` `(P,)` u32 only:
+    /// `(B, P, K)` f32. The vocabulary projection — most of a long teacher-forced pass's output
+    /// — runs for those rows alone (the residual variant computes all and selects).
+    pub fn forward_at(&self, src: &Tensor, tgt: &Tensor, at: &Tensor) -> Result<Tensor> {
+        if self.residual.is_some() {
+            return self.forward(src, tgt)?.index_select(at, 1);
+        }
+        self.device.with_context(|| {
+            let mut cache = self.start_in_pool(src)?;
+            let g = self.decode_in_pool(tgt, &mut cache)?;
+            self.to_logits
+                .forward(&self.dec_norm.forward(&g.index_select(at, 1)?)?)?
+                .to_dtype(DType::F32)
+        })
+    }
+
     fn step_in_pool(&self, tokens: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
+        let g = self.decode_in_pool(tokens, cache)?;
+        let (b, n, _) = g.dims3()?;
+        let pos = cache.len - n;
+        let logits = self
+            .to_logits
+            .forward(&self.dec_norm.forward(&g)?)?
+            .to_dtype(DType::F32)?;
+        Ok(match &cache.residual {
+            None => logits,
+            Some(r) => {
+                let k = self.cfg.dec_num_tokens;
+                let classes = Tensor::arange(0u32, k as u32, &self.device)?.reshape((1, 1, k))?;
+                let is_xt =
+                    r.xt.narrow(1, pos, n)?
+                        .unsqueeze(2)?
+                        .broadcast_eq(&classes)?;
+                // log(α·onehot + (1−α)/K), selected rather than computed so that α = 1
+                // gives 0 / −∞ like the official code, not NaN.
+                let term = is_xt.where_cond(
+                    &r.hit.broadcast_as((b, n, k))?,
+                    &r.miss.broadcast_as((b, n, k))?,
+                )?;
+                (logits.broadcast_mul(&r.scale)? + term)?
+            }
+        })
+    }
+
+    /// The decoder blocks over `tokens` at positions `cache.len()..`: their hidden states
+    /// `(B, n, dim)` before the final norm; advances the cache.
+    fn decode_in_pool(&self, tokens: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
         let ids = check_token_ids(tokens, self.cfg.dec_num_tokens, "decoder input")?;
         let (b, n) = ids.dims2()?;
         if b != cache.batch {
@@ -812,29 +858,7 @@ impl XTransformer {
         {
             g = block.step(&g, pos, mask.as_ref(), kv, cross)?;
         }
-        let logits = self
-            .to_logits
-            .forward(&self.dec_norm.forward(&g)?)?
-            .to_dtype(DType::F32)?;
-        let logits = match &cache.residual {
-            None => logits,
-            Some(r) => {
-                let k = self.cfg.dec_num_tokens;
-                let classes = Tensor::arange(0u32, k as u32, &self.device)?.reshape((1, 1, k))?;
-                let is_xt =
-                    r.xt.narrow(1, pos, n)?
-                        .unsqueeze(2)?
-                        .broadcast_eq(&classes)?;
-                // log(α·onehot + (1−α)/K), selected rather than computed so that α = 1
-                // gives 0 / −∞ like the official code, not NaN.
-                let term = is_xt.where_cond(
-                    &r.hit.broadcast_as((b, n, k))?,
-                    &r.miss.broadcast_as((b, n, k))?,
-                )?;
-                (logits.broadcast_mul(&r.scale)? + term)?
-            }
-        };
         cache.len = pos + n;
-        Ok(logits)
+        Ok(g)
     }
 }

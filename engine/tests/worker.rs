@@ -373,6 +373,43 @@ fn class_conditional_sampling() {
         .count();
     assert_eq!(n, 3);
     assert!(matches!(events.last(), Some(Event::Finished { .. })));
+    // Nothing to rank against (no contrast, and this model has no null class): no fit.
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e, Event::Candidate { fit: Some(_), .. }))
+    );
+
+    // With a contrast set every candidate carries its fit, a probability; one candidate is
+    // not ranked (the scoring pass is skipped).
+    for (candidates, ranked) in [(3, true), (1, false)] {
+        let mut chain = ChainRequest::new(&card);
+        chain.condition = tessera_engine::loader::card::Condition::Class(3);
+        chain.contrast = [1, 2, 3, 4]
+            .map(tessera_engine::loader::card::Condition::Class)
+            .to_vec();
+        chain.candidates = candidates;
+        let h = engine.submit(Job {
+            kind: JobKind::Sample,
+            chain,
+            partial_every: None,
+            preview_max_side: None,
+        });
+        let fits: Vec<Option<f32>> = run_to_end(&engine, h.id)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Candidate { fit, .. } => Some(fit),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fits.len(), candidates);
+        for f in fits {
+            match f {
+                Some(f) => assert!(ranked && (0.0..=1.0).contains(&f), "{f}"),
+                None => assert!(!ranked),
+            }
+        }
+    }
 }
 
 /// Previews shrink to `preview_max_side` on the worker and say what they cover; the final

@@ -105,6 +105,11 @@ pub struct Results {
     pub finals: Vec<Option<Arc<RgbImage>>>,
     /// Candidate shown on the canvas.
     pub selected: usize,
+    /// Per candidate, how well it shows what was asked for by the model's own judgement
+    /// (`tessera_engine::fit`), once it arrived; `None` when not ranked.
+    pub fit: Vec<Option<f32>>,
+    /// Whether the user picked a candidate; until then the best-fitting one is shown.
+    pub picked: bool,
     /// Level shown (`None` = the newest / final).
     pub view_level: Option<usize>,
     /// What produced them.
@@ -126,11 +131,27 @@ impl Results {
             levels: vec![Vec::new(); n],
             finals: vec![None; n],
             selected: 0,
+            fit: vec![None; n],
+            picked: false,
             view_level: None,
             record,
             finished: false,
             sample,
             source: None,
+        }
+    }
+
+    /// Shows the best-fitting candidate among those arrived, unless the user picked one.
+    pub fn select_best_fit(&mut self) {
+        if self.picked {
+            return;
+        }
+        let best = (0..self.fit.len())
+            .filter(|&i| self.finals[i].is_some())
+            .filter_map(|i| self.fit[i].map(|f| (i, f)))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        if let Some((i, _)) = best {
+            self.selected = i;
         }
     }
 
@@ -389,12 +410,17 @@ impl Jobs {
                     r.origin = origin;
                 }
             }
-            Event::Candidate { index, image, .. } => {
+            Event::Candidate {
+                index, image, fit, ..
+            } => {
                 if let Some(res) = self.results_of(id)
                     && let Some(slot) = res.finals.get_mut(index)
                 {
                     *slot = Some(image);
-                    refresh = shown && index == res.selected;
+                    res.fit[index] = fit;
+                    let before = res.selected;
+                    res.select_best_fit();
+                    refresh = shown && (index == res.selected || before != res.selected);
                 }
             }
             Event::NoOp { reason, .. } => {
@@ -473,5 +499,49 @@ pub fn format_secs(s: f64) -> String {
         format!("{} min {} s", s / 60, s % 60)
     } else {
         format!("{s} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(n: usize) -> Results {
+        let record = GenRecord {
+            model: String::new(),
+            settings: super::super::settings::GenSettings::default(),
+            class_name: None,
+            negative_class_name: None,
+            candidate: 0,
+            secs: 0.0,
+        };
+        Results::new(JobId(1), n, record, false)
+    }
+
+    #[test]
+    fn the_best_fitting_arrived_candidate_is_shown_until_the_user_picks() {
+        let mut res = results(3);
+        let img = Arc::new(RgbImage::new(1, 1));
+        // Fits count once their candidate arrived.
+        res.fit = vec![Some(0.2), Some(0.9), Some(0.5)];
+        res.finals[0] = Some(img.clone());
+        res.select_best_fit();
+        assert_eq!(res.selected, 0);
+        res.finals[2] = Some(img.clone());
+        res.select_best_fit();
+        assert_eq!(res.selected, 2);
+        res.finals[1] = Some(img.clone());
+        res.select_best_fit();
+        assert_eq!(res.selected, 1);
+        // A choice of the user's stands.
+        res.picked = true;
+        res.selected = 0;
+        res.select_best_fit();
+        assert_eq!(res.selected, 0);
+        // Without fits (nothing ranked) the first stays.
+        let mut plain = results(2);
+        plain.finals = vec![Some(img.clone()), Some(img)];
+        plain.select_best_fit();
+        assert_eq!(plain.selected, 0);
     }
 }

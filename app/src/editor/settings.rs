@@ -121,7 +121,7 @@ impl Default for GenSettings {
             class: None,
             seed: 0,
             seed_mode: SeedMode::Increment,
-            candidates: 4,
+            candidates: tessera_engine::pipeline::DEFAULT_CANDIDATES,
             guidance_scale: 1.0,
             negative_prompt: String::new(),
             negative_class: None,
@@ -306,6 +306,8 @@ impl GenSettings {
         req.condition = self.condition(card, tokenizer)?;
         req.guidance_scale = self.guidance_scale;
         req.negative = self.negative_condition(card, tokenizer)?;
+        req.contrast =
+            tessera_engine::fit::vocabulary(card, tokenizer).map_err(|e| e.to_string())?;
         req.candidates = self.candidates;
         req.seed = seed;
         if self.levels.len() != card.levels() {

@@ -20,6 +20,9 @@ pub(super) struct Candidate {
     pub image: Arc<RgbImage>,
     /// Per pass: how sure its last level was of each token, and where the tokens lie.
     pub passes: Vec<(Confidence, Window)>,
+    /// How well it shows the request's condition, by the model's own judgement (first pass;
+    /// `None` with one candidate or nothing to rank).
+    pub fit: Option<f32>,
 }
 
 impl Candidate {
@@ -79,6 +82,7 @@ pub(super) fn follow(
         }
     };
     let mut images: Vec<Option<Arc<RgbImage>>> = vec![None; n];
+    let mut fits: Vec<Option<f32>> = vec![None; n];
     let mut last: Vec<Option<(Confidence, Window)>> = vec![None; n];
     let mut cancelled = false;
     loop {
@@ -148,9 +152,12 @@ pub(super) fn follow(
                     *slot = Some((confidence, window));
                 }
             }
-            Event::Candidate { index, image, .. } => {
+            Event::Candidate {
+                index, image, fit, ..
+            } => {
                 if let Some(slot) = images.get_mut(index) {
                     *slot = Some(image);
+                    fits[index] = fit;
                 }
             }
             Event::NoOp { reason, .. } => {
@@ -163,10 +170,12 @@ pub(super) fn follow(
                 let candidates = images
                     .into_iter()
                     .zip(last)
-                    .filter_map(|(image, last)| {
+                    .zip(fits)
+                    .filter_map(|((image, last), fit)| {
                         Some(Candidate {
                             image: image?,
                             passes: last.into_iter().collect(),
+                            fit,
                         })
                     })
                     .collect::<Vec<_>>();

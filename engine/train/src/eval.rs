@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use tessera_engine::fit::{fit, ranking, vocabulary};
 use tessera_engine::inpaint::{PresetMask, Window, composite, known_tokens, token_mask};
 use tessera_engine::loader::Model;
 use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
@@ -56,6 +57,10 @@ pub struct EvalConfig {
     /// for unconditional samples).
     #[serde(default)]
     pub chains: Option<usize>,
+    /// Candidates per guided inpainting, ranked by their fit (the editor's default: 4); the
+    /// guidance accuracy scores the best-fitting one, and each draw separately beside it.
+    #[serde(default = "one")]
+    pub candidates: usize,
     /// Seed of scenes, requested categories and sampling.
     pub seed: u64,
 }
@@ -70,6 +75,7 @@ impl Default for EvalConfig {
             guidance_scale: 2.0,
             sampling: LevelParams::default(),
             chains: None,
+            candidates: 1,
             seed: 2024,
         }
     }
@@ -139,6 +145,20 @@ pub struct GuidanceReport {
     /// `n / classes` scenes).
     #[serde(default)]
     pub per_class: Vec<ClassGuidance>,
+    /// Candidates per guided inpainting; `class_acc` and `text_acc` score the best-fitting one
+    /// ([`tessera_engine::fit`]), the one the editor shows first.
+    #[serde(default = "one")]
+    pub candidates: usize,
+    /// Class guidance scored over every candidate drawn (what one draw achieves, unranked).
+    #[serde(default)]
+    pub class_draw_acc: f64,
+    /// Text guidance scored over every candidate drawn.
+    #[serde(default)]
+    pub text_draw_acc: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Guidance hits for one requested class.
@@ -185,7 +205,9 @@ impl<'a> Masked<'a> {
         })
     }
 
-    /// One inpainting under `cond`.
+    /// `n` inpaintings under `cond` as one batch of candidates, with the one ranked first by
+    /// its fit against `contrast` (the first when there is nothing to rank).
+    #[allow(clippy::too_many_arguments)] // private; each argument a different role
     fn fill(
         &self,
         model: &Model,
@@ -193,18 +215,45 @@ impl<'a> Masked<'a> {
         scale: f32,
         cfg: &EvalConfig,
         seed: u64,
-    ) -> Result<RgbImage> {
-        let req = request(model, cond, scale, cfg, seed, Some(self.known.clone()));
+        n: usize,
+        contrast: &[Condition],
+    ) -> Result<Fills> {
+        let mut req = request(model, cond, scale, cfg, seed, Some(self.known.clone()));
+        req.candidates = n;
+        req.contrast = contrast.to_vec();
         let grids = run_chain(model, &req, &mut Silent)?;
-        let generated = decode(model, &grids.last().expect("x_0")[0])?;
-        Ok(composite(
-            &self.scene.image,
-            &self.mask,
-            &self.window,
-            &generated,
-            0,
-        ))
+        let shown_first = match fit(model, &req, &grids)? {
+            Some(f) => ranking(&f)[0],
+            None => 0,
+        };
+        let images = grids
+            .last()
+            .expect("x_0")
+            .iter()
+            .map(|g| {
+                let generated = decode(model, g)?;
+                Ok(composite(
+                    &self.scene.image,
+                    &self.mask,
+                    &self.window,
+                    &generated,
+                    0,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Fills {
+            images,
+            shown_first,
+        })
     }
+}
+
+/// The candidates of one inpainting request.
+struct Fills {
+    /// Composited results, one per candidate.
+    images: Vec<RgbImage>,
+    /// Index of the best-fitting candidate.
+    shown_first: usize,
 }
 
 fn request(
@@ -228,6 +277,7 @@ fn request(
         chains,
         known,
         start: None,
+        contrast: Vec::new(),
     }
 }
 
@@ -365,6 +415,9 @@ pub fn evaluate(
     // Its own stream, so the requests (and so the other numbers) do not depend on it.
     let mut ceiling_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6365_696c);
     let names = prompts_by_class(classes);
+    // The fit's contrast set: every concept the model knows, as the editor sends it.
+    let contrast = vocabulary(card, tokenizer)?;
+    let (mut draw_hits, mut draws) = ([0usize; 2], [0usize; 2]);
     for (i, scene) in gscenes.iter().enumerate() {
         let want = i % classes;
         let prompt = &names[want][rng.random_range(0..names[want].len())];
@@ -382,12 +435,21 @@ pub fn evaluate(
             } else {
                 cfg.guidance_scale
             };
-            let out = masked.fill(model, cond, scale, cfg, cfg.seed + i as u64)?;
-            let x = batch_to_tensor(std::slice::from_ref(&out), &dev)?;
-            if classifier.predict(&x)?[0] == want {
+            // Guided: the editor's candidates, the best-fitting one is what it shows first.
+            // Unguided: nothing to rank, and the first candidate is a single draw.
+            let n = if k < 2 { cfg.candidates.max(1) } else { 1 };
+            let fills = masked.fill(model, cond, scale, cfg, cfg.seed + i as u64, n, &contrast)?;
+            let x = batch_to_tensor(&fills.images, &dev)?;
+            let predicted = classifier.predict(&x)?;
+            if predicted[fills.shown_first] == want {
                 hits[k] += 1;
                 per_class[want].hits[k] += 1;
             }
+            if k < 2 {
+                draw_hits[k] += predicted.iter().filter(|&&c| c == want).count();
+                draws[k] += predicted.len();
+            }
+            let out = fills.images[fills.shown_first].clone();
             if k == 2 {
                 unguided = Some(out);
             }
@@ -417,6 +479,9 @@ pub fn evaluate(
         text_acc: hits[1] as f64 / n,
         uncond_acc: hits[2] as f64 / n,
         ceiling_acc: hits[3] as f64 / n,
+        candidates: cfg.candidates.max(1),
+        class_draw_acc: draw_hits[0] as f64 / draws[0].max(1) as f64,
+        text_draw_acc: draw_hits[1] as f64 / draws[1].max(1) as f64,
         per_class,
     };
     log(&format!(
@@ -428,6 +493,14 @@ pub fn evaluate(
         100.0 * guidance.text_acc,
         100.0 * guidance.uncond_acc,
         100.0 * guidance.ceiling_acc
+    ));
+    log(&format!(
+        "guidance: the best-fitting of {} candidates (what the editor shows first) above; any one \
+         draw: class {:.1}%, text {:.1}% ({} draws each)",
+        guidance.candidates,
+        100.0 * guidance.class_draw_acc,
+        100.0 * guidance.text_draw_acc,
+        draws[0]
     ));
 
     // FID.
@@ -457,13 +530,16 @@ pub fn evaluate(
         for (i, scene) in fscenes.iter().enumerate() {
             let mask = scene_mask(scene, SceneMask::Preset(PresetMask::UpperHalf));
             let masked = Masked::new(model, scene, mask)?;
-            completions.push(masked.fill(
+            let mut fills = masked.fill(
                 model,
                 Condition::None,
                 1.0,
                 cfg,
                 cfg.seed + 20_000 + i as u64,
-            )?);
+                1,
+                &[],
+            )?;
+            completions.push(fills.images.swap_remove(0));
         }
         let f = fid(&real_feats, &classifier.features_of(&completions, 32)?)?;
         log(&format!(
@@ -613,6 +689,8 @@ pub fn contact_sheet(
     let res = card.resolution() as u32;
     let classes = super::data::class_names().len();
     let names = prompts_by_class(classes);
+    // The fit's contrast set: every concept the model knows, as the editor sends it.
+    let contrast = vocabulary(card, tokenizer)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..classes).collect();
     order.shuffle(&mut rng);
@@ -642,23 +720,16 @@ pub fn contact_sheet(
         }
         let target = Masked::new(model, scene, mask)?;
         let seed = seed + r as u64;
+        let n = cfg.candidates.max(1);
+        let first = |cond: Condition, scale: f32, n: usize| -> Result<RgbImage> {
+            let mut fills = target.fill(model, cond, scale, cfg, seed, n, &contrast)?;
+            Ok(fills.images.swap_remove(fills.shown_first))
+        };
         let cells = [
             masked,
-            target.fill(
-                model,
-                condition_of(card, tokenizer, usize::MAX, &prompt)?,
-                g,
-                cfg,
-                seed,
-            )?,
-            target.fill(
-                model,
-                condition_of(card, tokenizer, want, "")?,
-                g,
-                cfg,
-                seed,
-            )?,
-            target.fill(model, Condition::None, 1.0, cfg, seed)?,
+            first(condition_of(card, tokenizer, usize::MAX, &prompt)?, g, n)?,
+            first(condition_of(card, tokenizer, want, "")?, g, n)?,
+            first(Condition::None, 1.0, 1)?,
         ];
         for (c, img) in cells.iter().enumerate() {
             let big =

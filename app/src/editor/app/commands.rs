@@ -409,6 +409,7 @@ impl EditorApp {
     pub fn select_candidate(&mut self, i: usize) {
         if let Some(res) = &mut self.jobs.results {
             res.selected = i.min(res.levels.len().saturating_sub(1));
+            res.picked = true;
             if let Some(doc) = &mut self.doc {
                 show_results(doc, Some(res));
             }

@@ -48,6 +48,7 @@ impl EditorApp {
         let mut res = Results::new(JobId(u64::MAX), n, r.record, r.sample);
         res.finals = r.finals.into_iter().map(|f| f.map(Arc::new)).collect();
         res.selected = r.selected.min(n.saturating_sub(1));
+        res.picked = true;
         res.source = r.source.map(Arc::new);
         res.finished = true;
         self.jobs.results = Some(res);

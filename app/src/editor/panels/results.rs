@@ -192,11 +192,32 @@ pub(super) fn results_ui(p: &mut Panels, ui: &mut egui::Ui) {
                 ),
                 _ => ui.add(egui::Button::new(format!("#{i}")).selected(i == selected)),
             };
-            if resp.on_hover_text(format!("candidate {i}")).clicked() {
+            let hover = match res.fit[i] {
+                Some(f) => format!(
+                    "candidate {i}: fits the request {:.0}% (the model's own judgement \
+                     against the other concepts it knows)",
+                    100.0 * f
+                ),
+                None => format!("candidate {i}"),
+            };
+            if resp.on_hover_text(hover).clicked() {
                 select = Some(i);
             }
         }
     });
+    if let Some(f) = res.fit.get(selected).copied().flatten() {
+        let best = res.fit.iter().all(|g| g.is_none_or(|g| g <= f));
+        let note = if best && !res.picked {
+            "shown first: it fits the request best"
+        } else {
+            "fit to the request"
+        };
+        ui.label(RichText::new(format!("#{selected}: {:.0}% — {note}", 100.0 * f)).small())
+            .on_hover_text(
+                "How sure the model is that this fill shows what was asked for rather than one of \
+             the other concepts it knows.",
+            );
+    }
     // Level scrubber for the selected candidate.
     let levels: Vec<usize> = res
         .levels

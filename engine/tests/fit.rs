@@ -1,0 +1,188 @@
+//! Tests of the candidates' fit ([`tessera_engine::fit`]): the posterior it reports against a
+//! plain per-condition computation on the golden class model, when there is nothing to rank,
+//! and that on the shipped model it tells a fill drawn for one concept from the others.
+
+use candle_core::{D, Tensor};
+use tessera_engine::fit::{contrast_set, fit, ranking, vocabulary};
+use tessera_engine::loader::card::{Condition, Conditioning};
+use tessera_engine::loader::{LoadOptions, Model, ModelSource, Stage};
+use tessera_engine::pipeline::{ChainRequest, Silent, run_chain};
+use tessera_engine::text::PromptTokenizer;
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden");
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/model");
+
+fn load(dir: &str) -> Model {
+    ModelSource::open(dir)
+        .unwrap()
+        .load(&LoadOptions::default())
+        .unwrap()
+}
+
+/// log p(x_0 | x_1, c) over the `generated` positions, one condition at a time, every
+/// position fed: what the fit's batched, truncated pass must equal.
+fn log_likelihood(
+    model: &Model,
+    c: &Condition,
+    x1: &[u32],
+    x0: &[u32],
+    generated: &[usize],
+) -> f64 {
+    let stage = model.stage(1).unwrap();
+    let Stage::EncDec(net) = &*stage else {
+        panic!("stage 1 of the golden class model is an encoder–decoder")
+    };
+    let mut src = model.card.prefix(1, c).unwrap();
+    src.extend_from_slice(x1);
+    let mut tgt = vec![0u32];
+    tgt.extend_from_slice(&x0[..x0.len() - 1]);
+    let (ls, lt) = (src.len(), tgt.len());
+    let src = Tensor::from_vec(src, (1, ls), &model.device).unwrap();
+    let tgt = Tensor::from_vec(tgt, (1, lt), &model.device).unwrap();
+    let logp = candle_nn::ops::log_softmax(&net.forward(&src, &tgt).unwrap(), D::Minus1)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    generated
+        .iter()
+        .map(|&j| f64::from(logp[j][x0[j] as usize]))
+        .sum()
+}
+
+#[test]
+fn fit_is_the_posterior_among_the_contrast_set() {
+    let model = load(&format!("{GOLDEN}/class_custom"));
+    let mut req = ChainRequest::new(&model.card);
+    req.condition = Condition::Class(3);
+    req.candidates = 3;
+    req.seed = 11;
+    // Generate the last rows only: the scoring pass stops at the last generated position.
+    let p = model.card.n_positions();
+    let x = run_chain(&model, &req, &mut Silent).unwrap();
+    let generated: Vec<usize> = (8..40).collect();
+    req.known = Some(
+        (0..p)
+            .map(|j| (!generated.contains(&j)).then_some(x[1][0][j]))
+            .collect(),
+    );
+    // The request's own class among the contrast and a repeat are dropped, not counted twice.
+    req.contrast = [3, 7, 0, 7, 12].map(Condition::Class).to_vec();
+    let grids = run_chain(&model, &req, &mut Silent).unwrap();
+    let got = fit(&model, &req, &grids).unwrap().expect("a ranking");
+    assert_eq!(got.len(), 3);
+    for (i, &f) in got.iter().enumerate() {
+        let ll: Vec<f64> = [3, 7, 0, 12]
+            .map(|c| {
+                log_likelihood(
+                    &model,
+                    &Condition::Class(c),
+                    &grids[0][i],
+                    &grids[1][i],
+                    &generated,
+                )
+            })
+            .to_vec();
+        let max = ll.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let want = (ll[0] - max).exp() / ll.iter().map(|v| (v - max).exp()).sum::<f64>();
+        assert!(
+            (f64::from(f) - want).abs() < 1e-4,
+            "candidate {i}: fit {f}, per-condition computation {want} ({ll:?})"
+        );
+    }
+    assert_eq!(ranking(&got)[0], {
+        let mut best = 0;
+        for i in 1..got.len() {
+            if got[i] > got[best] {
+                best = i;
+            }
+        }
+        best
+    });
+}
+
+#[test]
+fn nothing_to_rank_gives_none() {
+    let model = load(&format!("{GOLDEN}/class_custom"));
+    let mut req = ChainRequest::new(&model.card);
+    req.condition = Condition::Class(3);
+    let grids = run_chain(&model, &req, &mut Silent).unwrap();
+    // No contrast, and the negative (none) is not a condition this model takes.
+    assert!(contrast_set(&req, |c| model.card.prefix(1, c).is_ok()).is_empty());
+    assert_eq!(fit(&model, &req, &grids).unwrap(), None);
+    // Only the request's own condition to compare with.
+    req.contrast = vec![Condition::Class(3)];
+    assert_eq!(fit(&model, &req, &grids).unwrap(), None);
+    // A contrast condition the model does not take is refused up front.
+    req.contrast = vec![Condition::Class(100)];
+    let err = req.validate(&model.card).unwrap_err().to_string();
+    assert!(err.contains("contrast condition 1"), "{err}");
+    // A class model with more classes than can be compared has no vocabulary to send.
+    let Conditioning::Class { n_classes, .. } = &model.card.conditioning else {
+        panic!("class model")
+    };
+    assert!(*n_classes > tessera_engine::fit::MAX_CONTRAST);
+    assert!(vocabulary(&model.card, None).unwrap().is_empty());
+    // Unconditional requests have nothing to be judged against.
+    let uncond = load(&format!("{GOLDEN}/uncond_geometric"));
+    let req = ChainRequest::new(&uncond.card);
+    let grids = run_chain(&uncond, &req, &mut Silent).unwrap();
+    assert_eq!(fit(&uncond, &req, &grids).unwrap(), None);
+}
+
+/// On the shipped model, fills drawn for one concept fit it better than they fit another:
+/// the fit tells concepts apart, which is what ranking candidates by it relies on.
+#[test]
+fn shipped_fills_fit_the_concept_they_were_drawn_for() {
+    let model = load(SHIPPED);
+    let tokenizer = PromptTokenizer::for_model(std::path::Path::new(SHIPPED), &model.card)
+        .unwrap()
+        .expect("the shipped model has a tokenizer");
+    let vocab = vocabulary(&model.card, Some(&tokenizer)).unwrap();
+    assert_eq!(vocab.len(), model.card.class_names().len());
+    let names = model.card.class_names().to_vec();
+    let index = |name: &str| names.iter().position(|n| n == name).unwrap();
+    // A grey picture with its middle 8×8 tokens to fill (a quarter of the grid: cheap enough
+    // for a debug build, large enough for an object).
+    let side = model.card.resolution();
+    let grey = Tensor::full(0.0f32, (1, 3, side, side), &model.device).unwrap();
+    let x0: Vec<u32> = model
+        .vqgan
+        .encode_tokens(&grey)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let g = model.card.grid_side();
+    let known: Vec<Option<u32>> = (0..g * g)
+        .map(|j| {
+            let (r, c) = (j / g, j % g);
+            let inside = (g / 2 - 4..g / 2 + 4).contains(&r) && (g / 2 - 4..g / 2 + 4).contains(&c);
+            (!inside).then_some(x0[j])
+        })
+        .collect();
+    let (mut own, mut other) = (0.0f64, 0.0f64);
+    for (a, b) in [("red heart", "snowflake"), ("snowflake", "red heart")] {
+        let mut req = ChainRequest::new(&model.card);
+        req.known = Some(known.clone());
+        req.condition = vocab[index(a)].clone();
+        req.guidance_scale = model.card.guidance_scale.unwrap_or(3.0);
+        req.candidates = 3;
+        req.seed = 5;
+        req.contrast = vocab.clone();
+        let grids = run_chain(&model, &req, &mut Silent).unwrap();
+        let mine = fit(&model, &req, &grids).unwrap().unwrap();
+        req.condition = vocab[index(b)].clone();
+        let theirs = fit(&model, &req, &grids).unwrap().unwrap();
+        own += mine.iter().map(|&f| f64::from(f)).sum::<f64>() / mine.len() as f64;
+        other += theirs.iter().map(|&f| f64::from(f)).sum::<f64>() / theirs.len() as f64;
+        assert!(mine.iter().chain(&theirs).all(|f| (0.0..=1.0).contains(f)));
+    }
+    eprintln!("mean fit to the concept drawn for {own:.3}, to the other {other:.3}");
+    assert!(
+        own > 4.0 * other,
+        "mean fit to the concept drawn for {own:.3}, to the other {other:.3}"
+    );
+}
