@@ -43,6 +43,7 @@ pub fn fit_until(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Option<Vec<f32>>> {
     let card = &model.card;
+    req.validate(card)?;
     if req.condition == Condition::None {
         return Ok(None);
     }
@@ -50,6 +51,28 @@ pub fn fit_until(
         return Ok(None);
     };
     let p = card.n_positions();
+    let k = card.n_tokens;
+    for (level, level_grids) in grids.iter().enumerate() {
+        if level_grids.len() != x0.len() {
+            return Err(Error::Input(format!(
+                "grids of the chain's run {} hold {} candidates, x_0 has {}",
+                level + 1,
+                level_grids.len(),
+                x0.len()
+            )));
+        }
+        if let Some(g) = level_grids
+            .iter()
+            .find(|g| g.len() != p || g.iter().any(|&t| t as usize >= k))
+        {
+            return Err(Error::Input(format!(
+                "a grid of the chain's run {} has {} tokens (the model has {p} positions) or a \
+                 token outside 0..{k}",
+                level + 1,
+                g.len()
+            )));
+        }
+    }
     let generated: Vec<usize> = match &req.known {
         Some(known) => (0..p).filter(|&j| known[j].is_none()).collect(),
         None => (0..p).collect(),

@@ -124,6 +124,19 @@ fn nothing_to_rank_gives_none() {
     };
     assert!(*n_classes > tessera_engine::fit::MAX_CONTRAST);
     assert!(vocabulary(&model.card, None).unwrap().is_empty());
+    // Grids that are not the model's are refused, not sliced.
+    let short = vec![vec![vec![0u32; 10]]];
+    let err = fit(
+        &model,
+        &ChainRequest {
+            contrast: vec![Condition::Class(4)],
+            ..req.clone()
+        },
+        &short,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("10 tokens"), "{err}");
     // Unconditional requests have nothing to be judged against.
     let uncond = load(&format!("{GOLDEN}/uncond_geometric"));
     let req = ChainRequest::new(&uncond.card);
