@@ -248,8 +248,8 @@ pub fn bench_model(model: &Path) -> Result<()> {
         _ => tessera_engine::loader::card::Condition::None,
     };
     let inpaint = JobKind::Inpaint {
-        image: Arc::new(image.clone()),
-        mask: Arc::new(mask.clone()),
+        image: Arc::new(image),
+        mask: Arc::new(mask),
         window: WindowOptions {
             whole_image: true,
             ..WindowOptions::default()
@@ -313,15 +313,7 @@ pub fn bench_model(model: &Path) -> Result<()> {
     for (what, kind, chains) in [
         (
             "inpaint (centre window, default chain counts)",
-            JobKind::Inpaint {
-                image: Arc::new(image.clone()),
-                mask: Arc::new(mask.clone()),
-                window: WindowOptions {
-                    whole_image: true,
-                    ..WindowOptions::default()
-                },
-                start_level: None,
-            },
+            inpaint.clone(),
             default_chains(&card),
         ),
         (

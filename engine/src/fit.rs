@@ -111,8 +111,8 @@ pub fn fit_until(
         generated.len(),
         &model.device,
     )?;
-    // One batch per prefix length (a batch needs one length): row (i, r) is candidate i
-    // under condition r.
+    // One batch per candidate and prefix length (a batch needs one length), a row per
+    // condition.
     let mut ll = vec![vec![0.0f64; conds.len()]; x0.len()];
     let mut lengths: Vec<usize> = prefixes.iter().map(Vec::len).collect();
     lengths.sort_unstable();
@@ -127,29 +127,28 @@ pub fn fit_until(
             if cancelled() {
                 return Err(Error::Cancelled);
             }
-            let rows: Vec<(usize, usize)> = conds_h.iter().map(|&r| (i, r)).collect();
             let logits = match (&*stage, &x1) {
                 (Stage::EncDec(net), Some(x1)) => {
-                    let mut src = Vec::with_capacity(rows.len() * (h + p));
-                    let mut tgt = Vec::with_capacity(rows.len() * len);
-                    for &(i, r) in &rows {
+                    let mut src = Vec::with_capacity(conds_h.len() * (h + p));
+                    let mut tgt = Vec::with_capacity(conds_h.len() * len);
+                    for &r in &conds_h {
                         src.extend_from_slice(&prefixes[r]);
                         src.extend_from_slice(&x1[i]);
                         tgt.push(SOS);
                         tgt.extend_from_slice(&x0[i][..len - 1]);
                     }
-                    let src = Tensor::from_vec(src, (rows.len(), h + p), &model.device)?;
-                    let tgt = Tensor::from_vec(tgt, (rows.len(), len), &model.device)?;
+                    let src = Tensor::from_vec(src, (conds_h.len(), h + p), &model.device)?;
+                    let tgt = Tensor::from_vec(tgt, (conds_h.len(), len), &model.device)?;
                     net.forward_at(&src, &tgt, &at)?
                 }
                 (Stage::Gpt(net), _) => {
-                    let mut idx = Vec::with_capacity(rows.len() * (h + len - 1));
-                    for &(i, r) in &rows {
+                    let mut idx = Vec::with_capacity(conds_h.len() * (h + len - 1));
+                    for &r in &conds_h {
                         idx.extend_from_slice(&prefixes[r]);
                         idx.extend_from_slice(&x0[i][..len - 1]);
                     }
                     let n = h + len - 1;
-                    let idx = Tensor::from_vec(idx, (rows.len(), n), &model.device)?;
+                    let idx = Tensor::from_vec(idx, (conds_h.len(), n), &model.device)?;
                     // Row h − 1 + j predicts token j.
                     net.forward(&idx)?
                         .narrow(1, h - 1, len)?
@@ -158,13 +157,14 @@ pub fn fit_until(
                 (Stage::EncDec(_), None) => return Ok(None),
             };
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let target: Vec<u32> = rows
+            let target: Vec<u32> = conds_h
                 .iter()
-                .flat_map(|&(i, _)| generated.iter().map(move |&j| x0[i][j]))
+                .flat_map(|_| generated.iter().map(|&j| x0[i][j]))
                 .collect();
-            let target = Tensor::from_vec(target, (rows.len(), generated.len(), 1), &model.device)?;
+            let shape = (conds_h.len(), generated.len(), 1);
+            let target = Tensor::from_vec(target, shape, &model.device)?;
             let picked = logp.gather(&target, 2)?.squeeze(2)?.to_vec2::<f32>()?;
-            for (&(i, r), row) in rows.iter().zip(&picked) {
+            for (&r, row) in conds_h.iter().zip(&picked) {
                 ll[i][r] = row.iter().map(|&v| f64::from(v)).sum();
             }
         }
