@@ -274,6 +274,15 @@ pub fn bench_model(model: &Path) -> Result<()> {
         chain.candidates = tessera_engine::pipeline::DEFAULT_CANDIDATES;
         let mut plain = chain.clone();
         chain.contrast = vocabulary.clone();
+        let concept = tessera_engine::recognizer::request_concept(&card, Some(0), "");
+        if concept.is_some() {
+            let mut recognized = chain.clone();
+            recognized.concept = concept;
+            ranked.push((
+                "inpaint, first concept guided, the editor's candidates ranked by the recognizer",
+                recognized,
+            ));
+        }
         ranked.push((
             "inpaint, first concept guided, the editor's candidates ranked by fit",
             chain,

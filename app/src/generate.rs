@@ -446,6 +446,19 @@ fn chain_request(
         // The concepts the candidates' fit is judged against.
         let tokenizer = PromptTokenizer::for_model(model_dir, card)?;
         req.contrast = tessera_engine::fit::vocabulary(card, tokenizer.as_ref())?;
+        // The concept the candidates are ranked by, when the model has a recognizer.
+        let class = match &req.condition {
+            Condition::Class(c) => Some(*c),
+            _ => args.class.as_ref().and_then(|c| {
+                let names = card.class_names();
+                find_class(names, names.len(), c).ok()
+            }),
+        };
+        req.concept = tessera_engine::recognizer::request_concept(
+            card,
+            class,
+            args.prompt.as_deref().unwrap_or(""),
+        );
     }
     if req.negative != Condition::None && guidance == 1.0 {
         bail!("--negative-prompt / --negative-class need --guidance other than 1");

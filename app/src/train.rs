@@ -310,6 +310,11 @@ impl Bars {
                 ),
             ),
             TrainEvent::Pool(done, all) => self.update(done, all, "scenes encoded".into()),
+            TrainEvent::Recognizer(p) => self.update(
+                p.step,
+                p.steps,
+                format!("loss {:.3} batch acc {:.2}", p.loss, p.batch_accuracy),
+            ),
             TrainEvent::Note(s) => eprintln!("{s}"),
         }
         true

@@ -60,12 +60,23 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
         "stage1.safetensors",
         "stage2.safetensors",
         "tokenizer.json",
+        "recognizer.safetensors",
     ] {
         assert!(out.join(f).is_file(), "{f} missing after training:\n{text}");
     }
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["stages"].as_array().unwrap().len(), 2);
+    // The concept recognizer trained beside the stages, one concept per class.
+    assert_eq!(
+        card["recognizer"]["concepts"].as_array().unwrap().len(),
+        card["conditioning"]["class_names"]
+            .as_array()
+            .unwrap()
+            .len(),
+        "{card}"
+    );
+    assert!(text.contains("held-out top-1"), "{text}");
     assert!(
         work.join("stage2/metrics.jsonl").is_file(),
         "no metrics log:\n{text}"
@@ -97,6 +108,10 @@ fn smoke_training_writes_a_model_that_samples_resumes_and_evaluates() {
     assert!(text.contains("vqgan: found in the work folder"), "{text}");
     assert!(text.contains("pool: found in the work folder"), "{text}");
     assert!(text.contains("decoder: found in the work folder"), "{text}");
+    assert!(
+        text.contains("recognizer: found in the work folder"),
+        "{text}"
+    );
 
     // The trained model samples through the ordinary command line, with a prompt.
     let png = dir.path().join("sample.png");

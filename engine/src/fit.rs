@@ -11,6 +11,13 @@
 //! the fit judges the whole finished fill against each *other* concept the model knows, which
 //! the draw never sees. Ranking four candidates by it measurably raises how often the one shown
 //! first is the concept asked for (README, `tessera eval`).
+//!
+//! A model with a concept recognizer ([`crate::recognizer`]) is ranked by that instead when the
+//! request names one of its concepts ([`score_until`]): a discriminative network judges the
+//! fill's shape better than the stage's likelihoods, which a guided draw has already pushed
+//! towards the concept token by token (README: 51 → 63 % of the candidates shown first on the
+//! shipped model). The stages' fit stays for requests that name no concept and for models
+//! without a recognizer.
 
 use candle_core::{D, Tensor};
 
@@ -171,6 +178,45 @@ pub fn fit_until(
     }
     let out = ll.iter().map(|l| posterior_of_first(l)).collect();
     Ok(Some(out))
+}
+
+/// Per candidate, how well it shows what `req` asks for — what the editor ranks by: the
+/// recognizer's p(concept | x_0 around the fill) when the request names a concept
+/// (`req.concept`) and the model has a recognizer ([`recognized`]), else the stages' own
+/// [`fit_until`]. `None` when there is nothing to rank.
+pub fn score_until(
+    model: &Model,
+    req: &ChainRequest,
+    grids: &[Vec<Vec<u32>>],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<Vec<f32>>> {
+    match recognized(model, req, grids)? {
+        Some(p) => Ok(Some(p)),
+        None => fit_until(model, req, grids, cancelled),
+    }
+}
+
+/// Per candidate, the recognizer's p(`req.concept` | x_0) over the region around the
+/// generated positions ([`crate::recognizer::region`]); `None` without a concept, a
+/// recognizer, or a generated position.
+pub fn recognized(
+    model: &Model,
+    req: &ChainRequest,
+    grids: &[Vec<Vec<u32>>],
+) -> Result<Option<Vec<f32>>> {
+    let (Some(concept), Some(rec)) = (req.concept, &model.recognizer) else {
+        return Ok(None);
+    };
+    req.validate(&model.card)?;
+    let Some(x0) = grids.last() else {
+        return Ok(None);
+    };
+    let side = model.card.grid_side();
+    let region = crate::recognizer::region(req.known.as_deref(), side, crate::recognizer::MARGIN);
+    if !region.iter().any(|&k| k) {
+        return Ok(None);
+    }
+    rec.probabilities(x0, &region, concept).map(Some)
 }
 
 /// The model's vocabulary of concepts as conditions — the contrast set the editor, the CLI and

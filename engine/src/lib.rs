@@ -22,6 +22,7 @@ pub mod loader;
 pub mod nn;
 pub mod panic;
 pub mod pipeline;
+pub mod recognizer;
 pub mod reference;
 pub mod sampler;
 pub mod schedule;

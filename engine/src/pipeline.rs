@@ -79,6 +79,11 @@ pub struct ChainRequest {
     /// model's vocabulary of concepts, as conditions); empty: against the negative. Sampling
     /// does not read it. At most [`crate::fit::MAX_CONTRAST`] are used.
     pub contrast: Vec<Condition>,
+    /// The concept the request asks for, as the model's recognizer knows it (the class
+    /// picked, or the concept the prompt names: [`crate::recognizer::RecognizerCard::concept_of`]);
+    /// with it, candidates are ranked by the recognizer ([`crate::fit::score_until`]). Sampling
+    /// does not read it.
+    pub concept: Option<usize>,
 }
 
 /// Where a branched chain starts.
@@ -108,6 +113,7 @@ impl ChainRequest {
             known: None,
             start: None,
             contrast: Vec::new(),
+            concept: None,
         }
     }
 
@@ -179,6 +185,18 @@ impl ChainRequest {
                         format!("negative condition: {e}")
                     })
                 })?;
+            }
+        }
+        if let Some(c) = self.concept {
+            match &card.recognizer {
+                Some(r) if c < r.concepts.len() => {}
+                Some(r) => {
+                    return bad(format!(
+                        "concept {c}: the model's recognizer knows {}",
+                        r.concepts.len()
+                    ));
+                }
+                None => return bad(format!("concept {c}: the model has no recognizer")),
             }
         }
         for (i, c) in self.contrast.iter().enumerate() {

@@ -466,7 +466,9 @@ impl Worker {
         // contrast condition) is skipped otherwise. Cancelling stops it like the chain.
         let fits = match chain.candidates {
             1 => None,
-            _ => crate::fit::fit_until(&model, &chain, &grids, &|| cancel.load(Ordering::Relaxed))?,
+            _ => {
+                crate::fit::score_until(&model, &chain, &grids, &|| cancel.load(Ordering::Relaxed))?
+            }
         };
         let images = decode(&model, last)?;
         for (index, generated) in images.into_iter().enumerate() {

@@ -1,9 +1,10 @@
 //! Tests of the candidates' fit ([`tessera_engine::fit`]): the posterior it reports against a
 //! plain per-condition computation on the golden class model, when there is nothing to rank,
-//! and that on the shipped model it tells a fill drawn for one concept from the others.
+//! and that on the shipped model it — and the shipped recognizer — tells a fill drawn for one
+//! concept from the others.
 
 use candle_core::{D, Tensor};
-use tessera_engine::fit::{contrast_set, fit, ranking, vocabulary};
+use tessera_engine::fit::{contrast_set, fit, ranking, recognized, score_until, vocabulary};
 use tessera_engine::loader::card::{Condition, Conditioning};
 use tessera_engine::loader::{LoadOptions, Model, ModelSource, Stage};
 use tessera_engine::pipeline::{ChainRequest, Silent, run_chain};
@@ -198,4 +199,85 @@ fn shipped_fills_fit_the_concept_they_were_drawn_for() {
         own > 4.0 * other,
         "mean fit to the concept drawn for {own:.3}, to the other {other:.3}"
     );
+}
+
+/// The shipped recognizer tells the shipped model's fills apart by the concept they were
+/// drawn for, and it is what the worker ranks by when the request names a concept.
+#[test]
+fn shipped_recognizer_recognizes_what_the_fills_were_drawn_for() {
+    let model = load(SHIPPED);
+    let rec = model
+        .recognizer
+        .as_ref()
+        .expect("the shipped model has a recognizer");
+    let tokenizer = PromptTokenizer::for_model(std::path::Path::new(SHIPPED), &model.card)
+        .unwrap()
+        .expect("the shipped model has a tokenizer");
+    let vocab = vocabulary(&model.card, Some(&tokenizer)).unwrap();
+    let names = model.card.class_names().to_vec();
+    assert_eq!(rec.card().concepts.len(), names.len());
+    let index = |name: &str| names.iter().position(|n| n == name).unwrap();
+    // A prompt names its concept by one of its words.
+    let card = &model.card;
+    assert_eq!(
+        tessera_engine::recognizer::request_concept(card, None, "a kitten on blue"),
+        Some(index("cat face"))
+    );
+    // A grey picture with its middle 12×12 tokens to fill: an object of the size the
+    // training scenes' objects have (55–90 % of the side).
+    let side = model.card.resolution();
+    let grey = Tensor::full(0.0f32, (1, 3, side, side), &model.device).unwrap();
+    let x0: Vec<u32> = model
+        .vqgan
+        .encode_tokens(&grey)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let g = model.card.grid_side();
+    let known: Vec<Option<u32>> = (0..g * g)
+        .map(|j| {
+            let (r, c) = (j / g, j % g);
+            let inside = (g / 2 - 6..g / 2 + 6).contains(&r) && (g / 2 - 6..g / 2 + 6).contains(&c);
+            (!inside).then_some(x0[j])
+        })
+        .collect();
+    let (mut own, mut other) = (0.0f64, 0.0f64);
+    for (a, b) in [("red heart", "snowflake"), ("snowflake", "red heart")] {
+        let mut req = ChainRequest::new(&model.card);
+        req.known = Some(known.clone());
+        req.condition = vocab[index(a)].clone();
+        req.guidance_scale = model.card.guidance_scale.unwrap_or(3.0);
+        req.candidates = 3;
+        req.seed = 5;
+        req.contrast = vocab.clone();
+        req.concept = Some(index(a));
+        let grids = run_chain(&model, &req, &mut Silent).unwrap();
+        let mine = recognized(&model, &req, &grids).unwrap().unwrap();
+        // What the worker ranks by.
+        assert_eq!(
+            score_until(&model, &req, &grids, &|| false)
+                .unwrap()
+                .unwrap(),
+            mine
+        );
+        let mut theirs_req = req.clone();
+        theirs_req.concept = Some(index(b));
+        let theirs = recognized(&model, &theirs_req, &grids).unwrap().unwrap();
+        own += mine.iter().map(|&f| f64::from(f)).sum::<f64>() / mine.len() as f64;
+        other += theirs.iter().map(|&f| f64::from(f)).sum::<f64>() / theirs.len() as f64;
+        assert!(mine.iter().chain(&theirs).all(|f| (0.0..=1.0).contains(f)));
+    }
+    eprintln!(
+        "mean recognizer probability of the concept drawn for {own:.3}, of the other {other:.3}"
+    );
+    assert!(
+        own > 4.0 * other,
+        "mean recognizer probability of the concept drawn for {own:.3}, of the other {other:.3}"
+    );
+    // A concept the recognizer does not know is refused.
+    let mut req = ChainRequest::new(&model.card);
+    req.concept = Some(names.len());
+    assert!(req.validate(&model.card).is_err());
 }

@@ -308,6 +308,7 @@ impl GenSettings {
         req.negative = self.negative_condition(card, tokenizer)?;
         req.contrast =
             tessera_engine::fit::vocabulary(card, tokenizer).map_err(|e| e.to_string())?;
+        req.concept = tessera_engine::recognizer::request_concept(card, self.class, &self.prompt);
         req.candidates = self.candidates;
         req.seed = seed;
         if self.levels.len() != card.levels() {
@@ -531,6 +532,29 @@ mod tests {
         let req = s.chain_request(&card, None, 1).unwrap();
         assert!(req.levels.iter().all(|l| *l == LevelParams::default()));
         assert_eq!(s.guidance_scale, 1.0);
+    }
+
+    #[test]
+    fn requests_name_the_concept_the_recognizer_ranks_by() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model");
+        let source = tessera_engine::loader::ModelSource::open(&dir).unwrap();
+        let card = source.card().clone();
+        let tok = PromptTokenizer::for_model(&dir, &card).unwrap();
+        let names = card.class_names().to_vec();
+        let at = |n: &str| names.iter().position(|c| c == n);
+        let mut s = GenSettings::for_card(&card);
+        s.prompt = "a kitten on blue".into();
+        let req = s.chain_request(&card, tok.as_ref(), 1).unwrap();
+        assert_eq!(req.concept, at("cat face"));
+        // The class picked wins over the prompt.
+        s.class = at("rocket");
+        let req = s.chain_request(&card, tok.as_ref(), 1).unwrap();
+        assert_eq!(req.concept, at("rocket"));
+        // A prompt that names no concept: ranked by the stages' fit.
+        s.class = None;
+        s.prompt = "something blue".into();
+        let req = s.chain_request(&card, tok.as_ref(), 1).unwrap();
+        assert_eq!(req.concept, None);
     }
 
     #[test]

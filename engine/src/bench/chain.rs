@@ -67,6 +67,7 @@ pub fn cin5_card() -> Result<ModelCard> {
         sampling: None,
         guidance_scale: None,
         chains: None,
+        recognizer: None,
     };
     card.validate().map_err(Error::Input)?;
     Ok(card)

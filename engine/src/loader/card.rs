@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gpt::GptConfig;
+use crate::recognizer::RecognizerCard;
 use crate::sampler::LevelParams;
 use crate::schedule::Schedule;
 use crate::vqgan::VqganConfig;
@@ -65,6 +66,11 @@ pub struct ModelCard {
     /// absent = the official script's counts ([`crate::pipeline::default_chains`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chains: Option<Vec<usize>>,
+    /// The concept recognizer that ranks a request's candidates
+    /// ([`crate::recognizer`]); absent = candidates ranked by the stages' own likelihoods
+    /// ([`crate::fit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recognizer: Option<RecognizerCard>,
 }
 
 fn default_dtype() -> String {
@@ -347,6 +353,22 @@ impl ModelCard {
             ));
         }
         self.schedule.validate()?;
+        if let Some(r) = &self.recognizer {
+            r.validate(self.n_tokens, self.grid_side())?;
+            let classes = match &self.conditioning {
+                Conditioning::Class { n_classes, .. } => Some(*n_classes),
+                Conditioning::Text { class_names, .. } if !class_names.is_empty() => {
+                    Some(class_names.len())
+                }
+                _ => None,
+            };
+            if let Some(n) = classes.filter(|&n| n != r.concepts.len()) {
+                return Err(format!(
+                    "recognizer: {} concepts for a model of {n} classes",
+                    r.concepts.len()
+                ));
+            }
+        }
         let prefix = self.prefix_len();
         let positions = self.n_positions();
         for (i, stage) in self.stages.iter().enumerate() {

@@ -18,6 +18,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::gpt::Gpt;
+use crate::recognizer::Recognizer;
 use crate::vqgan::Vqgan;
 use crate::xtransformer::XTransformer;
 use crate::{Error, Result};
@@ -101,6 +102,8 @@ pub struct Model {
     pub vqgan: Vqgan,
     /// Device the networks live on.
     pub device: Device,
+    /// The concept recognizer that ranks candidates, when the card has one.
+    pub recognizer: Option<Recognizer>,
     /// `stages[t-1]` undoes level t; `None` while a lazy stage is not resident.
     stages: Vec<Mutex<Option<Arc<Stage>>>>,
     /// Where lazy stages are (re)loaded from.
@@ -178,6 +181,7 @@ impl Model {
         Self {
             card,
             vqgan,
+            recognizer: None,
             device: device.clone(),
             stages: stages
                 .into_iter()
@@ -296,6 +300,22 @@ impl ModelSource {
         Vqgan::new(vb, &card.vqgan, card.n_tokens).map_err(backend::unwrap)
     }
 
+    /// Builds the card's concept recognizer (f32; it is small), if it has one.
+    pub fn load_recognizer(&self, opts: &LoadOptions) -> Result<Option<Recognizer>> {
+        let (Self::Tessera(f), Some(rc)) = (self, &self.card().recognizer) else {
+            return Ok(None);
+        };
+        let path = f.dir.join(&rc.weights);
+        let tensors = candle_core::safetensors::load(&path, &opts.device)
+            .map_err(|e| Error::bad_file(&path, e.to_string()))?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &opts.device);
+        let card = self.card();
+        let side = card.grid_side();
+        Recognizer::new(vb, rc, card.n_tokens, side)
+            .map(Some)
+            .map_err(|e| Error::bad_file(&path, e.to_string()))
+    }
+
     /// Builds the network of level `t` (1-based).
     pub fn load_stage(&self, t: usize, opts: &LoadOptions) -> Result<Stage> {
         self.build_stage(t, opts, None)
@@ -363,9 +383,11 @@ impl ModelSource {
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
+        let recognizer = self.load_recognizer(opts)?;
         Ok(Model {
             card: self.card().clone(),
             vqgan,
+            recognizer,
             device: opts.device.clone(),
             stages,
             source: opts.lazy.then(|| self.clone()),

@@ -372,6 +372,7 @@ impl Release {
             sampling: None,
             guidance_scale: None,
             chains: None,
+            recognizer: None,
         };
         card.validate().map_err(|e| Error::config(&manifest, e))?;
         Ok(Self {

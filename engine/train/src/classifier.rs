@@ -31,7 +31,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use bn::{bn_silu_eval, bn_silu_train};
 pub use fid::{fid, mean_cov, sym_eigen};
+pub(crate) use im2col::conv3x3;
 
 use tessera_engine::{Error, Result};
 

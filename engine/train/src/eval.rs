@@ -17,11 +17,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use tessera_engine::fit::{fit, ranking, vocabulary};
+use tessera_engine::fit::{fit, ranking, recognized, score_until, vocabulary};
 use tessera_engine::inpaint::{PresetMask, Window, composite, known_tokens, token_mask};
 use tessera_engine::loader::Model;
 use tessera_engine::loader::card::{Condition, Conditioning, ModelCard};
 use tessera_engine::pipeline::{ChainRequest, Silent, default_chains, run_chain};
+use tessera_engine::recognizer::request_concept;
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::text::PromptTokenizer;
 use tessera_engine::vqgan::Vqgan;
@@ -217,15 +218,29 @@ impl<'a> Masked<'a> {
         seed: u64,
         n: usize,
         contrast: &[Condition],
+        concept: Option<usize>,
     ) -> Result<Fills> {
         let mut req = request(model, cond, scale, cfg, seed, Some(self.known.clone()));
         req.candidates = n;
         req.contrast = contrast.to_vec();
+        req.concept = concept;
         let grids = run_chain(model, &req, &mut Silent)?;
-        let shown_first = match fit(model, &req, &grids)? {
+        let shown_first = match score_until(model, &req, &grids, &|| false)? {
             Some(f) => ranking(&f)[0],
             None => 0,
         };
+        if n > 1 && std::env::var_os(DUMP_VAR).is_some() {
+            let side = model.card.grid_side();
+            let region = tessera_engine::recognizer::region(
+                req.known.as_deref(),
+                side,
+                tessera_engine::recognizer::MARGIN,
+            );
+            dump(&serde_json::json!({
+                "seed": seed, "concept": concept, "fit": fit(model, &req, &grids)?,
+                "rec": recognized(model, &req, &grids)?, "x0": grids.last(), "region": region,
+            }))?;
+        }
         let images = grids
             .last()
             .expect("x_0")
@@ -246,6 +261,26 @@ impl<'a> Masked<'a> {
             shown_first,
         })
     }
+}
+
+/// Names a file that guided inpaintings are appended to as JSON lines — per request its
+/// candidates' x_0 grids, the region the recognizer reads, both rankings' scores, then the
+/// classifier's predictions — so that rankers can be compared on the same draws
+/// (`engine/train/tests/rescore.rs`). An exploration aid; the report does not depend on it.
+const DUMP_VAR: &str = "TESSERA_EVAL_DUMP";
+
+/// Appends `value` as a line to the file [`DUMP_VAR`] names.
+fn dump(value: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(DUMP_VAR) else {
+        return Ok(());
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{value}"))
+        .map_err(|e| Error::io(std::path::Path::new(&path), e))
 }
 
 /// The candidates of one inpainting request.
@@ -278,6 +313,7 @@ fn request(
         known,
         start: None,
         contrast: Vec::new(),
+        concept: None,
     }
 }
 
@@ -438,9 +474,28 @@ pub fn evaluate(
             // Guided: the editor's candidates, the best-fitting one is what it shows first.
             // Unguided: nothing to rank, and the first candidate is a single draw.
             let n = if k < 2 { cfg.candidates.max(1) } else { 1 };
-            let fills = masked.fill(model, cond, scale, cfg, cfg.seed + i as u64, n, &contrast)?;
+            let concept = match k {
+                0 => request_concept(&model.card, Some(want), ""),
+                1 => request_concept(&model.card, None, prompt),
+                _ => None,
+            };
+            let fills = masked.fill(
+                model,
+                cond,
+                scale,
+                cfg,
+                cfg.seed + i as u64,
+                n,
+                &contrast,
+                concept,
+            )?;
             let x = batch_to_tensor(&fills.images, &dev)?;
             let predicted = classifier.predict(&x)?;
+            if n > 1 && std::env::var_os(DUMP_VAR).is_some() {
+                dump(&serde_json::json!({
+                    "i": i, "k": k, "want": want, "pred": predicted, "shown": fills.shown_first,
+                }))?;
+            }
             if predicted[fills.shown_first] == want {
                 hits[k] += 1;
                 per_class[want].hits[k] += 1;
@@ -538,6 +593,7 @@ pub fn evaluate(
                 cfg.seed + 20_000 + i as u64,
                 1,
                 &[],
+                None,
             )?;
             completions.push(fills.images.swap_remove(0));
         }
@@ -721,15 +777,25 @@ pub fn contact_sheet(
         let target = Masked::new(model, scene, mask)?;
         let seed = seed + r as u64;
         let n = cfg.candidates.max(1);
-        let first = |cond: Condition, scale: f32, n: usize| -> Result<RgbImage> {
-            let mut fills = target.fill(model, cond, scale, cfg, seed, n, &contrast)?;
+        let first = |cond: Condition, scale: f32, n: usize, concept| -> Result<RgbImage> {
+            let mut fills = target.fill(model, cond, scale, cfg, seed, n, &contrast, concept)?;
             Ok(fills.images.swap_remove(fills.shown_first))
         };
         let cells = [
             masked,
-            first(condition_of(card, tokenizer, usize::MAX, &prompt)?, g, n)?,
-            first(condition_of(card, tokenizer, want, "")?, g, n)?,
-            first(Condition::None, 1.0, 1)?,
+            first(
+                condition_of(card, tokenizer, usize::MAX, &prompt)?,
+                g,
+                n,
+                request_concept(&model.card, None, &prompt),
+            )?,
+            first(
+                condition_of(card, tokenizer, want, "")?,
+                g,
+                n,
+                request_concept(&model.card, Some(want), ""),
+            )?,
+            first(Condition::None, 1.0, 1, None)?,
         ];
         for (c, img) in cells.iter().enumerate() {
             let big =
@@ -766,6 +832,7 @@ mod tests {
         assert_eq!(chains_of(&card, None, true), vec![1, 1]);
         let official = ModelCard {
             chains: None,
+            recognizer: None,
             ..card.clone()
         };
         assert_eq!(chains_of(&official, None, true), vec![3, 1]);

@@ -13,5 +13,6 @@ pub mod data;
 pub mod eval;
 pub mod optim;
 pub mod recipe;
+pub mod recognizer;
 pub mod stage;
 pub mod vqgan;

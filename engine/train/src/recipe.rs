@@ -8,10 +8,13 @@
 //! 2. `pool.safetensors` + `captions.txt` — a fixed pool of training scenes encoded to x_0
 //!    token grids, with their classes and captions; `tokenizer.json` trained on the captions;
 //! 3. `stage{t}/` — one run per level with the official objective, on grids of the pool;
+//!    `recognizer.safetensors` + `recognizer.json` — the concept recognizer trained on the
+//!    pool (see [`crate::recognizer`]), on the core the stages leave idle first;
 //! 4. the model folder (card, VQGAN, stages in the storage type, tokenizer), written to a
 //!    temporary folder and renamed into place.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -19,12 +22,14 @@ use serde::{Deserialize, Serialize};
 use tessera_engine::loader::card::{
     CARD_FILE, CARD_FORMAT, Condition, Conditioning, ModelCard, VQGAN_FILE, class_prompt,
 };
+use tessera_engine::recognizer::RecognizerCard;
 use tessera_engine::sampler::LevelParams;
 use tessera_engine::schedule::Schedule;
 use tessera_engine::text::{PromptTokenizer, train_word_level};
 use tessera_engine::{Error, Result};
 
 use super::data::{EmojiSet, SceneConfig, SceneGen, batch_to_tensor, class_names};
+use super::recognizer::{RECOGNIZER_FILE, RecognizerProgress, RecognizerTrainConfig};
 use super::stage::{NetworkSize, StageProgress, StageTrainConfig, input_vocab, stage_network};
 use super::vqgan::{
     DecoderProgress, DecoderTuneConfig, VqganProgress, VqganTrainConfig, train_vqgan, tune_decoder,
@@ -32,11 +37,12 @@ use super::vqgan::{
 
 mod files;
 mod pool;
+mod recognize;
 mod stages;
 use files::{VqganMeta, check_recipe_file, copy, load_vqgan, read_json, to_f16, write_json};
 pub use pool::Pool;
 use pool::pool;
-use stages::{StageData, train_stages};
+use stages::{Beside, StageData, train_stages};
 
 /// File name of the tokenizer in the work and model folders.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -106,6 +112,8 @@ pub struct Recipe {
     /// counts `tessera eval` measured best; see the README); `None`: the official script's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chains: Option<Vec<usize>>,
+    /// The concept recognizer that ranks candidates (`steps` 0: none).
+    pub recognizer: RecognizerTrainConfig,
 }
 
 impl Default for Recipe {
@@ -161,6 +169,7 @@ impl Default for Recipe {
             // top-1 40.6 / 48.4% with one pass per level, 41.8 / 40.6% with the official 3 at
             // level 1 (the GPT level draws the same distribution however many it runs).
             chains: Some(vec![1, 1]),
+            recognizer: RecognizerTrainConfig::default(),
         }
     }
 }
@@ -218,6 +227,14 @@ impl Recipe {
             stage_warmup: 1,
             ckpt_every: 2,
             export_f16: false,
+            recognizer: RecognizerTrainConfig {
+                steps: 4,
+                batch: 4,
+                warmup: 1,
+                embed_dim: 8,
+                channels: vec![8, 8],
+                ..RecognizerTrainConfig::default()
+            },
             ..Self::default()
         }
     }
@@ -299,6 +316,8 @@ pub enum TrainEvent {
     },
     /// Progress of encoding the pool (scenes done, in all).
     Pool(usize, usize),
+    /// A recognizer step.
+    Recognizer(RecognizerProgress),
     /// A finished phase's measurement, for the log.
     Note(String),
 }
@@ -490,7 +509,17 @@ pub fn run(
         conds: &conds,
         part_drop: recipe.part_drop,
     };
-    let trained_stages = train_stages(&cfgs, &schedule, &data, work, opts.jobs, events)?;
+    // 3b. The concept recognizer, on the pool, on the core the stages leave idle first.
+    let recognizer: Mutex<Option<RecognizerCard>> = Mutex::new(None);
+    let train_recognizer = |ev: &mut dyn FnMut(TrainEvent) -> bool| -> Result<()> {
+        let card =
+            recognize::recognizer(recipe, set, &scenes, &pool, &vqgan, meta.n_used, work, ev)?;
+        *recognizer.lock().unwrap_or_else(|p| p.into_inner()) = card;
+        Ok(())
+    };
+    let beside: Option<Beside<'_>> = (recipe.recognizer.steps > 0).then_some(&train_recognizer);
+    let trained_stages = train_stages(&cfgs, &schedule, &data, work, opts.jobs, beside, events)?;
+    let recognizer = recognizer.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut stage_cards = Vec::new();
 
     // 4. Export.
@@ -518,6 +547,9 @@ pub fn run(
     };
     copy(vq_export, &tmp.join(VQGAN_FILE))?;
     copy(&tok_path, &tmp.join(TOKENIZER_FILE))?;
+    if let Some(r) = &recognizer {
+        copy(&work.join(RECOGNIZER_FILE), &tmp.join(&r.weights))?;
+    }
     let card = ModelCard {
         format: CARD_FORMAT.into(),
         name: recipe.name.clone(),
@@ -540,6 +572,7 @@ pub fn run(
         sampling: recipe.sampling,
         guidance_scale: recipe.guidance_scale,
         chains: recipe.chains.clone(),
+        recognizer,
     };
     write_json(&tmp.join(CARD_FILE), &card)?;
     if out.exists() {

@@ -38,7 +38,7 @@ pub(super) fn pool(
         name: "pool".into(),
         done,
     });
-    let seed = recipe.seed ^ 0x504f_4f4c;
+    let seed = pool_seed(recipe);
     if !done {
         let chunk = 64;
         let mut tokens: Vec<u32> = Vec::new();
@@ -114,4 +114,9 @@ pub(super) fn read_pool(path: &Path, cap_path: &Path) -> Result<Pool> {
         classes,
         captions,
     })
+}
+
+/// The seed of the pool's scene stream: scene `i` of the pool is scene `i` of this stream.
+pub(super) fn pool_seed(recipe: &Recipe) -> u64 {
+    recipe.seed ^ 0x504f_4f4c
 }

@@ -56,16 +56,23 @@ impl StageData<'_> {
     }
 }
 
+/// Other work of the recipe that may run beside the stages (the recognizer): it gets an event
+/// sink that returns `false` when it should stop.
+pub(super) type Beside<'a> = &'a (dyn Fn(&mut dyn FnMut(TrainEvent) -> bool) -> Result<()> + Sync);
+
 /// Trains (or resumes) the stage of every level in `cfgs` (level t at index t − 1), in
-/// folders `work/stage{t}`, at most `jobs` at a time. Events reach `events` on the calling
-/// thread; when it returns `false` every stage stops after writing its checkpoint and the
-/// result is [`Error::Cancelled`].
+/// folders `work/stage{t}`, at most `jobs` at a time, and runs `beside` on the first job slot
+/// the stages leave idle (after them with one job): the stages of unequal levels finish apart,
+/// and a core would otherwise wait. Events reach `events` on the calling thread; when it
+/// returns `false` everything stops after writing its checkpoint and the result is
+/// [`Error::Cancelled`].
 pub(super) fn train_stages(
     cfgs: &[StageTrainConfig],
     schedule: &Schedule,
     data: &StageData<'_>,
     work: &Path,
     jobs: usize,
+    beside: Option<Beside<'_>>,
     events: &mut dyn FnMut(TrainEvent) -> bool,
 ) -> Result<Vec<TrainedStage>> {
     let jobs = jobs.clamp(1, cfgs.len().max(1));
@@ -88,6 +95,9 @@ pub(super) fn train_stages(
             }
             out.push(trained);
         }
+        if let Some(beside) = beside {
+            beside(events)?;
+        }
         return Ok(out);
     }
 
@@ -107,6 +117,8 @@ pub(super) fn train_stages(
     let stop = AtomicBool::new(false);
     let results: Mutex<Vec<Option<Result<TrainedStage>>>> =
         Mutex::new((0..cfgs.len()).map(|_| None).collect());
+    let beside_taken = AtomicBool::new(beside.is_none());
+    let beside_result: Mutex<Option<Result<()>>> = Mutex::new(None);
     let (tx, rx) = mpsc::channel::<TrainEvent>();
 
     let pools = (0..jobs)
@@ -122,10 +134,26 @@ pub(super) fn train_stages(
         for pool in &pools {
             let tx = tx.clone();
             let (next, stop, results, order) = (&next, &stop, &results, &order);
+            let (beside_taken, beside_result) = (&beside_taken, &beside_result);
             s.spawn(move || {
                 loop {
                     let k = next.fetch_add(1, Ordering::SeqCst);
-                    if k >= order.len() || stop.load(Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if k >= order.len() {
+                        // No stage left to start: this slot takes the work beside them.
+                        if let (Some(beside), false) =
+                            (beside, beside_taken.swap(true, Ordering::SeqCst))
+                        {
+                            let result = pool.install(|| {
+                                beside(&mut |e| tx.send(e).is_ok() && !stop.load(Ordering::SeqCst))
+                            });
+                            if result.is_err() {
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                            *beside_result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                        }
                         break;
                     }
                     let i = order[k];
@@ -163,6 +191,16 @@ pub(super) fn train_stages(
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut out = Vec::with_capacity(cfgs.len());
     let mut cancelled = false;
+    match beside_result
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        Some(Err(e)) if !matches!(e, Error::Cancelled) => return Err(e),
+        Some(Err(_)) => cancelled = true,
+        // Not started: a stage failed or stopped first (reported below).
+        None if beside.is_some() => cancelled = true,
+        _ => {}
+    }
     for (cfg, r) in cfgs.iter().zip(results) {
         match r {
             Some(Ok(t)) if t.step >= cfg.steps => out.push(t),
