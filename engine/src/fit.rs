@@ -15,9 +15,10 @@
 //! A model with a concept recognizer ([`crate::recognizer`]) is ranked by that instead when the
 //! request names one of its concepts ([`score_until`]): a discriminative network judges the
 //! fill's shape better than the stage's likelihoods, which a guided draw has already pushed
-//! towards the concept token by token (README: 51 → 63 % of the candidates shown first on the
-//! shipped model). The stages' fit stays for requests that name no concept and for models
-//! without a recognizer.
+//! towards the concept token by token (README, shipped model: the candidate shown first is the
+//! requested concept 66 / 63 % of the time for class picks / prompts, 51 / 47 % by the stages'
+//! fit). The stages' fit stays for requests that name no concept and for models without a
+//! recognizer.
 
 use candle_core::{D, Tensor};
 
