@@ -281,3 +281,39 @@ fn shipped_recognizer_recognizes_what_the_fills_were_drawn_for() {
     req.concept = Some(names.len());
     assert!(req.validate(&model.card).is_err());
 }
+
+/// A recognizer that does not match its card is refused by name, key and both shapes, as a
+/// stage is; one whose file is gone is refused naming the file.
+#[test]
+fn a_mismatched_recognizer_is_refused_with_the_key_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(SHIPPED).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let card_path = dir.path().join("model.json");
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    card["recognizer"]["channels"] = serde_json::json!([64, 128, 64]);
+    std::fs::write(&card_path, card.to_string()).unwrap();
+    let err = ModelSource::open(dir.path())
+        .unwrap()
+        .load(&LoadOptions::default())
+        .err()
+        .expect("a mismatched recognizer loads")
+        .to_string();
+    assert!(
+        err.contains("conv2.weight")
+            && err.contains("[128, 128, 3, 3]")
+            && err.contains("[64, 128, 3, 3]"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("recognizer.safetensors")).unwrap();
+    let err = ModelSource::open(dir.path())
+        .unwrap()
+        .load(&LoadOptions::default())
+        .err()
+        .expect("a model without its recognizer file loads")
+        .to_string();
+    assert!(err.contains("recognizer.safetensors"), "{err}");
+}

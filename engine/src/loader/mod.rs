@@ -306,14 +306,16 @@ impl ModelSource {
             return Ok(None);
         };
         let path = f.dir.join(&rc.weights);
-        let tensors = candle_core::safetensors::load(&path, &opts.device)
-            .map_err(|e| Error::bad_file(&path, e.to_string()))?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &opts.device);
+        // The stages' checks: a missing tensor or a shape mismatch names the file, the key
+        // and both shapes.
+        let backend = Checked::new(Source::safetensors(path)?, None);
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, opts.device.clone());
         let card = self.card();
-        let side = card.grid_side();
-        Recognizer::new(vb, rc, card.n_tokens, side)
-            .map(Some)
-            .map_err(|e| Error::bad_file(&path, e.to_string()))
+        match Recognizer::new(vb, rc, card.n_tokens, card.grid_side()) {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::Candle(e)) => Err(backend::unwrap(e)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Builds the network of level `t` (1-based).
