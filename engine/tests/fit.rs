@@ -20,6 +20,28 @@ fn load(dir: &str) -> Model {
         .unwrap()
 }
 
+/// The known tokens of a grey picture with its middle `2·half`² tokens to fill.
+fn grey_with_hole(model: &Model, half: usize) -> Vec<Option<u32>> {
+    let side = model.card.resolution();
+    let grey = Tensor::full(0.0f32, (1, 3, side, side), &model.device).unwrap();
+    let x0: Vec<u32> = model
+        .vqgan
+        .encode_tokens(&grey)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let g = model.card.grid_side();
+    let middle = g / 2 - half..g / 2 + half;
+    (0..g * g)
+        .map(|j| {
+            let inside = middle.contains(&(j / g)) && middle.contains(&(j % g));
+            (!inside).then_some(x0[j])
+        })
+        .collect()
+}
+
 /// log p(x_0 | x_1, c) over the `generated` positions, one condition at a time, every
 /// position fed: what the fit's batched, truncated pass must equal.
 fn log_likelihood(
@@ -159,24 +181,7 @@ fn shipped_fills_fit_the_concept_they_were_drawn_for() {
     let index = |name: &str| names.iter().position(|n| n == name).unwrap();
     // A grey picture with its middle 8×8 tokens to fill (a quarter of the grid: cheap enough
     // for a debug build, large enough for an object).
-    let side = model.card.resolution();
-    let grey = Tensor::full(0.0f32, (1, 3, side, side), &model.device).unwrap();
-    let x0: Vec<u32> = model
-        .vqgan
-        .encode_tokens(&grey)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let g = model.card.grid_side();
-    let known: Vec<Option<u32>> = (0..g * g)
-        .map(|j| {
-            let (r, c) = (j / g, j % g);
-            let inside = (g / 2 - 4..g / 2 + 4).contains(&r) && (g / 2 - 4..g / 2 + 4).contains(&c);
-            (!inside).then_some(x0[j])
-        })
-        .collect();
+    let known = grey_with_hole(&model, 4);
     let (mut own, mut other) = (0.0f64, 0.0f64);
     for (a, b) in [("red heart", "snowflake"), ("snowflake", "red heart")] {
         let mut req = ChainRequest::new(&model.card);
@@ -225,24 +230,7 @@ fn shipped_recognizer_recognizes_what_the_fills_were_drawn_for() {
     );
     // A grey picture with its middle 12×12 tokens to fill: an object of the size the
     // training scenes' objects have (55–90 % of the side).
-    let side = model.card.resolution();
-    let grey = Tensor::full(0.0f32, (1, 3, side, side), &model.device).unwrap();
-    let x0: Vec<u32> = model
-        .vqgan
-        .encode_tokens(&grey)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let g = model.card.grid_side();
-    let known: Vec<Option<u32>> = (0..g * g)
-        .map(|j| {
-            let (r, c) = (j / g, j % g);
-            let inside = (g / 2 - 6..g / 2 + 6).contains(&r) && (g / 2 - 6..g / 2 + 6).contains(&c);
-            (!inside).then_some(x0[j])
-        })
-        .collect();
+    let known = grey_with_hole(&model, 6);
     let (mut own, mut other) = (0.0f64, 0.0f64);
     for (a, b) in [("red heart", "snowflake"), ("snowflake", "red heart")] {
         let mut req = ChainRequest::new(&model.card);
