@@ -125,32 +125,40 @@ fn killed_mid_edit_the_next_start_restores_the_autosaved_work() {
     });
     image.save(&image_path).unwrap();
 
-    let n = 40 + std::process::id() % 150;
-    let display = format!(":{n}");
-    let _xvfb = Killed(
+    // Xvfb picks a free display itself and writes its number once it accepts connections: a
+    // display number chosen here could be taken or left behind as a stale socket.
+    let mut xvfb = Killed(
         Command::new("Xvfb")
             .args([
-                display.as_str(),
+                "-displayfd",
+                "1",
                 "-screen",
                 "0",
                 "1600x1000x24",
                 "-nolisten",
                 "tcp",
             ])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start Xvfb"),
     );
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "Xvfb did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let out = xvfb.0.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).ok();
+        tx.send(line).ok();
+    });
+    let number = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("Xvfb did not report its display within 30 s");
+    let number: u32 = number
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("Xvfb reported no display number: {number:?}"));
+    let display = format!(":{number}");
+    let _xvfb = xvfb;
 
     // Paint strokes until several autosaves have happened, then SIGKILL at a moment that
     // depends on the clock (so runs differ), possibly in the middle of an autosave.
