@@ -504,11 +504,19 @@ mod tests {
 
     #[test]
     fn q8_0_product_is_the_product_of_the_dequantized_weight() {
+        for k in [96, 288] {
+            q8_0_product_matches(k, 70);
+        }
+    }
+
+    /// Every kernel's `Q8_0` product for a `(out, k)` weight and 1–16 rows against ggml's and
+    /// against the dequantized weight's.
+    fn q8_0_product_matches(k: usize, out: usize) {
         use candle_core::quantized::{GgmlDType, QTensor};
         use candle_core::{Device, Tensor};
-        let (k, out) = (96, 70);
+        // Every block of 32 with its own scale, so that a kernel mixing blocks' scales fails.
         let w: Vec<f32> = (0..out * k)
-            .map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0)
+            .map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0 * (1.0 + (i / 32 % 7) as f32 * 0.37))
             .collect();
         let wt = Tensor::from_vec(w, (out, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
@@ -526,7 +534,10 @@ mod tests {
         let qm = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
         for rows in [1, 2, 3, 4, 5, 9, 16] {
             let x: Vec<f32> = (0..rows * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0 + (i % 5) as f32 * 0.013)
+                .map(|i| {
+                    ((i * 7 % 13) as f32 - 6.0) / 5.0 * (1.0 + (i / 32 % 3) as f32 * 0.5)
+                        + (i % 5) as f32 * 0.013
+                })
                 .collect();
             for wide in [true, false] {
                 let y = q8_0_product(&x, rows, k, &bytes, out, wide);
