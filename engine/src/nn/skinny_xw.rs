@@ -7,9 +7,10 @@
 //! at one row and 9× at four (`tessera bench`, f16). Here the weight's rows are cut into
 //! slices, one task each, so every task streams one contiguous stretch of memory (cutting the
 //! columns instead made strided reads that the prefetchers did not follow: slower than
-//! candle). A task reads eight weights at a time (f16 widened with F16C) and adds them, times
-//! each input row's entry, into its own f32 sums over all columns (L1/L2); the slices' sums
-//! are added at the end. Every weight is read once whatever the number of rows. Sums run in
+//! candle). A task reads eight (AVX2) or sixteen (AVX-512) weights of four rows at a time
+//! (f16 widened with F16C) and adds them, times each input row's entry, into its own f32 sums
+//! over all columns (L1/L2); the slices' sums are added at the end. Both kernels add in the
+//! same order, so they give the same bits. Every weight is read once whatever the number of rows. Sums run in
 //! f32 in a fixed order, so results are deterministic and within rounding of the f32 product
 //! of the same values.
 
