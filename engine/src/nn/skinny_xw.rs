@@ -561,6 +561,10 @@ mod tests {
                     assert!((y32[r * out + o] - want).abs() < tol, "f32 [{r},{o}]");
                     for (name, h, h32) in &others {
                         let (h, h32) = (h[r * out + o], h32[r * out + o]);
+                        // The kernels add in one order: the same bits whichever runs.
+                        let (first, first32) = (others[0].1[r * out + o], others[0].2[r * out + o]);
+                        assert_eq!(h.to_bits(), first.to_bits(), "{name} f16 [{r},{o}]");
+                        assert_eq!(h32.to_bits(), first32.to_bits(), "{name} f32 [{r},{o}]");
                         assert!(
                             (h - want).abs() < tol,
                             "{name} f16 {rows}×{k}×{out} [{r},{o}]"
