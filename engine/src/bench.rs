@@ -452,85 +452,99 @@ pub fn run(parts: &Parts, quick: bool, out: &mut dyn FnMut(String)) -> Result<()
             "encoder–decoder stage (dim 1152, 32+6 layers, 16×64 heads, K 973): {:.1} M parameters",
             params as f64 / 1e6
         ));
-        let step_bytes = net.step_weight_bytes() as f64;
         out(format!(
             "  a decoder step reads {:.0} MB of weights",
-            step_bytes / 1e6
+            net.step_weight_bytes() as f64 / 1e6
         ));
-        for b in [1usize, 4] {
-            let src = tokens(b, 258, 973, &dev)?;
-            let (flops, plain) = encoder_plain(&cfg, b * 258, reps, &dev)?;
-            let u = Usage::now();
-            let enc = time(reps, || net.start(&src).map(drop))?;
-            out(format!(
-                "  batch {b}: encoder pass + cross K/V over 258 tokens: {enc:.3} s \
-                 ({:.0} GFLOP/s; its products as plain matmuls {plain:.3} s: efficiency {:.0}%; {})",
-                flops / enc / 1e9,
-                100.0 * plain / enc,
-                Usage::now().since(u)
-            ));
-            for p in [1usize, 128, 248] {
-                let one = tokens(b, 1, 973, &dev)?;
-                let m = per_token(
-                    reps,
-                    || {
-                        let mut c = net.start(&src)?;
-                        if p > 1 {
-                            net.step(&tokens(b, p - 1, 973, &dev)?, &mut c)?;
-                        }
-                        Ok(c)
-                    },
-                    |c| net.step(&one, c).map(drop),
-                )?;
+        // The same network in f32 and with its linear layers in `Q8_0`; the encoder passes of
+        // both against the f32 products run as plain matmuls (measured once per batch size).
+        let q8 = net.quantized(GgmlDType::Q8_0)?;
+        let mut plain_by_batch = HashMap::new();
+        for (tag, net) in [("", &net), ("q8_0: ", &q8)] {
+            let step_bytes = net.step_weight_bytes() as f64;
+            for b in [1usize, 4] {
+                let src = tokens(b, 258, 973, &dev)?;
+                let (flops, plain) = match plain_by_batch.get(&b) {
+                    Some(&fp) => fp,
+                    None => {
+                        let fp = encoder_plain(&cfg, b * 258, reps, &dev)?;
+                        plain_by_batch.insert(b, fp);
+                        fp
+                    }
+                };
+                let u = Usage::now();
+                let enc = time(reps, || net.start(&src).map(drop))?;
                 out(format!(
-                    "  batch {b}: decoder step with prefix {p}..{}: {:.2} ms/token = {}",
-                    p + 7,
-                    m * 1e3,
-                    machine.versus(m, step_bytes)
+                    "  {tag}batch {b}: encoder pass + cross K/V over 258 tokens: {enc:.3} s \
+                 ({:.0} GFLOP/s; its products as plain f32 matmuls {plain:.3} s: efficiency \
+                 {:.0}%; {})",
+                    flops / enc / 1e9,
+                    100.0 * plain / enc,
+                    Usage::now().since(u)
+                ));
+                for p in [1usize, 128, 248] {
+                    let one = tokens(b, 1, 973, &dev)?;
+                    let m = per_token(
+                        reps,
+                        || {
+                            let mut c = net.start(&src)?;
+                            if p > 1 {
+                                net.step(&tokens(b, p - 1, 973, &dev)?, &mut c)?;
+                            }
+                            Ok(c)
+                        },
+                        |c| net.step(&one, c).map(drop),
+                    )?;
+                    out(format!(
+                        "  {tag}batch {b}: decoder step with prefix {p}..{}: {:.2} ms/token = {}",
+                        p + 7,
+                        m * 1e3,
+                        machine.versus(m, step_bytes)
+                    ));
+                }
+                let u = Usage::now();
+                let whole = once(|| {
+                    let mut cache = net.start(&src)?;
+                    let one = tokens(b, 1, 973, &dev)?;
+                    for _ in 0..256 {
+                        net.step(&one, &mut cache)?;
+                    }
+                    Ok(())
+                })?;
+                out(format!(
+                    "  {tag}batch {b}: whole level (encoder + 256 cached steps): {whole:.2} s ({})",
+                    Usage::now().since(u)
+                ));
+                // Inpainting a centred window of 26 tokens (10%): each known run is fed in one
+                // prefill call, only the masked positions are stepped one by one.
+                let masked: Vec<bool> = (0..256)
+                    .map(|i| {
+                        let (r, c) = (i / 16, i % 16);
+                        ((6..10).contains(&r) && (5..11).contains(&c))
+                            || (r == 10 && (7..9).contains(&c))
+                    })
+                    .collect();
+                let n_masked = masked.iter().filter(|m| **m).count();
+                let part = once(|| {
+                    let mut cache = net.start(&src)?;
+                    // The SOS and the known run before a masked position go in together.
+                    let mut pending = 1usize;
+                    for &m in &masked {
+                        if m {
+                            net.step(&tokens(b, pending, 973, &dev)?, &mut cache)?;
+                            pending = 1;
+                        } else {
+                            pending += 1;
+                        }
+                    }
+                    Ok(())
+                })?;
+                out(format!(
+                    "  {tag}batch {b}: inpainting level, {n_masked} of 256 tokens masked (known runs \
+                 prefilled): {part:.2} s = {:.0}% of the whole level",
+                    100.0 * part / whole
                 ));
             }
-            let u = Usage::now();
-            let whole = once(|| {
-                let mut cache = net.start(&src)?;
-                let one = tokens(b, 1, 973, &dev)?;
-                for _ in 0..256 {
-                    net.step(&one, &mut cache)?;
-                }
-                Ok(())
-            })?;
-            out(format!(
-                "  batch {b}: whole level (encoder + 256 cached steps): {whole:.2} s ({})",
-                Usage::now().since(u)
-            ));
-            // Inpainting a centred window of 26 tokens (10%): each known run is fed in one
-            // prefill call, only the masked positions are stepped one by one.
-            let masked: Vec<bool> = (0..256)
-                .map(|i| {
-                    let (r, c) = (i / 16, i % 16);
-                    ((6..10).contains(&r) && (5..11).contains(&c))
-                        || (r == 10 && (7..9).contains(&c))
-                })
-                .collect();
-            let n_masked = masked.iter().filter(|m| **m).count();
-            let part = once(|| {
-                let mut cache = net.start(&src)?;
-                // The SOS and the known run before a masked position go in together.
-                let mut pending = 1usize;
-                for &m in &masked {
-                    if m {
-                        net.step(&tokens(b, pending, 973, &dev)?, &mut cache)?;
-                        pending = 1;
-                    } else {
-                        pending += 1;
-                    }
-                }
-                Ok(())
-            })?;
-            out(format!(
-                "  batch {b}: inpainting level, {n_masked} of 256 tokens masked (known runs \
-                 prefilled): {part:.2} s = {:.0}% of the whole level",
-                100.0 * part / whole
-            ));
         }
     }
     if parts.encdec {

@@ -16,6 +16,7 @@ mod few_query;
 mod gelu;
 pub mod grad;
 mod linear;
+pub(crate) mod q8_panels;
 mod skinny;
 mod skinny_q4k;
 mod skinny_xw;
@@ -170,4 +171,47 @@ pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     table
         .index_select(&ids.flatten_all()?, 0)?
         .reshape((b, n, dim))
+}
+
+/// What the quantized kernels' tests start from.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// `w` `(out, k)` quantized to `dtype`: the tensor, its dequantized values and its bytes.
+    pub(crate) fn quantize(
+        w: Vec<f32>,
+        out: usize,
+        k: usize,
+        dtype: GgmlDType,
+    ) -> (QTensor, Vec<f32>, Vec<u8>) {
+        let wt = Tensor::from_vec(w, (out, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&wt, dtype).unwrap();
+        let deq: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let bytes = q.data().unwrap().into_owned();
+        (q, deq, bytes)
+    }
+
+    /// candle's (ggml's) product of `x` `(rows, k)` with a quantized weight.
+    pub(crate) fn ggml_product(
+        qm: &candle_core::quantized::QMatMul,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> Vec<f32> {
+        let xt = Tensor::from_vec(x.to_vec(), (rows, k), &Device::Cpu).unwrap();
+        candle_core::Module::forward(qm, &xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
 }

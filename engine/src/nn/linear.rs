@@ -1,20 +1,33 @@
 //! The linear layer of the stages: f32/f16 weights through the GEMM or the few-row kernels,
-//! quantized weights (`Q8_0`, k-quants) through Tessera's AVX2 kernel, candle's `QMatMul` or a
+//! quantized weights (`Q8_0`, k-quants) through Tessera's integer kernels (`Q8_0` in VNNI
+//! panels, `nn/q8_panels.rs`, where the CPU has AVX-512 VNNI), candle's `QMatMul` or a
 //! per-call dequantization, and the differentiable path for training.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use std::sync::Arc;
+
+use super::q8_panels::PanelsQ8;
 use super::{grad, skinny, skinny_q4k, skinny_xw};
 
 /// From this many rows on (encoder passes, cross-attention keys, batched prefills), a layer in
-/// a block format multiplies through its weight dequantized for the call and the f32 GEMM:
-/// ggml's block dot products run well below the GEMM's rate there, and unpacking the blocks
-/// once costs a few percent of such a product. Decoding steps (1–16 rows) read the blocks
-/// instead — a quarter of the bytes — through [`skinny::matmul_xwt_q8_0`] for `Q8_0` and
-/// candle's kernels for the k-quants.
+/// a block format that is not in VNNI panels multiplies through its weight dequantized for the
+/// call and the f32 GEMM: ggml's block dot products run well below the GEMM's rate there, and
+/// unpacking the blocks once costs a few percent of such a product. Decoding steps (1–16 rows)
+/// read the blocks instead — a quarter of the bytes — through [`skinny::matmul_xwt_q8_0`] for
+/// `Q8_0` and Tessera's or candle's kernels for the k-quants.
 const DEQUANTIZED_MIN_ROWS: usize = 64;
+
+/// A weight in a quantized format.
+#[derive(Debug, Clone)]
+enum Quant {
+    /// ggml blocks, row-major (`[out, in]`).
+    Blocks(QMatMul),
+    /// `Q8_0` repacked for the VNNI kernel (CPUs with AVX-512 VNNI): every row count.
+    Panels(Arc<PanelsQ8>),
+}
 
 /// A fully connected layer `y = x Wᵀ (+ b)` with the PyTorch weight layout `[out, in]`.
 ///
@@ -33,7 +46,7 @@ pub struct Linear {
     /// an empty placeholder and `quant` holds the weight).
     weight_t: Tensor,
     /// The weight in a ggml block format (see [`Linear::quantized`]).
-    quant: Option<QMatMul>,
+    quant: Option<Quant>,
     out_dim: usize,
     bias: Option<Tensor>,
     /// The parameter prefixes the weight was loaded from (`decoder.layers.0.1.to_q`), one per
@@ -110,10 +123,24 @@ impl Linear {
     }
 
     /// This layer computing with the block-format weight `q` (`[out, in]`); the bias in f32.
+    /// `Q8_0` on a CPU with AVX-512 VNNI is repacked into panels (the same bytes; the blocks
+    /// are not kept).
     fn with_blocks(&self, q: QTensor) -> Result<Self> {
+        let device = self.weight_t.device();
+        let panels = match (q.dtype(), device) {
+            (GgmlDType::Q8_0, Device::Cpu) => {
+                let (out, k) = q.shape().dims2()?;
+                PanelsQ8::from_q8_0(&q.data()?, out, k)
+            }
+            _ => None,
+        };
+        let quant = match panels {
+            Some(p) => Quant::Panels(Arc::new(p)),
+            None => Quant::Blocks(QMatMul::from_qtensor(q)?),
+        };
         Ok(Self {
-            weight_t: Tensor::zeros(0, DType::F32, self.weight_t.device())?,
-            quant: Some(QMatMul::from_qtensor(q)?),
+            weight_t: Tensor::zeros(0, DType::F32, device)?,
+            quant: Some(quant),
             out_dim: self.out_dim,
             bias: self
                 .bias
@@ -132,8 +159,9 @@ impl Linear {
     /// Bytes of weight (not bias) a product reads.
     pub fn weight_bytes(&self) -> usize {
         match &self.quant {
-            Some(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
-            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+            Some(Quant::Panels(p)) => p.bytes(),
+            Some(Quant::Blocks(QMatMul::QTensor(q))) => q.storage_size_in_bytes(),
+            Some(Quant::Blocks(QMatMul::Tensor(t) | QMatMul::TensorF16(t))) => {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
             None => self.weight_t.elem_count() * self.weight_t.dtype().size_in_bytes(),
@@ -329,8 +357,11 @@ impl Linear {
     /// The weight in PyTorch layout, `[out, in]` (a view; dequantized for a quantized layer).
     pub fn weight(&self) -> Result<Tensor> {
         match &self.quant {
-            Some(QMatMul::QTensor(q)) => q.dequantize(self.weight_t.device()),
-            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => Ok(t.clone()),
+            Some(Quant::Panels(p)) => {
+                Tensor::from_vec(p.dequantize(), (p.out(), p.k()), self.weight_t.device())
+            }
+            Some(Quant::Blocks(QMatMul::QTensor(q))) => q.dequantize(self.weight_t.device()),
+            Some(Quant::Blocks(QMatMul::Tensor(t) | QMatMul::TensorF16(t))) => Ok(t.clone()),
             None => self.weight_t.t(),
         }
     }
@@ -358,13 +389,29 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let x2 = x.contiguous()?.reshape((rows, in_dim))?;
         let y = match &self.quant {
-            Some(QMatMul::QTensor(q))
+            Some(Quant::Panels(p)) if matches!(x2.device(), Device::Cpu) => {
+                let x2 = x2.to_dtype(DType::F32)?;
+                let (guard, layout) = x2.storage_and_layout();
+                let y = match (&*guard, layout.contiguous_offsets()) {
+                    (candle_core::Storage::Cpu(xs), Some((x0, x1))) => {
+                        p.matmul(&xs.as_slice::<f32>()?[x0..x1], rows)
+                    }
+                    _ => candle_core::bail!("linear: input not contiguous on the CPU"),
+                };
+                drop(guard);
+                Tensor::from_vec(y, (rows, self.out_dim), x2.device())?
+            }
+            Some(Quant::Panels(p)) => {
+                let w = Tensor::from_vec(p.dequantize(), (p.out(), p.k()), x2.device())?;
+                x2.to_dtype(DType::F32)?.matmul(&w.t()?)?
+            }
+            Some(Quant::Blocks(QMatMul::QTensor(q)))
                 if rows >= DEQUANTIZED_MIN_ROWS && matches!(x2.device(), Device::Cpu) =>
             {
                 x2.to_dtype(DType::F32)?
                     .matmul(&q.dequantize(x2.device())?.t()?)?
             }
-            Some(QMatMul::QTensor(q))
+            Some(Quant::Blocks(QMatMul::QTensor(q)))
                 if (1..=16).contains(&rows)
                     && q.dtype() == GgmlDType::Q8_0
                     && matches!(x2.device(), Device::Cpu) =>
@@ -374,7 +421,7 @@ impl Linear {
                 let y = skinny::matmul_xwt_q8_0(&xs, rows, in_dim, &q.data()?, self.out_dim);
                 Tensor::from_vec(y, (rows, self.out_dim), x2.device())?
             }
-            Some(QMatMul::QTensor(q))
+            Some(Quant::Blocks(QMatMul::QTensor(q)))
                 if (1..=16).contains(&rows)
                     && q.dtype() == GgmlDType::Q4K
                     && matches!(x2.device(), Device::Cpu) =>
@@ -383,13 +430,13 @@ impl Linear {
                 let xs = x2.flatten_all()?.to_vec1::<f32>()?;
                 match skinny_q4k::matmul_xwt_q4k(&xs, rows, in_dim, &q.data()?, self.out_dim) {
                     Some(y) => Tensor::from_vec(y, (rows, self.out_dim), x2.device())?,
-                    None => self.quant.as_ref().map_or_else(
-                        || candle_core::bail!("linear: quantized weight missing"),
-                        |m| m.forward(&x2),
-                    )?,
+                    None => match &self.quant {
+                        Some(Quant::Blocks(m)) => m.forward(&x2)?,
+                        _ => candle_core::bail!("linear: quantized weight missing"),
+                    },
                 }
             }
-            Some(q) => q.forward(&x2.to_dtype(DType::F32)?)?,
+            Some(Quant::Blocks(q)) => q.forward(&x2.to_dtype(DType::F32)?)?,
             None => match self.skinny(&x2, rows)? {
                 Some(y) => y,
                 None => x2.matmul(&self.weight_t)?,

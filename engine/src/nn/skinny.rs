@@ -512,22 +512,12 @@ mod tests {
     /// Every kernel's `Q8_0` product for a `(out, k)` weight and 1–16 rows against ggml's and
     /// against the dequantized weight's.
     fn q8_0_product_matches(k: usize, out: usize) {
-        use candle_core::quantized::{GgmlDType, QTensor};
-        use candle_core::{Device, Tensor};
+        use candle_core::quantized::GgmlDType;
         // Every block of 32 with its own scale, so that a kernel mixing blocks' scales fails.
         let w: Vec<f32> = (0..out * k)
             .map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0 * (1.0 + (i / 32 % 7) as f32 * 0.37))
             .collect();
-        let wt = Tensor::from_vec(w, (out, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
-        let deq: Vec<f32> = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let bytes = q.data().unwrap().into_owned();
+        let (q, deq, bytes) = crate::nn::test_util::quantize(w, out, k, GgmlDType::Q8_0);
         let mut unpacked = vec![0f32; k];
         unpack_q8_0(&bytes[..k / 32 * Q8_0_BLOCK_BYTES], &mut unpacked);
         assert_eq!(unpacked, deq[..k]);
@@ -542,13 +532,7 @@ mod tests {
             for wide in [true, false] {
                 let y = q8_0_product(&x, rows, k, &bytes, out, wide);
                 // ggml's product (activations rounded to Q8_0 as well) up to summation order…
-                let xt = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap();
-                let ggml: Vec<f32> = candle_core::Module::forward(&qm, &xt)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let ggml = crate::nn::test_util::ggml_product(&qm, &x, rows, k);
                 // …and within the activations' rounding of the dequantized weight's product.
                 let exact = matmul_xwt(&x, rows, k, &deq, out);
                 for i in 0..rows * out {

@@ -248,8 +248,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{Device, Module, Tensor};
+    use candle_core::quantized::{GgmlDType, QMatMul};
 
     #[test]
     fn packed_scales_unpack_as_ggml_reads_them() {
@@ -272,16 +271,7 @@ mod tests {
         let w: Vec<f32> = (0..out * k)
             .map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0 + (i % 29) as f32 * 0.01)
             .collect();
-        let wt = Tensor::from_vec(w, (out, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&wt, GgmlDType::Q4K).unwrap();
-        let deq: Vec<f32> = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let bytes = q.data().unwrap().into_owned();
+        let (q, deq, bytes) = crate::nn::test_util::quantize(w, out, k, GgmlDType::Q4K);
         let qm = QMatMul::from_qtensor(q).unwrap();
         for rows in [1, 2, 3, 4, 7, 16] {
             let x: Vec<f32> = (0..rows * k)
@@ -291,14 +281,7 @@ mod tests {
                 eprintln!("no AVX-512 VNNI here: the Q4K kernel is not used");
                 return;
             };
-            let xt = Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap();
-            let ggml: Vec<f32> = qm
-                .forward(&xt)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let ggml = crate::nn::test_util::ggml_product(&qm, &x, rows, k);
             for i in 0..rows * out {
                 let (r, o) = (i / out, i % out);
                 let exact: f32 = (0..k).map(|c| x[r * k + c] * deq[o * k + c]).sum();
