@@ -50,6 +50,19 @@ pub fn check_compute_dtype(dtype: DType, device: &Device) -> Result<()> {
     }
 }
 
+/// Whether this CPU has AVX-512 F, BW and VNNI, which every `vpdpbusd` kernel here needs
+/// (the `Q8_0` panels, the row-major `Q8_0` and `Q4K` kernels).
+pub(crate) fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// A function from one linear layer to its replacement, applied to every layer of a network
 /// by its `map_linears`.
 pub type MapLinear<'a> = dyn FnMut(&Linear) -> Result<Linear> + 'a;

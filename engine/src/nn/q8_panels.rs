@@ -51,14 +51,7 @@ impl std::fmt::Debug for PanelsQ8 {
 impl PanelsQ8 {
     /// Whether this CPU runs the panel kernel (AVX-512 F, BW and VNNI).
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        super::has_avx512_vnni()
     }
 
     /// Repacks ggml `Q8_0` blocks of a weight `(out, k)` (row-major, `k / 32` blocks per row);

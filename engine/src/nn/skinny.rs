@@ -235,9 +235,7 @@ mod avx512 {
 
     /// Whether this CPU runs the kernels below.
     pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+        crate::nn::has_avx512_vnni()
     }
 
     /// Input rows in `Q8_0` laid out for `vpdpbusd`, two blocks (64 values) per vector:

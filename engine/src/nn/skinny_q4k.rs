@@ -102,9 +102,7 @@ mod avx512 {
     const PREFETCH: usize = 4096;
 
     pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+        crate::nn::has_avx512_vnni()
     }
 
     /// Input rows rounded per sub-block of 32, laid out in [`ORDER`].
