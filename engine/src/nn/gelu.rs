@@ -54,27 +54,40 @@ impl GeluErf {
         0.5 * x * (1.0 + erf)
     }
 
+    /// The kernel over a slice, compiled for the widest vectors the CPU has: the baseline
+    /// x86-64 build vectorises it 4 lanes wide (SSE), 8 % of a `q8_0` encoder pass in `perf`.
+    /// The same operations in the same order in every version, so the same bits (Rust does not
+    /// fuse a multiply and an add on its own).
+    #[allow(unsafe_code)]
     fn map_f32(src: &[f32], dst: &mut [f32]) {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = Self::f32(s);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512 F.
+                return unsafe { map_f32_avx512(src, dst) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { map_f32_avx2(src, dst) };
+            }
         }
+        map_f32_body(src, dst)
     }
 
-    /// Runs `f` over matching chunks of `src` and `dst` on up to `available_parallelism`
-    /// threads.
+    /// Runs `f` over matching chunks of `src` and `dst` on the current rayon pool (candle's,
+    /// inside `Device::with_context`), whose threads are already running: spawning threads
+    /// for every call cost tens of microseconds each.
     fn parallel<S: Sync, T: Send>(src: &[S], dst: &mut [T], f: impl Fn(&[S], &mut [T]) + Sync) {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads();
         if threads < 2 || src.len() < Self::PARALLEL_MIN {
             f(src, dst);
             return;
         }
         let chunk = src.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let f = &f;
-            for (s, d) in src.chunks(chunk).zip(dst.chunks_mut(chunk)) {
-                scope.spawn(move || f(s, d));
-            }
-        });
+        src.par_chunks(chunk)
+            .zip(dst.par_chunks_mut(chunk))
+            .for_each(|(s, d)| f(s, d));
     }
 
     /// f16/bf16: converted block by block to f32 and back.
@@ -141,6 +154,25 @@ impl candle_core::CustomOp1 for GeluErf {
     }
 }
 
+#[inline(always)]
+fn map_f32_body(src: &[f32], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = GeluErf::f32(s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn map_f32_avx512(src: &[f32], dst: &mut [f32]) {
+    map_f32_body(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn map_f32_avx2(src: &[f32], dst: &mut [f32]) {
+    map_f32_body(src, dst)
+}
+
 /// `exp(−y)` for `y ≥ 0` (relative error ~1e-7; 0 below f32's range), branch-free.
 #[inline(always)]
 fn exp_neg(y: f32) -> f32 {
@@ -150,7 +182,8 @@ fn exp_neg(y: f32) -> f32 {
     // Rounding by the 1.5·2²³ trick (no `round` instruction in baseline x86-64).
     const MAGIC: f32 = 12_582_912.0;
     let x = (-y).max(-87.0);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // exp(r) on |r| ≤ ln2/2: degree-6 Taylor/minimax polynomial.
     let p = 1.0
@@ -158,6 +191,46 @@ fn exp_neg(y: f32) -> f32 {
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from the low mantissa bits of t, which hold n: a float→int cast (`n as i32`)
+    // saturates, and its checks kept the loop scalar there.
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     p * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every compiled version gives the scalar kernel's bits, tails and specials included.
+    #[test]
+    #[allow(unsafe_code)]
+    fn vector_versions_give_the_scalar_bits() {
+        let mut xs: Vec<f32> = (0..100_003)
+            .map(|i| -15.0 + 30.0 * i as f32 / 100_002.0)
+            .collect();
+        xs.extend([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 1e4, -1e4]);
+        let want: Vec<u32> = xs.iter().map(|&x| GeluErf::f32(x).to_bits()).collect();
+        let mut got = vec![0f32; xs.len()];
+        let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+        map_f32_body(&xs, &mut got);
+        assert_eq!(bits(&got), want, "generic loop");
+        GeluErf::map_f32(&xs, &mut got);
+        assert_eq!(bits(&got), want, "dispatched");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: checked just above.
+                unsafe { map_f32_avx2(&xs, &mut got) };
+                assert_eq!(bits(&got), want, "AVX2");
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: checked just above.
+                unsafe { map_f32_avx512(&xs, &mut got) };
+                assert_eq!(bits(&got), want, "AVX-512");
+            }
+        }
+        let mut par = vec![0f32; xs.len()];
+        GeluErf::parallel(&xs, &mut par, GeluErf::map_f32);
+        assert_eq!(bits(&par), want, "split over threads");
+    }
 }

@@ -375,8 +375,8 @@ pub(crate) fn scatter(
 const LANES: usize = 16;
 
 /// Each row of `s` (`m` wide) plus its mask row, then softmax; rows with nothing visible
-/// become zeros.
-fn softmax_rows(s: &mut [f32], m: usize, mask: Option<&[f32]>) {
+/// become zeros. Also the inference softmax of [`super::attention`].
+pub(crate) fn softmax_rows(s: &mut [f32], m: usize, mask: Option<&[f32]>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
