@@ -17,8 +17,8 @@
 /// 12 % of a released-size `q8_0` encoder pass in that spin, and with
 /// `CANDLE_BARRIER_POOL_SPIN_LIMIT=0` the pass took 0.33–0.36 s against 0.44–0.62 s (a probe,
 /// batch 1, alternating runs). The worker now sleeps at once; waking it costs microseconds.
-/// In training (a shortened recipe, alternating runs) the VQGAN phase took ≈ 8 % longer and
-/// the stages 14–22 % less; `CANDLE_BARRIER_POOL_SPIN_LIMIT=25000` restores candle's spin.
+/// In training (a shortened recipe, alternating runs) the VQGAN phase took 7–10 % longer and
+/// the stages 9–21 % less; `CANDLE_BARRIER_POOL_SPIN_LIMIT=25000` restores candle's spin.
 ///
 /// Call it first thing in `main`, before any other thread starts: changing the environment
 /// while another thread reads it is undefined behaviour. A value the user set is kept.
