@@ -1,4 +1,5 @@
-//! How candle's CPU kernels use threads: their count and their workers' spinning, set once per process.
+//! How candle's CPU kernels use threads — their count, their workers' spinning — set once
+//! per process.
 
 /// Fixes the number of threads candle's CPU kernels use, once, for the whole process, and
 /// stops candle's element-wise worker from spinning between operations.

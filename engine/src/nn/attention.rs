@@ -50,10 +50,11 @@ pub fn attention(
         return Ok(out);
     }
     let (k, v) = (&k.to_dtype(dtype)?, &v.to_dtype(dtype)?);
-    if let Some(probs) = softmax_cpu(&q.matmul(&k.t()?)?, scale, mask)? {
+    let raw = q.matmul(&k.t()?)?;
+    if let Some(probs) = softmax_cpu(&raw, scale, mask)? {
         return probs.matmul(v);
     }
-    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = (raw * scale)?;
     let scores = match dtype {
         DType::F16 | DType::BF16 => scores.to_dtype(DType::F32)?,
         _ => scores,
