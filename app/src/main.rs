@@ -115,6 +115,9 @@ enum Command {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, None | Some(Command::Edit { .. })) {
+        tessera_engine::panic::end_on_closed_stdout();
+    }
     match cli.command {
         None => edit(None, None),
         Some(Command::Edit { image, model }) => {

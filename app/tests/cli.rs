@@ -749,3 +749,26 @@ fn a_prompt_picks_the_class_of_a_class_model() {
         "{text}"
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    // `tessera classes … | head -1`: the reader is gone before the writer starts.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["classes", "a red fox in the snow", "-n", "50"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run tessera");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {err}");
+    }
+}

@@ -470,3 +470,38 @@ fn a_recipe_in_the_old_alphacum_spelling_is_refused_with_the_correction() {
         "nothing is written for a bad recipe"
     );
 }
+
+#[test]
+fn recipes_without_an_object_grid_keep_free_placement() {
+    use tessera_train::recipe::Recipe;
+    let default = serde_json::to_value(Recipe::default()).unwrap();
+    assert_eq!(
+        default["object_grid"], 0,
+        "the shipped recipe places objects freely"
+    );
+    // A recipe file written before the field: its scenes stay unsnapped.
+    let mut old = default.clone();
+    old.as_object_mut().unwrap().remove("object_grid");
+    let old: Recipe = serde_json::from_value(old).unwrap();
+    assert_eq!(old.object_grid, 0);
+    // The experiment's recipe differs from the default in the grid alone.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/recipes");
+    let grid: Recipe =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("concepts-grid8.json")).unwrap())
+            .unwrap();
+    assert_eq!(grid.object_grid, 8);
+    grid.validate().unwrap();
+    let training = |r: &Recipe| Recipe {
+        name: String::new(),
+        description: String::new(),
+        object_grid: 0,
+        ..r.clone()
+    };
+    assert_eq!(training(&grid), training(&Recipe::default()));
+    let too_wide = Recipe {
+        object_grid: 80,
+        ..Recipe::default()
+    };
+    let e = too_wide.validate().unwrap_err().to_string();
+    assert!(e.contains("object_grid 80"), "{e}");
+}

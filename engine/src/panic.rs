@@ -31,6 +31,19 @@ pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown cause".into())
 }
 
+/// Lets a closed standard output end the process quietly, as it ends other command-line
+/// tools (`tessera classes | head`): Rust ignores `SIGPIPE`, so the next `println!` after the
+/// reader left panicked. For command-line runs only — the editor keeps ignoring it, so that a
+/// closed terminal cannot take unsaved work with it.
+pub fn end_on_closed_stdout() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: resets one signal's disposition to the default before any other thread writes.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

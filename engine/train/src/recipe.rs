@@ -77,6 +77,13 @@ pub struct Recipe {
     pub size: NetworkSize,
     /// Training scenes encoded for the stages.
     pub pool: usize,
+    /// The grid in pixels that the stages' scenes (the pool, the recognizer's and the
+    /// evaluation's held-out scenes) snap their emoji's sides and corners to; at the VQGAN's
+    /// factor each concept, at each size, has one token map ([`SceneConfig::grid`]). The VQGAN
+    /// phases train on unsnapped scenes. 0 (the default, and what a recipe file without the
+    /// key gets): no snapping.
+    #[serde(default)]
+    pub object_grid: u32,
     /// Text tokens in the conditioning prefix.
     pub context_len: usize,
     /// Words seen fewer times in the pool's captions map to `[UNK]`.
@@ -149,6 +156,8 @@ impl Default for Recipe {
             schedule: "geometric".into(),
             size: NetworkSize::default(),
             pool: 20_000,
+            // 8 measured no better (README: `docs/recipes/concepts-grid8.json`).
+            object_grid: 0,
             context_len: 16,
             min_word_count: 1,
             stage_steps: vec![5000, 5000],
@@ -221,6 +230,8 @@ impl Recipe {
                 gpt_layers: 1,
             },
             pool: 16,
+            // The smoke VQGAN's factor.
+            object_grid: 2,
             context_len: 6,
             stage_steps: vec![4, 4],
             stage_batch: 4,
@@ -278,6 +289,12 @@ impl Recipe {
                 self.vqgan.resolution, self.res
             ));
         }
+        if self.object_grid > 64 || self.object_grid > self.res / 2 {
+            return bad(format!(
+                "object_grid {} px is wider than half the {} px scenes (or 64)",
+                self.object_grid, self.res
+            ));
+        }
         if self.pool < self.stage_batch || self.stage_batch == 0 {
             return bad(format!(
                 "pool ({}) must hold at least one batch ({})",
@@ -322,15 +339,29 @@ pub enum TrainEvent {
     Note(String),
 }
 
-/// The scene generator of the training split: every concept's emoji.
-pub fn train_scenes<'a>(set: &'a EmojiSet, _recipe: &Recipe) -> Result<SceneGen<'a>> {
+/// The scene generator of the training split the stages learn from: every concept's emoji,
+/// snapped to the recipe's `object_grid`.
+pub fn train_scenes<'a>(set: &'a EmojiSet, recipe: &Recipe) -> Result<SceneGen<'a>> {
+    SceneGen::new(set.all(), stage_scene_config(recipe))
+}
+
+/// The scene generator of the VQGAN phases: the training split, unsnapped.
+pub fn vqgan_scenes(set: &EmojiSet) -> Result<SceneGen<'_>> {
     SceneGen::new(set.all(), SceneConfig::default())
 }
 
 /// The scene generator of the held-out split: the same concepts (a user asks for what the
-/// model knows) in scenes from streams no training phase draws ([`SceneGen::held_out`]).
-pub fn val_scenes<'a>(set: &'a EmojiSet, _recipe: &Recipe) -> Result<SceneGen<'a>> {
-    Ok(SceneGen::new(set.all(), SceneConfig::default())?.held_out())
+/// model knows) in scenes from streams no training phase draws ([`SceneGen::held_out`]),
+/// snapped like the stages' scenes.
+pub fn val_scenes<'a>(set: &'a EmojiSet, recipe: &Recipe) -> Result<SceneGen<'a>> {
+    Ok(SceneGen::new(set.all(), stage_scene_config(recipe))?.held_out())
+}
+
+fn stage_scene_config(recipe: &Recipe) -> SceneConfig {
+    SceneConfig {
+        grid: recipe.object_grid,
+        ..SceneConfig::default()
+    }
 }
 
 /// How [`run`] runs; none of it changes the trained model.
@@ -376,6 +407,7 @@ pub fn run(
     }
     std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
     check_recipe_file(recipe, work)?;
+    let vq_scenes = vqgan_scenes(set)?;
     let scenes = train_scenes(set, recipe)?;
 
     // 1. VQGAN.
@@ -388,7 +420,7 @@ pub fn run(
     });
     if !done {
         let seed = recipe.seed ^ 0x56_5147_414e;
-        let mut data = scene_batches(&scenes, seed, recipe.vqgan.batch, recipe.res);
+        let mut data = scene_batches(&vq_scenes, seed, recipe.vqgan.batch, recipe.res);
         let mut report = |p: &VqganProgress| {
             events(TrainEvent::Vqgan(p.clone()));
         };
@@ -418,7 +450,7 @@ pub fn run(
         });
         if !done {
             let seed = recipe.seed ^ 0x4445_434f_4445;
-            let mut data = scene_batches(&scenes, seed, recipe.decoder.batch, recipe.res);
+            let mut data = scene_batches(&vq_scenes, seed, recipe.decoder.batch, recipe.res);
             let mut report = |p: &DecoderProgress| {
                 events(TrainEvent::Decoder(p.clone()));
             };

@@ -12,8 +12,8 @@ use tessera_train::classifier::{
     Classifier, ClassifierConfig, ClassifierTrainConfig, fid, sym_eigen, train_classifier,
 };
 use tessera_train::data::{
-    Background, CONCEPTS, EmojiSet, LoadOptions, SceneConfig, SceneGen, SceneMask, batch_to_tensor,
-    class_names, concept_named, concept_of_emoji, scene_mask,
+    Background, CONCEPTS, EmojiSet, LoadOptions, SceneConfig, SceneGen, SceneItem, SceneMask,
+    batch_to_tensor, class_names, concept_named, concept_of_emoji, scene_mask,
 };
 
 fn fixture() -> EmojiSet {
@@ -254,6 +254,65 @@ fn scene_options_mirror_and_choose_backgrounds() {
     ] {
         assert!(SceneGen::new(set.all(), bad).is_err());
     }
+}
+
+#[test]
+fn scenes_snap_to_the_token_grid() {
+    let set = fixture();
+    let snapped = |grid: u32| {
+        SceneGen::new(
+            set.all(),
+            SceneConfig {
+                grid,
+                ..SceneConfig::default()
+            },
+        )
+        .unwrap()
+        .scenes(3, 0, 300, 128)
+    };
+    let on_grid = |b: &SceneItem, g: i32| b.x % g == 0 && b.y % g == 0 && b.size as i32 % g == 0;
+    let (mut sizes, mut corners) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    for s in snapped(8) {
+        for b in &s.boxes {
+            assert!(on_grid(b, 8), "{b:?} is off the 8 px grid");
+        }
+        // The largest keeps its range (0.55–0.9 of 128 px, rounded to the grid) and at most
+        // 1/8 of its side (rounded to the grid) outside.
+        let l = &s.boxes[0];
+        assert!((72..=112).contains(&l.size), "{}", l.size);
+        assert!(
+            l.x >= -(l.size as i32 / 8 + 4) && l.x + l.size as i32 <= 128 + l.size as i32 / 8 + 4
+        );
+        sizes.insert(l.size);
+        corners.insert((l.x, l.y));
+        // The emoji is drawn where its box says.
+        assert!(
+            scene_mask(&s, SceneMask::Item(0))
+                .pixels()
+                .any(|p| p[0] == 255)
+        );
+    }
+    // Every size of the range occurs, and many places.
+    assert_eq!(
+        sizes.into_iter().collect::<Vec<_>>(),
+        vec![72, 80, 88, 96, 104, 112]
+    );
+    assert!(corners.len() > 20, "{} corners", corners.len());
+    // Unsnapped (the default), most boxes are off the grid.
+    let off = snapped(0)
+        .iter()
+        .flat_map(|s| s.boxes.clone())
+        .filter(|b| !on_grid(b, 8))
+        .count();
+    assert!(off > 200, "{off} boxes off the grid");
+    let bad = SceneConfig {
+        grid: 65,
+        ..SceneConfig::default()
+    };
+    assert!(SceneGen::new(set.all(), bad).is_err());
 }
 
 #[test]

@@ -121,6 +121,11 @@ pub struct SceneConfig {
     /// Probability that the caption says the background ("… on blue to green"; default 0.7), so
     /// that a prompt naming only the object is a caption the model has seen.
     pub background_phrase: f32,
+    /// Snap every emoji's side and corner to multiples of this many pixels (default 0: no
+    /// snapping). At the VQGAN's factor (8) a concept at one size and flip then covers the
+    /// same tokens wherever it sits — one token map per size, which a small stage can learn,
+    /// where free placement gives it 64 sub-token offsets of every size.
+    pub grid: u32,
 }
 
 impl Default for SceneConfig {
@@ -135,6 +140,7 @@ impl Default for SceneConfig {
             backgrounds: [20.0, 45.0, 5.0, 5.0, 25.0],
             synonym: 0.3,
             background_phrase: 0.7,
+            grid: 0,
         }
     }
 }
@@ -169,6 +175,7 @@ impl<'a> SceneGen<'a> {
             || !ok_range(cfg.others)
             || cfg.backgrounds.iter().any(|w| w.is_nan() || *w < 0.0)
             || cfg.backgrounds.iter().sum::<f32>() <= 0.0
+            || cfg.grid > 64
             || ![cfg.flip, cfg.synonym, cfg.background_phrase]
                 .iter()
                 .all(|p| (0.0..=1.0).contains(p))
@@ -236,6 +243,8 @@ impl<'a> SceneGen<'a> {
             tries += 1;
         }
         let rf = res as f32;
+        let grid = self.cfg.grid.clamp(1, res) as i32;
+        let snap = |v: i32| (v as f32 / grid as f32).round() as i32 * grid;
         let largest = rng.random_range(self.cfg.largest.0..=self.cfg.largest.1) * rf;
         let mut boxes: Vec<SceneItem> = chosen
             .iter()
@@ -246,11 +255,11 @@ impl<'a> SceneGen<'a> {
                 } else {
                     largest * rng.random_range(self.cfg.others.0..=self.cfg.others.1)
                 };
-                let size = (s.round() as u32).clamp(4, res);
+                let size = (snap(s.round() as i32).max(grid) as u32).clamp(4, res);
                 // Largest: at most 1/8 of its side outside; others: up to 1/3.
                 let out = if k == 0 { size / 8 } else { size / 3 } as i32;
                 let span = res as i32 - size as i32 + 2 * out;
-                let mut place = || rng.random_range(0..=span.max(0)) - out;
+                let mut place = || snap(rng.random_range(0..=span.max(0)) - out);
                 let (x, y) = (place(), place());
                 SceneItem { emoji, x, y, size }
             })
