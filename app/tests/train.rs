@@ -505,3 +505,29 @@ fn recipes_without_an_object_grid_keep_free_placement() {
     let e = too_wide.validate().unwrap_err().to_string();
     assert!(e.contains("object_grid 80"), "{e}");
 }
+
+/// The longer decoder fine-tune's recipe (docs/recipes) is the default but its step count.
+#[test]
+fn longer_decoder_recipe_differs_in_its_steps_alone() {
+    use tessera_train::recipe::Recipe;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/recipes");
+    let dec: Recipe =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("concepts-dec1600.json")).unwrap())
+            .unwrap();
+    dec.validate().unwrap();
+    assert_eq!(dec.decoder.steps, 1600);
+    let mut same = Recipe::default();
+    same.decoder.steps = 1600;
+    assert_eq!(
+        Recipe {
+            name: String::new(),
+            description: String::new(),
+            ..dec
+        },
+        Recipe {
+            name: String::new(),
+            description: String::new(),
+            ..same
+        }
+    );
+}

@@ -9,6 +9,7 @@
 //! - [`classifier`]: the concept classifier and FID in its feature space.
 
 pub mod classifier;
+mod conv;
 pub mod data;
 pub mod eval;
 pub mod optim;

@@ -12,6 +12,7 @@
 //! `vqgan/ops.rs`); inference uses [`tessera_engine::vqgan::Vqgan`] unchanged.
 
 mod disc;
+mod fused;
 mod model;
 mod ops;
 mod run;
