@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use bn::{bn_silu_eval, bn_silu_train};
+pub(crate) use bn::{bn_silu_eval, bn_silu_train, row_stats, sigmoid};
 pub use fid::{fid, mean_cov, sym_eigen};
 pub(crate) use im2col::conv3x3;
 

@@ -20,7 +20,7 @@ use tessera_engine::nn::grad::f32_slice;
 
 /// Where the (batch, channel) planes of an activation lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Planes {
+enum Planes {
     /// (B, C, H, W): plane `b·C + c`.
     Bchw,
     /// (C, B, H, W): plane `c·B + b`.

@@ -12,8 +12,8 @@ use tessera_engine::nn::grad::f32_slice;
 
 const EPS: f64 = 1e-5;
 
-/// Mean and 1/√(biased variance + ε) of one row.
-fn row_stats(row: &[f32]) -> (f64, f64) {
+/// Mean and 1/√(biased variance + `eps`) of one row, in f64 (also the VQGAN's GroupNorm's).
+pub(crate) fn row_stats(row: &[f32], eps: f64) -> (f64, f64) {
     let n = row.len().max(1) as f64;
     let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
     let var = row
@@ -21,10 +21,11 @@ fn row_stats(row: &[f32]) -> (f64, f64) {
         .map(|&v| (f64::from(v) - mean).powi(2))
         .sum::<f64>()
         / n;
-    (mean, 1.0 / (var + EPS).sqrt())
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn sigmoid(x: f32) -> f32 {
+/// The logistic function (SiLU is `x · sigmoid(x)`).
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
@@ -54,7 +55,7 @@ impl CustomOp3 for BnSiluTrain {
         let mut out = vec![0f32; c * n];
         out.par_chunks_mut(n).enumerate().for_each(|(ci, dst)| {
             let row = &y[ci * n..(ci + 1) * n];
-            let (mean, inv) = row_stats(row);
+            let (mean, inv) = row_stats(row, EPS);
             let a = (f64::from(gamma[ci]) * inv) as f32;
             let b = (f64::from(beta[ci]) - mean * f64::from(gamma[ci]) * inv) as f32;
             for (d, &v) in dst.iter_mut().zip(row) {
@@ -84,7 +85,7 @@ impl CustomOp3 for BnSiluTrain {
             .map(|(ci, dst)| {
                 let row = &yv[ci * n..(ci + 1) * n];
                 let g = &gv[ci * n..(ci + 1) * n];
-                let (mean, inv) = row_stats(row);
+                let (mean, inv) = row_stats(row, EPS);
                 let (gm, bt) = (f64::from(gam[ci]), f64::from(bet[ci]));
                 // dL/dpre into dst; Σ dL/dpre and Σ dL/dpre · x̂ for γ, β and the stats' terms.
                 let (mut sum_g, mut sum_gx) = (0f64, 0f64);

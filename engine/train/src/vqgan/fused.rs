@@ -13,9 +13,7 @@ use rayon::prelude::*;
 
 use tessera_engine::nn::grad::f32_slice;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+use crate::classifier::{row_stats, sigmoid};
 
 /// GroupNorm over (B, C, H, W) with per-channel γ, β, optionally followed by swish (SiLU).
 pub(crate) struct GroupNormOp {
@@ -32,18 +30,6 @@ impl GroupNormOp {
             candle_core::bail!("group norm: {c} channels in {} groups", self.groups);
         }
         Ok((b, c / self.groups, h * w))
-    }
-
-    /// Mean and 1/√(biased variance + ε) of one block.
-    fn stats(&self, block: &[f32]) -> (f64, f64) {
-        let n = block.len().max(1) as f64;
-        let mean = block.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = block
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        (mean, 1.0 / (var + self.eps).sqrt())
     }
 }
 
@@ -80,7 +66,7 @@ impl CustomOp3 for GroupNormOp {
             .zip(x.par_chunks(cg * p))
             .enumerate()
             .for_each(|(i, (dst, src))| {
-                let (mean, inv) = self.stats(src);
+                let (mean, inv) = row_stats(src, self.eps);
                 let c0 = (i % self.groups) * cg;
                 for (j, (d, s)) in dst.chunks_mut(p).zip(src.chunks(p)).enumerate() {
                     let gm = f64::from(gamma[c0 + j]);
@@ -115,7 +101,7 @@ impl CustomOp3 for GroupNormOp {
             .zip(xv.par_chunks(cg * p).zip(gv.par_chunks(cg * p)))
             .enumerate()
             .map(|(i, (dst, (src, g)))| {
-                let (mean, inv) = self.stats(src);
+                let (mean, inv) = row_stats(src, self.eps);
                 let c0 = (i % self.groups) * cg;
                 let mut affine = vec![(0f64, 0f64); cg];
                 // dL/dx̂ into dst; Σ dL/dx̂ and Σ dL/dx̂ · x̂ over the block.
@@ -132,8 +118,8 @@ impl CustomOp3 for GroupNormOp {
                         let xhat = (f64::from(v) - mean) * inv;
                         let gp = if self.swish {
                             let pre = (gm * xhat + bt) as f32;
-                            let sg = sigmoid(pre);
-                            gz * sg * (1.0 + pre * (1.0 - sg))
+                            let s = sigmoid(pre);
+                            gz * s * (1.0 + pre * (1.0 - s))
                         } else {
                             gz
                         };
