@@ -11,7 +11,7 @@
 //! gradients, so their path and numerics are unchanged.
 
 mod attention;
-pub(crate) mod fastmath;
+pub mod fastmath;
 mod few_query;
 mod gelu;
 pub mod grad;

@@ -149,8 +149,10 @@ impl candle_core::CustomOp1 for GeluErf {
 
     /// `dy · gelu'(x)` (f32 on the CPU; used only when training).
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let d = arg.contiguous()?.apply_op1_no_bwd(&grad::GeluErfGrad)?;
-        Ok(Some(grad_res.mul(&d)?))
+        let dx = arg
+            .contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &grad::GeluErfGrad)?;
+        Ok(Some(dx))
     }
 }
 
@@ -200,6 +202,31 @@ fn exp_neg(y: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused backward against candle's own GELU and autograd, over several parallel tasks.
+    #[test]
+    fn backward_matches_candles_autograd() {
+        let mut xs: Vec<f32> = (0..40_001)
+            .map(|i| -9.0 + 18.0 * i as f32 / 40_000.0)
+            .collect();
+        xs.extend([0.0, -0.0, 1e-4, -1e-4, 1e-30, 30.0, -30.0]);
+        let n = xs.len();
+        let x = candle_core::Var::from_vec(xs, n, &Device::Cpu).unwrap();
+        let c: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let c = Tensor::from_vec(c, n, &Device::Cpu).unwrap();
+        let grad = |y: Tensor| {
+            let g = (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(&x).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let ours = grad(gelu_erf(&x).unwrap());
+        let theirs = grad(x.gelu_erf().unwrap());
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-5 * (1.0 + b.abs()),
+                "value {i}: {a} vs {b}"
+            );
+        }
+    }
 
     /// Every compiled version gives the scalar kernel's bits, tails and specials included.
     #[test]

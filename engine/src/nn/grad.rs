@@ -8,14 +8,18 @@
 //! formula would take in candle's graph.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, StorageRef, Tensor,
+};
 use rayon::prelude::*;
 
 use super::GeluErf;
 use super::fastmath::exp_approx;
 
 mod attention;
+mod linear;
 pub use attention::{AttentionOp, MultiHeadOp};
+pub use linear::LinearOp;
 
 /// Rows per parallel task (rows are a few hundred floats).
 const ROWS_PER_TASK: usize = 64;
@@ -35,6 +39,26 @@ pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Re
 /// A tensor's values as one f32 vector (row-major).
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A tensor's storage, read-locked, so that a backward pass reads its values in place instead
+/// of copying them out ([`values`]).
+pub struct View<'a>(StorageRef<'a>, &'a Layout);
+
+impl<'a> View<'a> {
+    /// Locks the storage of `t` (make it contiguous first: [`View::slice`] needs that).
+    pub fn of(t: &'a Tensor) -> Self {
+        let (guard, layout) = t.storage_and_layout();
+        Self(guard, layout)
+    }
+
+    /// The values, when the tensor is a contiguous CPU f32 one.
+    pub fn slice(&self, what: &str) -> Result<&[f32]> {
+        match &*self.0 {
+            Storage::Cpu(s) => f32_slice(s, self.1, what),
+            _ => candle_core::bail!("{what}: training runs on the CPU"),
+        }
+    }
 }
 
 /// `nn.LayerNorm` over the last dimension with affine weight and bias, with backward for all
@@ -99,9 +123,17 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let x = values(arg1)?;
-        let w = values(arg2)?;
-        let dy = values(grad_res)?;
+        let (xc, wc, dyc) = (
+            arg1.contiguous()?,
+            arg2.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let (xg, wg, dyg) = (View::of(&xc), View::of(&wc), View::of(&dyc));
+        let (x, w, dy) = (
+            xg.slice("layer norm")?,
+            wg.slice("layer norm weight")?,
+            dyg.slice("layer norm gradient")?,
+        );
         let dim = w.len();
         let chunk = dim * ROWS_PER_TASK;
         let mut dx = vec![0f32; x.len()];
@@ -188,8 +220,9 @@ impl CustomOp1 for SoftmaxOp {
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let y = values(res)?;
-        let dy = values(grad_res)?;
+        let (yc, dyc) = (res.contiguous()?, grad_res.contiguous()?);
+        let (yg, dyg) = (View::of(&yc), View::of(&dyc));
+        let (y, dy) = (yg.slice("softmax")?, dyg.slice("softmax gradient")?);
         let dim = arg.dim(candle_core::D::Minus1)?;
         let mut dx = vec![0f32; y.len()];
         if dim > 0 {
@@ -211,7 +244,8 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-/// The derivative of the exact GELU, `Φ(x) + x·φ(x)`, with the erf of [`GeluErf`].
+/// The derivative of the exact GELU, `Φ(x) + x·φ(x)`, with the erf of [`GeluErf`]; as an op,
+/// the GELU's backward `(x, dy) ↦ dy · gelu'(x)`.
 #[derive(Debug, Clone, Copy)]
 pub struct GeluErfGrad;
 
@@ -232,22 +266,75 @@ impl GeluErfGrad {
     }
 }
 
-impl CustomOp1 for GeluErfGrad {
+/// Values per parallel task of [`GeluErfGrad`].
+const GELU_CHUNK: usize = 1 << 14;
+
+impl GeluErfGrad {
+    /// `dy · gelu'(x)` over slices, compiled for the widest vectors the CPU has.
+    #[allow(unsafe_code)]
+    fn map(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512 F.
+                return unsafe { gelu_grad_avx512(x, dy, dx) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { gelu_grad_avx2(x, dy, dx) };
+            }
+        }
+        gelu_grad_body(x, dy, dx)
+    }
+}
+
+#[inline(always)]
+fn gelu_grad_body(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+        *d = g * GeluErfGrad::f32(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gelu_grad_avx512(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    gelu_grad_body(x, dy, dx)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gelu_grad_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    gelu_grad_body(x, dy, dx)
+}
+
+/// The GELU's backward in one pass: `(x, dy) ↦ dy · gelu'(x)` (the derivative's tensor and
+/// candle's product were two passes and a buffer more).
+impl CustomOp2 for GeluErfGrad {
     fn name(&self) -> &'static str {
         "gelu-erf-grad"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, "gelu derivative")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(yc, xc)| {
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = Self::f32(v);
-                }
-            });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "gelu derivative")?;
+        let dy = f32_slice(s2, l2, "gelu gradient")?;
+        if x.len() != dy.len() {
+            candle_core::bail!(
+                "gelu backward: {:?} against a gradient {:?}",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(GELU_CHUNK)
+            .zip(x.par_chunks(GELU_CHUNK).zip(dy.par_chunks(GELU_CHUNK)))
+            .for_each(|(d, (x, g))| Self::map(x, g, d));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
@@ -255,111 +342,4 @@ impl CustomOp1 for GeluErfGrad {
 pub fn tensor_of(storage: &CpuStorage, layout: &Layout, what: &str) -> Result<Tensor> {
     let data = f32_slice(storage, layout, what)?;
     Tensor::from_slice(data, layout.shape(), &candle_core::Device::Cpu)
-}
-
-/// A fully connected layer `y = x Wᵀ (+ b)` as one graph node: x `(…, in)`, W `[out, in]`
-/// (PyTorch layout), b `[out]`, all contiguous f32. Saves candle's autograd the reshape,
-/// broadcast and add nodes around the product, each of which would cost a full-size gradient
-/// buffer in the backward pass.
-#[derive(Debug, Clone, Copy)]
-pub struct LinearOp;
-
-impl LinearOp {
-    fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        let (out, in_dim) = w.dims2()?;
-        let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
-        let y = match b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut shape = x.dims().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = out;
-        }
-        y.reshape(shape)
-    }
-
-    /// `(dx, dW, db)` for `dy`.
-    fn backward(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (out, in_dim) = w.dims2()?;
-        let rows = x.elem_count() / in_dim.max(1);
-        let dy = dy.detach().contiguous()?.reshape((rows, out))?;
-        let x2 = x.detach().reshape((rows, in_dim))?;
-        let dx = dy.matmul(&w.detach())?.reshape(x.shape())?;
-        let dw = dy.t()?.matmul(&x2)?;
-        // Column sums as a product with a row of ones (the GEMM is parallel; the reduce is not).
-        let ones = Tensor::ones((1, rows), dy.dtype(), dy.device())?;
-        let db = ones.matmul(&dy)?.squeeze(0)?;
-        Ok((dx, dw, db))
-    }
-}
-
-impl CustomOp2 for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear-train"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = Self::forward(
-            &tensor_of(s1, l1, "linear x")?,
-            &tensor_of(s2, l2, "linear W")?,
-            None,
-        )?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(values(&y)?), shape))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = Self::backward(x, w, grad_res)?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-impl CustomOp3 for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear-bias-train"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = Self::forward(
-            &tensor_of(s1, l1, "linear x")?,
-            &tensor_of(s2, l2, "linear W")?,
-            Some(&tensor_of(s3, l3, "linear b")?),
-        )?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(values(&y)?), shape))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = Self::backward(x, w, grad_res)?;
-        Ok((Some(dx), Some(dw), Some(db)))
-    }
 }

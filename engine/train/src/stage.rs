@@ -35,7 +35,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use diffusion::{SoftTargetNll, forward_chain, target_weights};
+pub use diffusion::{RowTarget, SoftTargetLoss, forward_chain, target_rows, target_weights};
 pub use network::{NetworkSize, input_vocab, stage_network};
 
 use checkpoint::{resume, save, trim_metrics};
@@ -388,9 +388,15 @@ struct StepData {
     prefixes: Vec<Vec<u32>>,
     xprev: Vec<Vec<u32>>,
     xt: Vec<Vec<u32>>,
-    weights: Tensor,
-    ce_weights: Tensor,
+    targets: Vec<RowTarget>,
     neg_entropy: f64,
+}
+
+impl StepData {
+    /// The loss of this step's logits; `keep_grad` for a backward pass.
+    fn loss(&self, keep_grad: bool) -> SoftTargetLoss {
+        SoftTargetLoss::new(self.targets.clone(), self.xprev.concat(), keep_grad)
+    }
 }
 
 /// Draws one step's chain and condition drop from `rng` and builds the loss weights.
@@ -414,17 +420,12 @@ fn step_data(
     let (xprev, xt) = forward_chain(&batch.x0, t, schedule, k as u32, rng);
     let flat = |g: &[Vec<u32>]| g.concat();
     let (x0f, xtf, xpf) = (flat(&batch.x0), flat(&xt), flat(&xprev));
-    let p = xprev[0].len();
-    let (w, neg_entropy) = target_weights(&x0f, &xtf, &xpf, t, schedule, k, cfg.alpha_mix);
-    let weights = Tensor::from_vec(w, (b, p, k), &Device::Cpu)?;
-    let (ce, _) = target_weights(&x0f, &xtf, &xpf, t, schedule, k, 0.0);
-    let ce_weights = Tensor::from_vec(ce, (b, p, k), &Device::Cpu)?;
+    let (targets, neg_entropy) = target_rows(&x0f, &xtf, &xpf, t, schedule, k, cfg.alpha_mix);
     Ok(StepData {
         prefixes,
         xprev,
         xt,
-        weights,
-        ce_weights,
+        targets,
         neg_entropy,
     })
 }
@@ -480,11 +481,9 @@ pub fn train_stage(
         let sd = step_data(cfg, schedule, &batch, &mut rng)?;
         let net = build_on(&varmap, &cfg.network)?;
         let logits = stage_logits(&net, &sd.prefixes, &sd.xprev, &sd.xt, true)?;
-        let nll = logits.apply_op2(&sd.weights, SoftTargetNll)?;
-        let ce = logits
-            .detach()
-            .apply_op2_no_bwd(&sd.ce_weights, &SoftTargetNll)?
-            .to_scalar::<f32>()?;
+        let loss_op = sd.loss(true);
+        let nll = logits.apply_op1(loss_op.clone())?;
+        let ce = loss_op.ce() as f32;
         let grads = nll.backward()?;
         let loss = nll.to_scalar::<f32>()? + sd.neg_entropy as f32;
         let lr = optim::lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.final_lr_frac);
@@ -552,11 +551,10 @@ pub fn stage_nll(
         let mut rng = step_rng(seed, i);
         let sd = step_data(&eval, schedule, batch, &mut rng)?;
         let logits = stage_logits(net, &sd.prefixes, &sd.xprev, &sd.xt, false)?;
-        let ce = logits
-            .apply_op2_no_bwd(&sd.ce_weights, &SoftTargetNll)?
-            .to_scalar::<f32>()?;
+        let loss_op = sd.loss(false);
+        logits.apply_op1_no_bwd(&loss_op)?;
         let n = batch.x0.len() * p;
-        total += ce as f64 * n as f64;
+        total += loss_op.ce() * n as f64;
         count += n;
     }
     if count == 0 {

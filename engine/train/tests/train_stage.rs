@@ -433,15 +433,27 @@ fn bad_settings_are_errors() {
 /// Training throughput of candidate default-model sizes (K = 512, 16×16 tokens, batch 16,
 /// text prefix of 16 tokens). Run with
 /// `cargo test --release --test train_stage -- --ignored --nocapture throughput`;
-/// `TESSERA_BENCH_STEPS` sets the timed steps per config (default 3).
+/// `TESSERA_BENCH_STEPS` sets the timed steps per config (default 3); `TESSERA_BENCH_K`,
+/// `TESSERA_BENCH_LEVELS` and `TESSERA_BENCH_ALPHA` the codes, levels and loss mix (default
+/// 512, 3, 0; the default model's are 1024, 2, 1).
 #[test]
 #[ignore]
 fn throughput() {
-    let steps: usize = std::env::var("TESSERA_BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let (k, p, levels, batch) = (512, 256, 3, 16);
+    fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    }
+    // As `tessera train` runs (app/src/main.rs).
+    tessera_engine::heap::keep_freed_memory();
+    let steps: usize = env("TESSERA_BENCH_STEPS", 3);
+    let (k, levels, alpha_mix): (usize, usize, f32) = (
+        env("TESSERA_BENCH_K", 512),
+        env("TESSERA_BENCH_LEVELS", 3),
+        env("TESSERA_BENCH_ALPHA", 0.0),
+    );
+    let (p, batch) = (256, 16);
     let cond = Conditioning::Text {
         tokenizer: "tokenizer.json".into(),
         context_len: 16,
@@ -479,6 +491,7 @@ fn throughput() {
                 steps: steps + 1,
                 batch,
                 ckpt_every: 1_000_000,
+                alpha_mix,
                 ..StageTrainConfig::default()
             };
             let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{f32_slice, values};
+use super::{View, f32_slice, values};
 use crate::nn::train_attention::{Attention, Dims, HeadLayout, Src, scatter};
 
 /// Scaled dot-product attention `softmax(q kᵀ · scale + mask) v` as one graph node: q `(B, H,
@@ -92,7 +92,19 @@ impl CustomOp3 for AttentionOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, h, n, d) = q.dims4()?;
         let m = k.dim(2)?;
-        let (qv, kv, vv, gv) = (values(q)?, values(k)?, values(v)?, values(grad_res)?);
+        let (qc, kc, vc, gc) = (
+            q.contiguous()?,
+            k.contiguous()?,
+            v.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let (qg, kg, vg, gg) = (View::of(&qc), View::of(&kc), View::of(&vc), View::of(&gc));
+        let (qv, kv, vv, gv) = (
+            qg.slice("attention q")?,
+            kg.slice("attention k")?,
+            vg.slice("attention v")?,
+            gg.slice("attention gradient")?,
+        );
         let mask = self.mask_values()?;
         let dims = Dims {
             batch: b,
@@ -106,10 +118,10 @@ impl CustomOp3 for AttentionOp {
             layout: HeadLayout::split(h, rows, d),
         };
         let [dq, dk, dv] = self.kernel(dims, mask.as_deref()).backward(
-            src(&qv, n),
-            src(&kv, m),
-            src(&vv, m),
-            src(&gv, n),
+            src(qv, n),
+            src(kv, m),
+            src(vv, m),
+            src(gv, n),
         )?;
         let dev = q.device();
         Ok((
@@ -202,11 +214,16 @@ impl CustomOp1 for MultiHeadOp {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (b, n, d) = self.fused_dims(arg.shape(), 3, "self-attention")?;
-        let (x, g) = (values(arg)?, values(grad_res)?);
+        let (xc, gc) = (arg.contiguous()?, grad_res.contiguous()?);
+        let (xg, gg) = (View::of(&xc), View::of(&gc));
+        let (x, g) = (
+            xg.slice("self-attention")?,
+            gg.slice("self-attention gradient")?,
+        );
         let mask = self.attn.mask_values()?;
         let h = self.heads;
         let src = |part| Src {
-            data: &x,
+            data: x,
             layout: HeadLayout::fused(part, 3, h, n, d),
         };
         let grads = self
@@ -217,7 +234,7 @@ impl CustomOp1 for MultiHeadOp {
                 src(1),
                 src(2),
                 Src {
-                    data: &g,
+                    data: g,
                     layout: HeadLayout::fused(0, 1, h, n, d),
                 },
             )?;
@@ -277,7 +294,13 @@ impl CustomOp2 for MultiHeadOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, n, d) = self.fused_dims(q.shape(), 1, "cross-attention q")?;
         let (_, m, _) = self.fused_dims(kv.shape(), 2, "cross-attention kv")?;
-        let (qv, kvv, g) = (values(q)?, values(kv)?, values(grad_res)?);
+        let (qc, kvc, gc) = (q.contiguous()?, kv.contiguous()?, grad_res.contiguous()?);
+        let (qg, kvg, gg) = (View::of(&qc), View::of(&kvc), View::of(&gc));
+        let (qv, kvv, g) = (
+            qg.slice("cross-attention q")?,
+            kvg.slice("cross-attention kv")?,
+            gg.slice("cross-attention gradient")?,
+        );
         let mask = self.attn.mask_values()?;
         let h = self.heads;
         let [dq, dk, dv] = self
@@ -285,19 +308,19 @@ impl CustomOp2 for MultiHeadOp {
             .kernel(self.dims(b, n, m, d), mask.as_deref())
             .backward(
                 Src {
-                    data: &qv,
+                    data: qv,
                     layout: HeadLayout::fused(0, 1, h, n, d),
                 },
                 Src {
-                    data: &kvv,
+                    data: kvv,
                     layout: HeadLayout::fused(0, 2, h, m, d),
                 },
                 Src {
-                    data: &kvv,
+                    data: kvv,
                     layout: HeadLayout::fused(1, 2, h, m, d),
                 },
                 Src {
-                    data: &g,
+                    data: g,
                     layout: HeadLayout::fused(0, 1, h, n, d),
                 },
             )?;
