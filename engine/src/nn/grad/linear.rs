@@ -4,7 +4,7 @@
 //! Through candle's ops the layer copied its input and weight into tensors of their own, wrote
 //! the product into a zeroed buffer, added the bias in another pass and copied the result out;
 //! its backward copied the output gradient twice more. Here the bias rows are the product's
-//! initial value, and the three backward products read the arguments in place.
+//! initial value, and the backward's two products and bias sum read the arguments in place.
 //!
 //! `unsafe` here: `gemm`'s raw-pointer interface, every operand's extent checked first.
 #![allow(unsafe_code)]
@@ -28,10 +28,10 @@ const PARALLEL_MACS: usize = 1 << 18;
 /// Rows of the output gradient summed per task for the bias gradient.
 const BIAS_ROWS: usize = 256;
 
-/// How `gemm` may spread a product of `macs` multiply–adds. The split follows the machine's
-/// thread count (candle's rule), not the current pool's: `gemm` blocks the product by it, which
-/// changes the sums' rounding, and a stage must train to the same bits on one thread of
-/// `tessera train --jobs 2` as on the two of `--jobs 1`.
+/// How `gemm` may spread a product of `macs` multiply–adds: over candle's thread count, as
+/// candle's matmul did (in a one-thread pool of `tessera train --jobs 2` the parts run in turn;
+/// the pool's own count measured the same). The bits do not depend on the split:
+/// `app/tests/train.rs` trains the same stages with `--jobs 1` and `--jobs 2`.
 fn parallelism(macs: usize) -> Parallelism {
     let threads = candle_core::utils::get_num_threads();
     if threads > 1 && macs >= PARALLEL_MACS {
