@@ -20,7 +20,7 @@ pub fn exp_approx(x: f32) -> f32 {
 }
 
 /// Lanes of the row loops: independent accumulators, so that sums and maxima vectorize.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// The largest value of `x` and the sum of its values (−∞ and 0 for an empty slice).
 pub fn max_and_sum(x: &[f32]) -> (f32, f32) {

@@ -17,7 +17,7 @@ use candle_core::Result;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fastmath::exp_approx;
+use super::fastmath::{LANES, exp_approx};
 
 /// Where element `(b, h, i, c)` of an attention operand lies in its buffer:
 /// `offset + b·batch + h·head + i·row + c`, the `c < head_dim` values of a row contiguous.
@@ -370,9 +370,6 @@ pub(crate) fn scatter(
         dst[at..at + d].copy_from_slice(row);
     }
 }
-
-/// Lanes of the row loops: independent accumulators, so that sums and maxima vectorize.
-const LANES: usize = 16;
 
 /// Each row of `s` (`m` wide) plus its mask row, then softmax; rows with nothing visible
 /// become zeros. Also the inference softmax of [`super::attention`].

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use tessera_engine::nn::grad::f32_slice;
+use tessera_engine::nn::grad::{View, f32_slice};
 
 use crate::classifier::{row_stats, sigmoid};
 
@@ -90,8 +90,10 @@ impl CustomOp3 for GroupNormOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, cg, p) = self.dims(x.shape())?;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let gv = grad.flatten_all()?.to_vec1::<f32>()?;
+        // Read in place: these are whole activations, a copy each per layer and step.
+        let (xc, gc) = (x.contiguous()?, grad.contiguous()?);
+        let (xg, gg) = (View::of(&xc), View::of(&gc));
+        let (xv, gv) = (xg.slice("group norm")?, gg.slice("group norm gradient")?);
         let (gam, bet) = (gamma.to_vec1::<f32>()?, beta.to_vec1::<f32>()?);
         let m = (cg * p) as f64;
         let mut gx = vec![0f32; xv.len()];
